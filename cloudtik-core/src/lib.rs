@@ -9,6 +9,7 @@
 //! its own cargo feature.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod node;
 pub mod provider;
