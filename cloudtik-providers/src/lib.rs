@@ -1,1 +1,20 @@
-//! lib
+//! # cloudtik-providers
+//!
+//! The providers of CloudTik for Rust, one module each: `virtual` (Docker containers on
+//! this machine, the default), `local` (a static list of hosts), and the clouds `aws`,
+//! `gcp` and `azure`, each behind the cargo feature of the same name so that a build
+//! compiles only the cloud SDKs it needs.
+//!
+//! Every provider's config keys are typed and checked here whatever the features, so a
+//! config for any provider can be validated anywhere: [`config_loader`] returns a
+//! [`ConfigLoader`](cloudtik_core::config::ConfigLoader) with all of them registered.
+#![warn(missing_docs)]
+
+pub mod provider_config;
+
+use cloudtik_core::config::ConfigLoader;
+
+/// A config loader that knows every provider's keys.
+pub fn config_loader() -> ConfigLoader {
+    provider_config::register_validators(ConfigLoader::new())
+}

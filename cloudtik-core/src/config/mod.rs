@@ -252,6 +252,7 @@ impl ConfigLoader {
 
     /// Types and validates an already merged config.
     pub fn finish_cluster(&self, merged: &MergedConfig) -> Result<ClusterConfig> {
+        check_mappings(&merged.value).map_err(|e| merged.locate(e))?;
         let config: ClusterConfig =
             typed::from_value(&merged.value, &YamlPath::root()).map_err(|e| merged.locate(e))?;
         validate::validate_cluster(&config).map_err(|e| merged.locate(e))?;
@@ -470,6 +471,34 @@ impl ConfigLoader {
     }
 }
 
+/// serde reads a struct from a list as readily as from a mapping (`auth: [root]` would
+/// set `ssh_user`); the sections that are mappings in CloudTik's schema must be mappings.
+fn check_mappings(v: &Value) -> Result<()> {
+    fn must_be_map(v: Option<&Value>, path: &YamlPath) -> Result<()> {
+        match v {
+            None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+            Some(other) => Err(Error::config(
+                path.to_string(),
+                format!("wrong type: found {}, expected a mapping of keys to values", kind_of(other)),
+            )),
+        }
+    }
+    let root = YamlPath::root();
+    for key in ["provider", "auth", "options", "docker", "runtime", "available_node_types", "file_mounts"] {
+        must_be_map(v.get(key), &root.key(key))?;
+    }
+    if let Some(Value::Object(types)) = v.get("available_node_types") {
+        for (name, t) in types {
+            let p = root.key("available_node_types").key(name);
+            must_be_map(Some(t), &p)?;
+            for key in ["node_config", "resources", "runtime", "docker"] {
+                must_be_map(t.get(key), &p.key(key))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn locate_in(documents: &[Document], e: Error) -> Error {
     MergedConfig {
         value: Value::Null,
@@ -529,9 +558,22 @@ fn read_document(path: &Path) -> Result<Document> {
     Document::parse_bytes(&path.display().to_string(), &bytes)
 }
 
-/// The JSON Schema of the cluster config, for editors (YAML language servers read it).
+/// The JSON Schema of a cluster config file, for editors (YAML language servers read it).
+///
+/// It describes the file a user writes, so it is looser than the merged config: keys
+/// such as `setup_commands++` are allowed, and a node type may leave out `node_config`
+/// (a template may supply it).
 pub fn cluster_config_schema() -> Value {
-    serde_json::to_value(schemars::schema_for!(ClusterConfig)).unwrap_or(Value::Null)
+    let mut schema = serde_json::to_value(schemars::schema_for!(ClusterConfig)).unwrap_or(Value::Null);
+    schema["patternProperties"] = serde_json::json!({
+        "^\\+\\+[A-Za-z_]+$|^[A-Za-z_]+\\+\\+$": {"type": "array", "description": "appends (`key++`) or prepends (`++key`) to a list"}
+    });
+    if let Some(t) = schema.pointer_mut("/$defs/NodeTypeConfig") {
+        if let Some(obj) = t.as_object_mut() {
+            obj.remove("required");
+        }
+    }
+    schema
 }
 
 /// The JSON Schema of the workspace config.

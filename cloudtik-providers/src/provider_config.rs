@@ -1,0 +1,227 @@
+//! Typed `provider` sections of every provider, and their checks.
+//!
+//! The common keys (`type`, `use_internal_ips`) are read by the core; each struct here
+//! reads its provider's own keys. Keys a struct does not know are kept (CloudTik has
+//! many provider keys; a config written for it must still load), but the known ones must
+//! have the right types, and the required ones must be present.
+
+use std::collections::BTreeMap;
+
+use cloudtik_core::config::{ConfigLoader, ProviderSection};
+use cloudtik_core::{Error, Result};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// `provider` of the virtual provider.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[non_exhaustive]
+pub struct VirtualProviderConfig {
+    /// The node image (built locally when missing).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Map head ports to host ports.
+    #[serde(default)]
+    pub enable_port_mapping: Option<bool>,
+    /// First host port of the mapping.
+    #[serde(default)]
+    pub port_mapping_base: Option<u16>,
+    /// Keep data disks after a node is terminated.
+    #[serde(default)]
+    pub permanent_data_volumes: Option<bool>,
+    /// Other keys.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One host of the local provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalNode {
+    /// The host's address.
+    pub ip: String,
+    /// A public address, if different.
+    #[serde(default)]
+    pub external_ip: Option<String>,
+    /// Its instance type name (a key of `instance_types`).
+    #[serde(default)]
+    pub instance_type: Option<String>,
+}
+
+/// `provider` of the local provider.
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct LocalProviderConfig {
+    /// The hosts.
+    pub nodes: Vec<LocalNode>,
+    /// Instance types: name -> resources (`CPU`, `memory`, `GPU`).
+    #[serde(default)]
+    pub instance_types: BTreeMap<String, Map<String, Value>>,
+    /// This machine's own address, if it is one of the nodes.
+    #[serde(default)]
+    pub local_ip: Option<String>,
+    /// Other keys.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `provider` of AWS.
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct AwsProviderConfig {
+    /// The region, e.g. `us-east-1`.
+    pub region: String,
+    /// Zones to place nodes in, comma-separated.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// Use the VPC of the working machine.
+    #[serde(default)]
+    pub use_working_vpc: Option<bool>,
+    /// Keep stopped nodes for reuse instead of terminating them.
+    #[serde(default)]
+    pub cache_stopped_nodes: Option<bool>,
+    /// Prefer spot instances, falling back to on-demand.
+    #[serde(default)]
+    pub prefer_spot_node: Option<bool>,
+    /// CIDRs allowed to reach SSH.
+    #[serde(default)]
+    pub allowed_ssh_sources: Vec<String>,
+    /// Create an S3 bucket with the workspace.
+    #[serde(default)]
+    pub managed_cloud_storage: Option<bool>,
+    /// An EC2-compatible endpoint (moto, LocalStack) instead of AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Other keys.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `provider` of GCP.
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct GcpProviderConfig {
+    /// The region, e.g. `us-central1`.
+    pub region: String,
+    /// The zone, e.g. `us-central1-a`.
+    pub availability_zone: String,
+    /// The project id.
+    pub project_id: String,
+    /// Prefer spot VMs.
+    #[serde(default)]
+    pub prefer_spot_node: Option<bool>,
+    /// CIDRs allowed to reach SSH.
+    #[serde(default)]
+    pub allowed_ssh_sources: Vec<String>,
+    /// Other keys.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `provider` of Azure.
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct AzureProviderConfig {
+    /// The location, e.g. `westus2`.
+    pub location: String,
+    /// The subscription id.
+    pub subscription_id: String,
+    /// The resource group (derived from the workspace name when unset).
+    #[serde(default)]
+    pub resource_group: Option<String>,
+    /// Prefer spot VMs.
+    #[serde(default)]
+    pub prefer_spot_node: Option<bool>,
+    /// CIDRs allowed to reach SSH.
+    #[serde(default)]
+    pub allowed_ssh_sources: Vec<String>,
+    /// Other keys.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn check_cidrs(list: &[String]) -> Result<()> {
+    for (i, c) in list.iter().enumerate() {
+        let ok = match c.split_once('/') {
+            Some((ip, bits)) => {
+                ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
+            }
+            None => c.parse::<std::net::IpAddr>().is_ok(),
+        };
+        if !ok {
+            return Err(Error::config(
+                format!("provider.allowed_ssh_sources[{i}]"),
+                format!("`{c}` is not an address range: expected CIDR such as 10.0.0.0/16"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the virtual provider's keys.
+pub fn validate_virtual(p: &ProviderSection) -> Result<()> {
+    let _: VirtualProviderConfig = p.parse()?;
+    Ok(())
+}
+
+/// Checks the local provider's keys: at least one host, unique addresses, known types.
+pub fn validate_local(p: &ProviderSection) -> Result<()> {
+    let c: LocalProviderConfig = p.parse()?;
+    if c.nodes.is_empty() {
+        return Err(Error::config("provider.nodes", "list at least one host: `- ip: 10.0.0.1`"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if n.ip.parse::<std::net::IpAddr>().is_err() && n.ip.trim().is_empty() {
+            return Err(Error::config(format!("provider.nodes[{i}].ip"), "must be an address or host name"));
+        }
+        if !seen.insert(&n.ip) {
+            return Err(Error::config(format!("provider.nodes[{i}].ip"), format!("`{}` is listed twice", n.ip)));
+        }
+        if let Some(t) = &n.instance_type {
+            if t != "default" && !c.instance_types.contains_key(t) {
+                return Err(Error::config(
+                    format!("provider.nodes[{i}].instance_type"),
+                    format!("`{t}` is not one of provider.instance_types"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks AWS keys.
+pub fn validate_aws(p: &ProviderSection) -> Result<()> {
+    let c: AwsProviderConfig = p.parse()?;
+    if c.region.trim().is_empty() {
+        return Err(Error::config("provider.region", "must name a region, e.g. us-east-1"));
+    }
+    check_cidrs(&c.allowed_ssh_sources)
+}
+
+/// Checks GCP keys.
+pub fn validate_gcp(p: &ProviderSection) -> Result<()> {
+    let c: GcpProviderConfig = p.parse()?;
+    if !c.availability_zone.starts_with(&c.region) {
+        return Err(Error::config(
+            "provider.availability_zone",
+            format!("zone `{}` is not in region `{}`", c.availability_zone, c.region),
+        ));
+    }
+    check_cidrs(&c.allowed_ssh_sources)
+}
+
+/// Checks Azure keys.
+pub fn validate_azure(p: &ProviderSection) -> Result<()> {
+    let c: AzureProviderConfig = p.parse()?;
+    check_cidrs(&c.allowed_ssh_sources)
+}
+
+/// Registers the checks of every provider on a loader.
+pub fn register_validators(loader: ConfigLoader) -> ConfigLoader {
+    loader
+        .with_provider_validator("virtual", validate_virtual)
+        .with_provider_validator("local", validate_local)
+        .with_provider_validator("aws", validate_aws)
+        .with_provider_validator("gcp", validate_gcp)
+        .with_provider_validator("azure", validate_azure)
+}
