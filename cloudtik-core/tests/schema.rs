@@ -3,7 +3,8 @@
 #[test]
 fn committed_schema_is_current() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/cluster.schema.json");
-    let generated = serde_json::to_string_pretty(&cloudtik_core::config::cluster_config_schema()).unwrap() + "\n";
+    let generated =
+        serde_json::to_string_pretty(&cloudtik_core::config::cluster_config_schema()).unwrap() + "\n";
     if std::env::var_os("CLOUDTIK_UPDATE_SCHEMA").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
@@ -14,7 +15,14 @@ fn committed_schema_is_current() {
     );
     let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
     let props = &schema["properties"];
-    for key in ["cluster_name", "provider", "available_node_types", "head_node_type", "setup_commands", "docker"] {
+    for key in [
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "docker",
+    ] {
         assert!(props.get(key).is_some(), "schema lacks {key}");
     }
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));

@@ -167,15 +167,24 @@ pub fn validate_virtual(p: &ProviderSection) -> Result<()> {
 pub fn validate_local(p: &ProviderSection) -> Result<()> {
     let c: LocalProviderConfig = p.parse()?;
     if c.nodes.is_empty() {
-        return Err(Error::config("provider.nodes", "list at least one host: `- ip: 10.0.0.1`"));
+        return Err(Error::config(
+            "provider.nodes",
+            "list at least one host: `- ip: 10.0.0.1`",
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, n) in c.nodes.iter().enumerate() {
         if n.ip.parse::<std::net::IpAddr>().is_err() && n.ip.trim().is_empty() {
-            return Err(Error::config(format!("provider.nodes[{i}].ip"), "must be an address or host name"));
+            return Err(Error::config(
+                format!("provider.nodes[{i}].ip"),
+                "must be an address or host name",
+            ));
         }
         if !seen.insert(&n.ip) {
-            return Err(Error::config(format!("provider.nodes[{i}].ip"), format!("`{}` is listed twice", n.ip)));
+            return Err(Error::config(
+                format!("provider.nodes[{i}].ip"),
+                format!("`{}` is listed twice", n.ip),
+            ));
         }
         if let Some(t) = &n.instance_type {
             if t != "default" && !c.instance_types.contains_key(t) {
@@ -193,7 +202,10 @@ pub fn validate_local(p: &ProviderSection) -> Result<()> {
 pub fn validate_aws(p: &ProviderSection) -> Result<()> {
     let c: AwsProviderConfig = p.parse()?;
     if c.region.trim().is_empty() {
-        return Err(Error::config("provider.region", "must name a region, e.g. us-east-1"));
+        return Err(Error::config(
+            "provider.region",
+            "must name a region, e.g. us-east-1",
+        ));
     }
     check_cidrs(&c.allowed_ssh_sources)
 }

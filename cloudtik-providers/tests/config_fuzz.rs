@@ -78,7 +78,11 @@ fn planted(path: &[&str], v: Value) -> Value {
             cur[*k] = v;
             break;
         }
-        cur = cur.as_object_mut().unwrap().entry(k.to_string()).or_insert(json!({}));
+        cur = cur
+            .as_object_mut()
+            .unwrap()
+            .entry(k.to_string())
+            .or_insert(json!({}));
     }
     base
 }

@@ -6,7 +6,9 @@ use cloudtik_core::NodeKind;
 use cloudtik_core::config::{CommandPhase, launch_hash, runtime_hashes};
 
 fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/configs").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/configs")
+        .join(name)
 }
 
 #[test]
@@ -16,10 +18,16 @@ fn every_provider_example_loads() {
         ("virtual.yaml", "virtual", vec![("worker.default", 2)]),
         ("local.yaml", "local", vec![("worker.default", 2)]),
         ("aws.yaml", "aws", vec![("worker.default", 3)]),
-        ("gcp.yaml", "gcp", vec![("worker.default", 2), ("worker.highmem", 0)]),
+        (
+            "gcp.yaml",
+            "gcp",
+            vec![("worker.default", 2), ("worker.highmem", 0)],
+        ),
         ("azure.yaml", "azure", vec![("worker.default", 1)]),
     ] {
-        let c = loader.load_cluster_file(example(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let c = loader
+            .load_cluster_file(example(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(c.provider.provider_type, provider, "{file}");
         assert!(c.available_node_types.contains_key(&c.head_node_type), "{file}");
         for (t, min) in workers {
@@ -39,7 +47,10 @@ fn templates_and_plus_plus_merge_as_cloudtik_does() {
     let loader = cloudtik_providers::config_loader().with_env_template_dirs(false);
     let c = loader.load_cluster_file(example("aws.yaml")).unwrap();
     // from aws/standard: the head type and its instance type
-    assert_eq!(c.available_node_types["head.default"].node_config["InstanceType"], "m5.2xlarge");
+    assert_eq!(
+        c.available_node_types["head.default"].node_config["InstanceType"],
+        "m5.2xlarge"
+    );
     // the user's worker override merged into the template's worker type
     let w = &c.available_node_types["worker.default"];
     assert_eq!(w.max_workers, Some(20));
@@ -71,18 +82,29 @@ fn user_template_folders_come_before_built_in_ones() {
         "available_node_types:\n  head.default:\n    node_config:\n      InstanceType: c5.xlarge\nhead_node_type: head.default\n",
     )
     .unwrap();
-    let loader =
-        cloudtik_providers::config_loader().with_env_template_dirs(false).with_template_dir(dir.path());
+    let loader = cloudtik_providers::config_loader()
+        .with_env_template_dirs(false)
+        .with_template_dir(dir.path());
     let c = loader.load_cluster_file(example("aws.yaml")).unwrap();
-    assert_eq!(c.available_node_types["worker.default"].node_config["InstanceType"], "c5.large");
-    assert_eq!(c.available_node_types["head.default"].node_config["InstanceType"], "c5.xlarge");
+    assert_eq!(
+        c.available_node_types["worker.default"].node_config["InstanceType"],
+        "c5.large"
+    );
+    assert_eq!(
+        c.available_node_types["head.default"].node_config["InstanceType"],
+        "c5.xlarge"
+    );
     assert!(!c.available_node_types.contains_key("worker.gpu"));
 
     // A user aws/standard that inherits the built-in aws/gpu, which says `from: aws/standard`,
     // finds the user's template again: a cycle, reported as such.
     std::fs::write(dir.path().join("aws/standard.yaml"), "from: aws/gpu\n").unwrap();
     let e = loader.load_cluster_file(example("aws.yaml")).unwrap_err();
-    assert!(e.message().contains("cycle: aws/standard -> aws/gpu -> aws/standard"), "{e}");
+    assert!(
+        e.message()
+            .contains("cycle: aws/standard -> aws/gpu -> aws/standard"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -99,15 +121,30 @@ fn hashes_ignore_key_order_and_layout() {
     let nc = |c: &cloudtik_core::config::ClusterConfig| {
         serde_json::Value::Object(c.available_node_types["head.default"].node_config.clone())
     };
-    assert_eq!(launch_hash(&nc(&ca), &ca.auth).unwrap(), launch_hash(&nc(&cb), &cb.auth).unwrap());
+    assert_eq!(
+        launch_hash(&nc(&ca), &ca.auth).unwrap(),
+        launch_hash(&nc(&cb), &cb.auth).unwrap()
+    );
     let ha = runtime_hashes(&ca, NodeKind::Head, "head.default").unwrap();
     let hb = runtime_hashes(&cb, NodeKind::Head, "head.default").unwrap();
     assert_eq!(ha, hb);
     // and a real change changes them
-    let c2 = loader.load_cluster_str("c.yaml", &a.replace("echo a", "echo b")).unwrap();
-    assert_ne!(runtime_hashes(&c2, NodeKind::Head, "head.default").unwrap().runtime_hash, ha.runtime_hash);
-    let c3 = loader.load_cluster_str("d.yaml", &a.replace("CPU: 1", "CPU: 2")).unwrap();
-    assert_ne!(launch_hash(&nc(&c3), &c3.auth).unwrap(), launch_hash(&nc(&ca), &ca.auth).unwrap());
+    let c2 = loader
+        .load_cluster_str("c.yaml", &a.replace("echo a", "echo b"))
+        .unwrap();
+    assert_ne!(
+        runtime_hashes(&c2, NodeKind::Head, "head.default")
+            .unwrap()
+            .runtime_hash,
+        ha.runtime_hash
+    );
+    let c3 = loader
+        .load_cluster_str("d.yaml", &a.replace("CPU: 1", "CPU: 2"))
+        .unwrap();
+    assert_ne!(
+        launch_hash(&nc(&c3), &c3.auth).unwrap(),
+        launch_hash(&nc(&ca), &ca.auth).unwrap()
+    );
 }
 
 #[test]
@@ -134,7 +171,9 @@ fn file_mount_contents_change_the_hash() {
 #[test]
 fn workspace_examples_load() {
     let loader = cloudtik_providers::config_loader().with_env_template_dirs(false);
-    let ws = loader.load_workspace_file(example("virtual-workspace.yaml")).unwrap();
+    let ws = loader
+        .load_workspace_file(example("virtual-workspace.yaml"))
+        .unwrap();
     assert_eq!(ws.workspace_name, "local-ws");
     let ws = loader.load_workspace_file(example("aws-workspace.yaml")).unwrap();
     assert_eq!(ws.provider.provider_type, "aws");

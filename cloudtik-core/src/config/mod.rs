@@ -479,12 +479,23 @@ fn check_mappings(v: &Value) -> Result<()> {
             None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
             Some(other) => Err(Error::config(
                 path.to_string(),
-                format!("wrong type: found {}, expected a mapping of keys to values", kind_of(other)),
+                format!(
+                    "wrong type: found {}, expected a mapping of keys to values",
+                    kind_of(other)
+                ),
             )),
         }
     }
     let root = YamlPath::root();
-    for key in ["provider", "auth", "options", "docker", "runtime", "available_node_types", "file_mounts"] {
+    for key in [
+        "provider",
+        "auth",
+        "options",
+        "docker",
+        "runtime",
+        "available_node_types",
+        "file_mounts",
+    ] {
         must_be_map(v.get(key), &root.key(key))?;
     }
     if let Some(Value::Object(types)) = v.get("available_node_types") {
