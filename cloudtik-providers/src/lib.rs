@@ -7,7 +7,7 @@
 //!
 //! Every provider's config keys are typed and checked here whatever the features, so a
 //! config for any provider can be validated anywhere: [`config_loader`] returns a
-//! [`ConfigLoader`](cloudtik_core::config::ConfigLoader) with all of them registered.
+//! [`ConfigLoader`] with all of them registered.
 #![warn(missing_docs)]
 
 pub mod provider_config;

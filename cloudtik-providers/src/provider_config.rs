@@ -186,13 +186,14 @@ pub fn validate_local(p: &ProviderSection) -> Result<()> {
                 format!("`{}` is listed twice", n.ip),
             ));
         }
-        if let Some(t) = &n.instance_type {
-            if t != "default" && !c.instance_types.contains_key(t) {
-                return Err(Error::config(
-                    format!("provider.nodes[{i}].instance_type"),
-                    format!("`{t}` is not one of provider.instance_types"),
-                ));
-            }
+        if let Some(t) = &n.instance_type
+            && t != "default"
+            && !c.instance_types.contains_key(t)
+        {
+            return Err(Error::config(
+                format!("provider.nodes[{i}].instance_type"),
+                format!("`{t}` is not one of provider.instance_types"),
+            ));
         }
     }
     Ok(())

@@ -38,13 +38,12 @@ pub fn merge_into(
                 }
             }
             _ => {
-                if let (Some(new_item), Some(Value::Array(old))) = (only_named_item(v), target.get_mut(k)) {
-                    if let [Value::Object(old_item)] = old.as_mut_slice() {
-                        if old_item.get("name") == new_item.get("name") {
-                            merge_into(old_item, new_item, &path.key(k).index(0))?;
-                            continue;
-                        }
-                    }
+                if let (Some(new_item), Some(Value::Array(old))) = (only_named_item(v), target.get_mut(k))
+                    && let [Value::Object(old_item)] = old.as_mut_slice()
+                    && old_item.get("name") == new_item.get("name")
+                {
+                    merge_into(old_item, new_item, &path.key(k).index(0))?;
+                    continue;
                 }
                 target.insert(k.clone(), v.clone());
             }

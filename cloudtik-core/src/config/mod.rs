@@ -142,14 +142,13 @@ impl MergedConfig {
 
 /// The parent of a formatted path: `a.b[2]` -> `a.b`, `a."x.y"` -> `a`.
 fn parent_path(path: &str) -> String {
-    if path.ends_with(']') {
-        if let Some(i) = path.rfind('[') {
-            return path[..i].to_string();
-        }
+    if path.ends_with(']')
+        && let Some(i) = path.rfind('[')
+    {
+        return path[..i].to_string();
     }
-    if path.ends_with('"') {
+    if let Some(body) = path.strip_suffix('"') {
         // quoted key: find the opening quote that starts the segment
-        let body = &path[..path.len() - 1];
         let mut i = body.len();
         while let Some(j) = body[..i].rfind('"') {
             if j == 0 || &body[j - 1..j] == "." {
@@ -225,15 +224,15 @@ impl ConfigLoader {
 
     fn user_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = self.template_dirs.clone();
-        if self.use_env_dirs {
-            if let Ok(list) = std::env::var(template::USER_TEMPLATES_ENV) {
-                dirs.extend(
-                    list.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(PathBuf::from),
-                );
-            }
+        if self.use_env_dirs
+            && let Ok(list) = std::env::var(template::USER_TEMPLATES_ENV)
+        {
+            dirs.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+            );
         }
         dirs
     }
@@ -579,10 +578,10 @@ pub fn cluster_config_schema() -> Value {
     schema["patternProperties"] = serde_json::json!({
         "^\\+\\+[A-Za-z_]+$|^[A-Za-z_]+\\+\\+$": {"type": "array", "description": "appends (`key++`) or prepends (`++key`) to a list"}
     });
-    if let Some(t) = schema.pointer_mut("/$defs/NodeTypeConfig") {
-        if let Some(obj) = t.as_object_mut() {
-            obj.remove("required");
-        }
+    if let Some(t) = schema.pointer_mut("/$defs/NodeTypeConfig")
+        && let Some(obj) = t.as_object_mut()
+    {
+        obj.remove("required");
     }
     schema
 }

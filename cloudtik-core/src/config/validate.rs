@@ -50,22 +50,20 @@ pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
         if name.trim().is_empty() {
             return Err(at(p, "a node type needs a non-empty name"));
         }
-        if *name == c.head_node_type {
-            if t.min_workers.unwrap_or(0) > 0 {
-                return Err(at(
-                    p.key("min_workers"),
-                    "the head's node type has no workers of its own: min_workers must be 0 \
+        if *name == c.head_node_type && t.min_workers.unwrap_or(0) > 0 {
+            return Err(at(
+                p.key("min_workers"),
+                "the head's node type has no workers of its own: min_workers must be 0 \
                      (define a separate worker type)",
-                ));
-            }
+            ));
         }
-        if let (Some(min), Some(max)) = (t.min_workers, t.max_workers) {
-            if min > max {
-                return Err(at(
-                    p.key("min_workers"),
-                    format!("min_workers ({min}) is greater than max_workers ({max})"),
-                ));
-            }
+        if let (Some(min), Some(max)) = (t.min_workers, t.max_workers)
+            && min > max
+        {
+            return Err(at(
+                p.key("min_workers"),
+                format!("min_workers ({min}) is greater than max_workers ({max})"),
+            ));
         }
         if let Some(r) = &t.resources {
             for (k, v) in r.iter() {
@@ -102,13 +100,14 @@ pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
             ));
         }
         for (name, t) in &c.available_node_types {
-            if let Some(min) = t.min_workers {
-                if min > max && *name != c.head_node_type {
-                    return Err(at(
-                        node_type_path(name).key("min_workers"),
-                        format!("min_workers ({min}) is greater than the global max_workers ({max})"),
-                    ));
-                }
+            if let Some(min) = t.min_workers
+                && min > max
+                && *name != c.head_node_type
+            {
+                return Err(at(
+                    node_type_path(name).key("min_workers"),
+                    format!("min_workers ({min}) is greater than the global max_workers ({max})"),
+                ));
             }
         }
     }
@@ -119,10 +118,10 @@ pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
             c.options.upscaling_speed,
         ),
     ] {
-        if let Some(v) = v {
-            if !v.is_finite() || v <= 0.0 {
-                return Err(at(path, format!("must be a number greater than 0, found {v}")));
-            }
+        if let Some(v) = v
+            && (!v.is_finite() || v <= 0.0)
+        {
+            return Err(at(path, format!("must be a number greater than 0, found {v}")));
         }
     }
     for (path, v) in [
@@ -135,10 +134,10 @@ pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
             c.options.idle_timeout_minutes,
         ),
     ] {
-        if let Some(v) = v {
-            if !v.is_finite() || v < 0.0 {
-                return Err(at(path, format!("must be 0 (never) or more minutes, found {v}")));
-            }
+        if let Some(v) = v
+            && (!v.is_finite() || v < 0.0)
+        {
+            return Err(at(path, format!("must be 0 (never) or more minutes, found {v}")));
         }
     }
     if c.auth.ssh_port == Some(0) {

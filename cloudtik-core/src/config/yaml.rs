@@ -117,6 +117,9 @@ enum Frame {
     },
 }
 
+/// The first error found while building: path, position, message.
+type BuildError = (String, Option<(usize, usize)>, String);
+
 struct Builder {
     stack: Vec<Frame>,
     path: YamlPath,
@@ -125,7 +128,7 @@ struct Builder {
     anchors: HashMap<usize, (Value, usize)>,
     positions: HashMap<String, (usize, usize)>,
     values: usize,
-    error: Option<(String, Option<(usize, usize)>, String)>,
+    error: Option<BuildError>,
 }
 
 fn pos(m: &Marker) -> (usize, usize) {
@@ -155,24 +158,22 @@ fn resolve_plain(s: &str) -> std::result::Result<Value, String> {
     }
     let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
     let negative = s.starts_with('-');
-    if let Some(hex) = s.strip_prefix("0x") {
-        if let Ok(n) = i64::from_str_radix(hex, 16) {
-            return Ok(Value::Number(n.into()));
-        }
+    if let Some(hex) = s.strip_prefix("0x")
+        && let Ok(n) = i64::from_str_radix(hex, 16)
+    {
+        return Ok(Value::Number(n.into()));
     }
-    if let Some(oct) = s.strip_prefix("0o") {
-        if let Ok(n) = i64::from_str_radix(oct, 8) {
-            return Ok(Value::Number(n.into()));
-        }
+    if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(n) = i64::from_str_radix(oct, 8)
+    {
+        return Ok(Value::Number(n.into()));
     }
     if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(n) = s.parse::<i64>() {
             return Ok(Value::Number(n.into()));
         }
-        if !negative {
-            if let Ok(n) = unsigned.parse::<u64>() {
-                return Ok(Value::Number(n.into()));
-            }
+        if !negative && let Ok(n) = unsigned.parse::<u64>() {
+            return Ok(Value::Number(n.into()));
         }
         // Too large for an integer: keep it as text rather than lose precision.
         return Ok(Value::String(s.to_string()));
@@ -186,15 +187,13 @@ fn resolve_plain(s: &str) -> std::result::Result<Value, String> {
             .next()
             .is_some_and(|b| b.is_ascii_digit() || b == b'.')
         && unsigned.bytes().any(|b| b.is_ascii_digit());
-    if looks_float {
-        if let Ok(f) = s.parse::<f64>() {
-            if let Some(n) = Number::from_f64(f) {
-                if f.is_finite() {
-                    return Ok(Value::Number(n));
-                }
-            }
-            return Err(format!("`{s}` is not a finite number"));
+    if looks_float && let Ok(f) = s.parse::<f64>() {
+        if let Some(n) = Number::from_f64(f)
+            && f.is_finite()
+        {
+            return Ok(Value::Number(n));
         }
+        return Err(format!("`{s}` is not a finite number"));
     }
     Ok(Value::String(s.to_string()))
 }
