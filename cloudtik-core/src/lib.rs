@@ -13,6 +13,9 @@ pub mod error;
 pub mod node;
 pub mod provider;
 pub mod resources;
+pub mod runtime;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
