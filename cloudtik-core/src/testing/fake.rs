@@ -398,7 +398,7 @@ impl FakeProvider {
                     node_type: request.node_type.clone(),
                     tags: node_tags.clone(),
                     instance_type: instance_type.clone(),
-                    pending_until_list: cluster.list_calls + pending_lists,
+                    pending_until_list: (pending_lists > 0).then_some(cluster.list_calls + pending_lists),
                 },
             );
         }
@@ -595,15 +595,16 @@ struct FakeNode {
     node_type: String,
     tags: Tags,
     instance_type: Option<String>,
-    /// The node is pending while the cluster's list count is at most this.
-    pending_until_list: u64,
+    /// The node is pending while the cluster's list count is at most this; `None` when
+    /// it was running from the start.
+    pending_until_list: Option<u64>,
 }
 
 impl FakeNode {
     fn info(&self, seq: u64, list_calls: u64) -> NodeInfo {
         NodeInfo {
             id: format!("{ID_PREFIX}{seq}"),
-            state: if list_calls <= self.pending_until_list {
+            state: if self.pending_until_list.is_some_and(|until| list_calls <= until) {
                 NodeState::Pending
             } else {
                 NodeState::Running
