@@ -301,27 +301,22 @@ impl RuntimeRegistry {
         Ok(listed)
     }
 
-    /// The listed runtimes in order, each preceded by the required runtimes it brings
-    /// in that are not listed (depth first, requirements before their requirer).
-    fn expand_required(&self, listed: &[(usize, &str)]) -> Result<Vec<String>> {
-        let listed_names: BTreeSet<&str> = listed.iter().map(|(_, n)| *n).collect();
-        let mut out: Vec<String> = Vec::new();
-        let mut done: BTreeSet<String> = BTreeSet::new();
+    /// Checks that every required runtime is registered and that requirements have no
+    /// cycle, walking depth first from each listed runtime in order.
+    fn check_required(&self, listed: &[(usize, &str)]) -> Result<()> {
+        let mut visited: BTreeSet<String> = BTreeSet::new();
         for (i, name) in listed {
-            let mut path = Vec::new();
-            self.add_with_required(name, *i, &listed_names, &mut path, &mut done, &mut out)?;
+            self.walk_required(name, *i, &mut Vec::new(), &mut visited)?;
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn add_with_required(
+    fn walk_required(
         &self,
         name: &str,
         listed_at: usize,
-        listed: &BTreeSet<&str>,
         path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-        out: &mut Vec<String>,
+        visited: &mut BTreeSet<String>,
     ) -> Result<()> {
         if let Some(start) = path.iter().position(|p| p == name) {
             let mut cycle: Vec<&str> = path[start..].iter().map(String::as_str).collect();
@@ -331,7 +326,7 @@ impl RuntimeRegistry {
                 format!("required runtimes form a cycle: {}", cycle.join(" -> ")),
             ));
         }
-        if done.contains(name) {
+        if visited.contains(name) {
             return Ok(());
         }
         let Some(runtime) = self.runtimes.get(name) else {
@@ -343,27 +338,47 @@ impl RuntimeRegistry {
         };
         path.push(name.to_string());
         for required in runtime.required() {
-            // Listed runtimes take their own place, but are still walked for cycles.
-            if listed.contains(required.as_str()) && !path.contains(&required) {
-                let mut sub_path = path.clone();
-                let mut sub_out = Vec::new();
-                let mut sub_done = done.clone();
-                self.add_with_required(
-                    &required,
-                    listed_at,
-                    listed,
-                    &mut sub_path,
-                    &mut sub_done,
-                    &mut sub_out,
-                )?;
-                continue;
-            }
-            self.add_with_required(&required, listed_at, listed, path, done, out)?;
+            self.walk_required(&required, listed_at, path, visited)?;
         }
         path.pop();
-        done.insert(name.to_string());
-        out.push(name.to_string());
+        visited.insert(name.to_string());
         Ok(())
+    }
+
+    /// The listed runtimes in order, each preceded by the required runtimes it brings
+    /// in that are not listed (depth first, requirements before their requirer).
+    /// Listed runtimes keep their own place: requiring is not ordering.
+    fn expand_required(&self, listed: &[(usize, &str)]) -> Result<Vec<String>> {
+        self.check_required(listed)?;
+        let listed_names: BTreeSet<&str> = listed.iter().map(|(_, n)| *n).collect();
+        let mut out: Vec<String> = Vec::new();
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        for (_, name) in listed {
+            self.add_with_required(name, &listed_names, &mut done, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Adds `name` after its unlisted requirements; `check_required` ruled out cycles
+    /// and unknown names.
+    fn add_with_required(
+        &self,
+        name: &str,
+        listed: &BTreeSet<&str>,
+        done: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if !done.insert(name.to_string()) {
+            return;
+        }
+        if let Some(runtime) = self.runtimes.get(name) {
+            for required in runtime.required() {
+                if !listed.contains(required.as_str()) {
+                    self.add_with_required(&required, listed, done, out);
+                }
+            }
+        }
+        out.push(name.to_string());
     }
 
     /// Stable topological sort of `runtimes` (all registered) by their dependencies.
@@ -549,6 +564,9 @@ mod tests {
             order(&r, &["ai", "spark"]),
             names(&["mount", "ai", "hadoop", "yarn", "spark"])
         );
+        // A diamond adds the shared requirement once, before both requirers.
+        let diamond = registry(&[("x", &[], &["y", "z"]), ("y", &[], &["z"]), ("z", &[], &[])]);
+        assert_eq!(order(&diamond, &["x"]), names(&["z", "y", "x"]));
         // A required runtime the user lists keeps the user's place: requiring is not ordering.
         assert_eq!(
             order(&r, &["spark", "hadoop"]),

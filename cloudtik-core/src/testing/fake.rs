@@ -326,18 +326,6 @@ impl FakeProvider {
 
     // ---- the cloud's side of create ----------------------------------------------
 
-    fn check_batch(&self, operation: &'static str, n: usize, max: usize, limit: &str) -> Result<()> {
-        if n > max {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                format!("{n} items in one call exceed the provider's {limit} of {max}"),
-            )
-            .with_operation(operation)
-            .with_context("provider", PROVIDER_TYPE));
-        }
-        Ok(())
-    }
-
     fn launch(&self, request: &LaunchRequest) -> Result<LaunchOutcome> {
         let mut guard = self.cloud.lock();
         let state = &mut *guard;
@@ -455,7 +443,7 @@ impl NodeProvider for FakeProvider {
             state.calls.create += 1;
             state.faults.create_delay
         };
-        self.check_batch(
+        check_batch(
             "create_nodes",
             request.count,
             self.capabilities.max_launch_batch,
@@ -474,7 +462,7 @@ impl NodeProvider for FakeProvider {
         let mut guard = self.cloud.lock();
         let state = &mut *guard;
         state.calls.set_tags += 1;
-        self.check_batch(
+        check_batch(
             "set_node_tags",
             updates.len(),
             self.capabilities.max_tag_batch,
@@ -510,7 +498,7 @@ impl NodeProvider for FakeProvider {
     async fn terminate_nodes(&self, ids: &[NodeId]) -> Result<()> {
         let mut state = self.cloud.lock();
         state.calls.terminate += 1;
-        self.check_batch(
+        check_batch(
             "terminate_nodes",
             ids.len(),
             self.capabilities.max_terminate_batch,
@@ -524,6 +512,19 @@ impl NodeProvider for FakeProvider {
         }
         Ok(())
     }
+}
+
+/// Fails a call of `n` items over the provider's `limit` of `max`.
+fn check_batch(operation: &'static str, n: usize, max: usize, limit: &str) -> Result<()> {
+    if n > max {
+        return Err(Error::new(
+            ErrorKind::Unexpected,
+            format!("{n} items in one call exceed the provider's {limit} of {max}"),
+        )
+        .with_operation(operation)
+        .with_context("provider", PROVIDER_TYPE));
+    }
+    Ok(())
 }
 
 fn injected(kind: ErrorKind, operation: &'static str) -> Error {
