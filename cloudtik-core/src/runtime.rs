@@ -747,6 +747,134 @@ mod tests {
         assert!(minimal.services(&serde_json::Value::Null).is_empty());
     }
 
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Per runtime `r<i>` its dependencies and required runtimes; then the indexes
+        /// listed in `runtime.types`.
+        type RegistrySpec = (Vec<(Vec<String>, Vec<String>)>, Vec<usize>);
+
+        /// Runtime `i` may depend on and require only runtimes with a smaller index, so
+        /// the graph has no cycle; `all`/`none` are sprinkled in.
+        fn acyclic_registry() -> impl Strategy<Value = RegistrySpec> {
+            (2usize..9).prop_flat_map(|n| {
+                let runtimes = (0..n)
+                    .map(|i| {
+                        let deps = proptest::collection::vec(0..i.max(1), 0..3).prop_map(move |d| {
+                            d.into_iter()
+                                .filter(|&j| j < i)
+                                .map(|j| format!("r{j}"))
+                                .collect()
+                        });
+                        let special =
+                            prop_oneof![4 => Just(None), 1 => Just(Some("all")), 1 => Just(Some("none"))];
+                        let req = proptest::collection::vec(0..i.max(1), 0..2).prop_map(move |r| {
+                            r.into_iter()
+                                .filter(|&j| j < i)
+                                .map(|j| format!("r{j}"))
+                                .collect()
+                        });
+                        (deps, special, req).prop_map(
+                            |(mut deps, special, req): (Vec<String>, _, Vec<String>)| {
+                                if let Some(s) = special {
+                                    deps.push(s.to_string());
+                                }
+                                (deps, req)
+                            },
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                (runtimes, proptest::collection::vec(0..n, 0..n + 2))
+            })
+        }
+
+        #[derive(Debug)]
+        struct OwnedRuntime {
+            name: String,
+            dependencies: Vec<String>,
+            required: Vec<String>,
+        }
+
+        impl Runtime for OwnedRuntime {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn dependencies(&self) -> Vec<String> {
+                self.dependencies.clone()
+            }
+            fn required(&self) -> Vec<String> {
+                self.required.clone()
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn order_is_a_dependency_respecting_closure((runtimes, list) in acyclic_registry()) {
+                let mut registry = RuntimeRegistry::new();
+                for (i, (dependencies, required)) in runtimes.into_iter().enumerate() {
+                    registry
+                        .register(Arc::new(OwnedRuntime { name: format!("r{i}"), dependencies, required }))
+                        .unwrap();
+                }
+                let types: Vec<String> = list.iter().map(|i| format!("r{i}")).collect();
+                let result = registry.order(&types);
+                // `none` runtimes that depend on ordinary ones (or the reverse for `all`)
+                // can form a cycle; then the error must name one.
+                let ordered = match result {
+                    Ok(ordered) => ordered,
+                    Err(err) => {
+                        prop_assert!(err.message().contains(" -> ") || err.message().contains("both"), "{}", err);
+                        return Ok(());
+                    }
+                };
+                let position: HashMap<&str, usize> = ordered.iter().enumerate().map(|(i, r)| (r.as_str(), i)).collect();
+                prop_assert_eq!(position.len(), ordered.len(), "duplicates in {:?}", ordered);
+                for t in &types {
+                    prop_assert!(position.contains_key(t.as_str()), "{} missing from {:?}", t, ordered);
+                }
+                for name in &ordered {
+                    let runtime = registry.get(name).unwrap();
+                    for req in runtime.required() {
+                        prop_assert!(position.contains_key(req.as_str()), "{} requires {} but {:?}", name, req, ordered);
+                    }
+                    for dep in runtime.dependencies() {
+                        if let Some(&d) = position.get(dep.as_str()) {
+                            prop_assert!(d < position[name.as_str()], "{} must follow {} in {:?}", name, dep, ordered);
+                        }
+                        if dep == "all" {
+                            for other in &ordered {
+                                if !registry.get(other).unwrap().dependencies().contains(&"all".to_string()) {
+                                    prop_assert!(position[other.as_str()] < position[name.as_str()]);
+                                }
+                            }
+                        }
+                        if dep == "none" {
+                            for other in &ordered {
+                                if !registry.get(other).unwrap().dependencies().contains(&"none".to_string()) {
+                                    prop_assert!(position[other.as_str()] > position[name.as_str()]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn without_dependencies_the_order_is_the_users(list in proptest::collection::vec(0usize..6, 0..8)) {
+                let r = registry(&[("r0", &[], &[]), ("r1", &[], &[]), ("r2", &[], &[]), ("r3", &[], &[]), ("r4", &[], &[]), ("r5", &[], &[])]);
+                let types: Vec<String> = list.iter().map(|i| format!("r{i}")).collect();
+                let mut expected: Vec<String> = Vec::new();
+                for t in &types {
+                    if !expected.contains(t) {
+                        expected.push(t.clone());
+                    }
+                }
+                prop_assert_eq!(r.order(&types).unwrap(), expected);
+            }
+        }
+    }
+
     #[test]
     fn node_scopes() {
         assert!(NodeScope::All.includes(NodeKind::Head) && NodeScope::All.includes(NodeKind::Worker));
