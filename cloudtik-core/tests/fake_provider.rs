@@ -589,3 +589,88 @@ async fn handles_ten_thousand_nodes() {
     assert_eq!(p.node_count(), 0);
     assert_eq!(p.nodes_created(), 10_000);
 }
+
+mod model {
+    use std::collections::HashMap;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create { token: usize, count: usize },
+        Kill(usize),
+        Terminate(usize),
+        Partial(usize),
+        FailCreate,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0usize..3, 0usize..5).prop_map(|(token, count)| Op::Create { token, count }),
+            1 => (0usize..20).prop_map(Op::Kill),
+            1 => (0usize..20).prop_map(Op::Terminate),
+            1 => (0usize..3).prop_map(Op::Partial),
+            1 => Just(Op::FailCreate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever happens, a token never gets more nodes than the largest count asked
+        /// with it, answers hold only live nodes of the token, and the counters add up.
+        #[test]
+        fn tokens_never_overlaunch(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let p = FakeProvider::new("model");
+                let tokens = ["t0", "t1", "t2"];
+                let mut max_count: HashMap<&str, usize> = HashMap::new();
+                // Every node created appears in the answer of the call that created it,
+                // so the union of the answers is every node ever launched per token.
+                let mut launched: HashMap<&str, BTreeSet<String>> = HashMap::new();
+                let mut removed = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Create { token, count } => {
+                            let token = tokens[token];
+                            let req = request("cpu", count).with_token(token);
+                            let m = max_count.entry(token).or_default();
+                            *m = (*m).max(count);
+                            let created_before = p.nodes_created();
+                            match p.create_nodes(&req).await {
+                                Ok(outcome) => {
+                                    let live: BTreeSet<String> = p.snapshot().into_iter().map(|n| n.id).collect();
+                                    for node in &outcome.nodes {
+                                        prop_assert_eq!(node.tag(tags::LAUNCH_TOKEN), Some(token));
+                                        prop_assert!(live.contains(&node.id), "answered a dead node {}", node.id);
+                                    }
+                                    launched.entry(token).or_default().extend(outcome.nodes.iter().map(|n| n.id.clone()));
+                                }
+                                Err(_) => prop_assert_eq!(p.nodes_created(), created_before, "an Err created nodes"),
+                            }
+                            let ever = launched.get(token).map_or(0, BTreeSet::len);
+                            prop_assert!(ever <= max_count[token], "token {} has {} nodes, max count {}", token, ever, max_count[token]);
+                        }
+                        Op::Kill(i) => removed += u64::from(p.kill_node(&format!("fake-{i}"))),
+                        Op::Terminate(i) => {
+                            let before = p.node_count();
+                            p.terminate_node(&format!("fake-{i}")).await.unwrap();
+                            removed += (before - p.node_count()) as u64;
+                        }
+                        Op::Partial(k) => p.fail_create_partially(1, k, ErrorKind::Capacity),
+                        Op::FailCreate => p.fail_create(1, ErrorKind::RateLimited),
+                    }
+                }
+                let ever: usize = launched.values().map(BTreeSet::len).sum();
+                prop_assert_eq!(p.nodes_created(), ever as u64);
+                prop_assert_eq!(p.nodes_created() - removed, p.node_count() as u64);
+                let listed = p.list_nodes(&Tags::new()).await.unwrap();
+                let seqs: Vec<u64> = listed.iter().map(|n| n.id["fake-".len()..].parse().unwrap()).collect();
+                prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "listed in launch order: {:?}", seqs);
+                Ok(())
+            })?;
+        }
+    }
+}
