@@ -2,11 +2,14 @@
 //!
 //! The core of CloudTik for Rust, an embeddable SDK that creates and scales clusters on
 //! clouds: typed cluster configs that read CloudTik's YAML, the [`NodeProvider`] and
-//! [`WorkspaceProvider`] traits that clouds implement, the runtime trait and registry,
+//! [`WorkspaceProvider`] traits that clouds implement, the [`Runtime`] trait and [`RuntimeRegistry`],
 //! and one [`Error`] type with kinds and retryability.
 //!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.
+//!
+//! The cargo feature `testing` adds the module `testing`: an in-memory fake cloud with failure
+//! injection, and the conformance suite every provider must pass.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -14,6 +17,9 @@ pub mod error;
 pub mod node;
 pub mod provider;
 pub mod resources;
+pub mod runtime;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
@@ -22,3 +28,4 @@ pub use provider::{
     ProviderCapabilities, TagUpdate, WorkspaceExistence, WorkspaceProvider,
 };
 pub use resources::Resources;
+pub use runtime::{Runtime, RuntimeRegistry};
