@@ -3,7 +3,8 @@
 //! The core of CloudTik for Rust, an embeddable SDK that creates and scales clusters on
 //! clouds: typed cluster configs that read CloudTik's YAML, the [`NodeProvider`] and
 //! [`WorkspaceProvider`] traits that clouds implement, the [`Runtime`] trait and [`RuntimeRegistry`],
-//! and one [`Error`] type with kinds and retryability.
+//! the [`Cluster`] and [`Workspace`] traits of the operations users run, and one [`Error`]
+//! type with kinds and retryability.
 //!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod error;
 pub mod node;
+pub mod operations;
 pub mod provider;
 pub mod resources;
 pub mod runtime;
@@ -23,6 +25,7 @@ pub mod testing;
 
 pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
+pub use operations::{Cluster, Workspace};
 pub use provider::{
     DeleteWorkspaceOptions, LaunchOutcome, LaunchRequest, NodeProvider, NodeProviderExt,
     ProviderCapabilities, TagUpdate, WorkspaceExistence, WorkspaceProvider,

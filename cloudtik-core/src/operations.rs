@@ -1,0 +1,230 @@
+//! The operations a user runs on a cluster and on a workspace: the [`Cluster`] and
+//! [`Workspace`] traits, and their options.
+//!
+//! The CLI (`cloudtik start|stop|status|exec|...`) is a thin layer over these traits, and
+//! a service embedding the SDK calls them the same way. The options follow CloudTik's
+//! command-line flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::error::Result;
+use crate::node::{NodeId, NodeKind, NodeStatus};
+use crate::provider::{DeleteWorkspaceOptions, WorkspaceExistence};
+use crate::resources::Resources;
+
+/// Options of [`Cluster::start`] (`cloudtik start`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// Override `min_workers` of every worker type.
+    pub min_workers: Option<u32>,
+    /// Override the global `max_workers`.
+    pub max_workers: Option<u32>,
+    /// Do not restart services on an existing head (setup commands only).
+    pub no_restart: bool,
+    /// Only restart services on an existing head (start commands only).
+    pub restart_only: bool,
+}
+
+/// Options of [`Cluster::stop`] (`cloudtik stop`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StopOptions {
+    /// Terminate workers only; keep the head.
+    pub workers_only: bool,
+    /// Keep `min_workers` workers of each type.
+    pub keep_min_workers: bool,
+    /// Skip stop commands; terminate at once.
+    pub hard: bool,
+}
+
+/// Which nodes a command addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeTarget {
+    /// The head (the default).
+    #[default]
+    Head,
+    /// The node with this internal IP.
+    Ip(String),
+    /// Every node, head first.
+    All,
+}
+
+/// How to run a command with [`Cluster::exec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecOptions {
+    /// The nodes to run on.
+    pub target: NodeTarget,
+    /// Run detached in a tmux session.
+    pub tmux: bool,
+    /// Run detached in a screen session.
+    pub screen: bool,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// The outcome of a command on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its internal IP.
+    pub node_ip: Option<String>,
+    /// The exit code (None when killed by a signal or detached).
+    pub exit_code: Option<i32>,
+    /// Captured standard output.
+    pub stdout: String,
+    /// Captured standard error.
+    pub stderr: String,
+}
+
+/// A persistent resource request (`cloudtik scale`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ScaleRequest {
+    /// Keep this many workers (of `worker_type`, which must be given when there are
+    /// several worker types).
+    pub workers: Option<u32>,
+    /// The worker type of `workers`.
+    pub worker_type: Option<String>,
+    /// Keep this many CPUs in the cluster.
+    pub cpus: Option<u32>,
+    /// Keep this many GPUs in the cluster.
+    pub gpus: Option<u32>,
+    /// Keep these resources in the cluster.
+    pub resources: Option<Resources>,
+    /// Keep room for these bundles (each must fit on one node).
+    pub bundles: Vec<Resources>,
+    /// Only scale up: do nothing if the cluster already has this much.
+    pub up_only: bool,
+    /// Replace earlier requests instead of merging with them.
+    pub override_previous: bool,
+}
+
+/// How a cluster is doing as a whole (CloudTik's `info` status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// No node is running.
+    Stopped,
+    /// The head is not up to date, or workers run without a head.
+    Unhealthy,
+    /// The head is up to date.
+    Running,
+}
+
+/// One node in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// The provider's id.
+    pub id: NodeId,
+    /// Head or worker.
+    pub kind: NodeKind,
+    /// The node type.
+    pub node_type: String,
+    /// Setup status.
+    pub status: Option<NodeStatus>,
+    /// Internal IP.
+    pub internal_ip: Option<String>,
+    /// External IP.
+    pub external_ip: Option<String>,
+    /// The last update error, if any (failing command, exit code, output tail).
+    pub last_error: Option<String>,
+    /// Total resources of the node.
+    pub resources: Resources,
+    /// Resources not in use, from the node's last heartbeat.
+    pub available: Option<Resources>,
+    /// Seconds since the node's last heartbeat.
+    pub heartbeat_age_secs: Option<f64>,
+}
+
+/// What `cloudtik status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// Overall state.
+    pub state: ClusterState,
+    /// Every non-terminated node, head first.
+    pub nodes: Vec<NodeSummary>,
+    /// Launches in flight per node type.
+    pub pending_launches: std::collections::BTreeMap<String, usize>,
+    /// Resource demands waiting for room.
+    pub demands: Vec<Resources>,
+    /// Demands that no node type can hold.
+    pub infeasible: Vec<Resources>,
+}
+
+/// A cluster: the operations of `cloudtik start|stop|status|exec|...`.
+#[async_trait]
+pub trait Cluster: std::fmt::Debug + Send + Sync {
+    /// The cluster's config, after templates, defaults and bootstrap.
+    fn config(&self) -> &ClusterConfig;
+
+    /// Creates or updates the head, sets it up and starts its services; the head's
+    /// controller then brings the workers. Running it again continues where an
+    /// interrupted start stopped and creates no duplicates.
+    async fn start(&self, options: &StartOptions) -> Result<()>;
+
+    /// Runs stop commands and terminates nodes; checks by listing that none is left.
+    async fn stop(&self, options: &StopOptions) -> Result<()>;
+
+    /// Nodes, their status and last error, resources and demands.
+    async fn status(&self) -> Result<ClusterStatus>;
+
+    /// Runs a shell command on the target nodes.
+    async fn exec(&self, command: &str, options: &ExecOptions) -> Result<Vec<ExecResult>>;
+
+    /// Copies a local file or folder to the target nodes.
+    async fn rsync_up(&self, local: &Path, remote: &str, target: &NodeTarget) -> Result<()>;
+
+    /// Copies a file or folder from one node to the local machine.
+    async fn rsync_down(&self, remote: &str, local: &Path, target: &NodeTarget) -> Result<()>;
+
+    /// Records a persistent resource request for the autoscaler.
+    async fn scale(&self, request: &ScaleRequest) -> Result<()>;
+
+    /// The head's IP (public unless `use_internal_ips`).
+    async fn head_ip(&self) -> Result<Option<String>>;
+
+    /// The workers' internal IPs.
+    async fn worker_ips(&self) -> Result<Vec<String>>;
+
+    /// Terminates one node (the autoscaler replaces it if needed).
+    async fn kill_node(&self, target: &NodeTarget) -> Result<()>;
+
+    /// Waits until the head and at least `min_workers` workers are up to date.
+    async fn wait_for_ready(&self, min_workers: u32, timeout: Duration) -> Result<()>;
+}
+
+/// A workspace: the operations of `cloudtik workspace create|delete|update|info`.
+#[async_trait]
+pub trait Workspace: std::fmt::Debug + Send + Sync {
+    /// The workspace's name.
+    fn name(&self) -> &str;
+
+    /// Creates what is missing; see [`WorkspaceProvider`](crate::WorkspaceProvider) for
+    /// the cleanup contract.
+    async fn create(&self) -> Result<()>;
+
+    /// Deletes the workspace; refused while clusters run in it.
+    async fn delete(&self, options: DeleteWorkspaceOptions) -> Result<()>;
+
+    /// Re-applies firewall rules and managed storage.
+    async fn update(&self) -> Result<()>;
+
+    /// How complete the workspace is.
+    async fn existence(&self) -> Result<WorkspaceExistence>;
+
+    /// Provider facts of the workspace.
+    async fn info(&self) -> Result<serde_json::Value>;
+
+    /// Clusters running in the workspace.
+    async fn list_clusters(&self) -> Result<Vec<String>>;
+}
