@@ -369,18 +369,17 @@ async fn query_pipe<T: FromRedisValue>(shard: &Shard, op: &'static str, pipe: &r
 /// those are looked at too (a transaction aborted because the server is still loading
 /// its data is transient).
 fn redis_error(e: redis::RedisError, op: &'static str, addr: &RedisAddress) -> Error {
-    let codes: Vec<String> = e
+    // The codes of the server errors inside a transaction or pipeline error, or of a
+    // single server error.
+    let inner: Vec<String> = e
         .clone()
         .into_server_errors()
         .map(|errs| errs.iter().map(|(_, se)| se.code().to_string()).collect())
         .unwrap_or_default();
-    let has = |c: &str| codes.iter().any(|x| x == c);
-    let busy = |c: &String| {
-        matches!(
-            c.as_str(),
-            "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY"
-        )
-    };
+    let code = e.code().unwrap_or("");
+    let has = |c: &str| code == c || inner.iter().any(|x| x == c);
+    let is_busy = |c: &str| matches!(c, "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY");
+    let busy = is_busy(code) || (!inner.is_empty() && inner.iter().all(|c| is_busy(c)));
     let (kind, message) =
         if e.kind() == redis::ErrorKind::AuthenticationFailed || has("NOAUTH") || has("WRONGPASS") {
             (
@@ -393,7 +392,7 @@ fn redis_error(e: redis::RedisError, op: &'static str, addr: &RedisAddress) -> E
             (ErrorKind::Timeout, "Redis did not answer in time")
         } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
             (ErrorKind::Transient, "cannot reach Redis")
-        } else if !codes.is_empty() && codes.iter().all(busy) {
+        } else if busy {
             (ErrorKind::Transient, "Redis is busy (loading its data)")
         } else {
             (ErrorKind::Unexpected, "Redis command failed")
@@ -671,6 +670,51 @@ mod tests {
         assert!(RedisAddress::parse("nohost").is_err());
         assert!(RedisAddress::parse(":1").is_err());
         assert!(RedisAddress::parse("h:99999").is_err());
+    }
+
+    #[test]
+    fn redis_errors_are_classified() {
+        use redis::{ErrorKind as R, ServerErrorKind as S, make_extension_error};
+        let addr = RedisAddress::new("h", 1);
+        let kind = |e: redis::RedisError| redis_error(e, "op", &addr).kind();
+        assert_eq!(
+            kind((R::AuthenticationFailed, "Password authentication failed").into()),
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            kind(make_extension_error("NOAUTH".into(), None)),
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            kind(make_extension_error("WRONGPASS".into(), None)),
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            kind(make_extension_error("NOPERM".into(), None)),
+            ErrorKind::PermissionDenied
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(kind(refused.into()), ErrorKind::Transient);
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(kind(timed_out.into()), ErrorKind::Timeout);
+        assert_eq!(
+            kind((R::Server(S::BusyLoading), "loading").into()),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(make_extension_error("LOADING".into(), None)),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(make_extension_error("WEIRD".into(), None)),
+            ErrorKind::Unexpected
+        );
+        assert_eq!(
+            kind((R::UnexpectedReturnType, "type").into()),
+            ErrorKind::Unexpected
+        );
+        let e = redis_error((R::AuthenticationFailed, "x").into(), "connect", &addr);
+        assert!(e.to_string().contains("redis: h:1"), "{e}");
     }
 
     #[test]

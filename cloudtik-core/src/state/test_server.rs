@@ -21,20 +21,29 @@ pub(crate) struct TestRedis {
 
 /// The redis-server binary, or a panic that says how to install it.
 fn redis_server_binary() -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    find_redis_server(std::env::var_os("PATH"), ci).unwrap_or_else(|message| panic!("{message}"))
+}
+
+/// Looks for `redis-server` in the directories of `path`; the error says how to get it,
+/// and says that CI needs it when `ci` is set.
+fn find_redis_server(path: Option<std::ffi::OsString>, ci: bool) -> Result<PathBuf, String> {
+    let found = path.and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("redis-server"))
             .find(|p| p.is_file())
     });
     match found {
-        Some(p) => p,
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "redis-server is not on PATH, and CI=true: the state store tests need a real redis-server. \
-             Install it in the CI image with `apt-get install -y redis-server`."
+        Some(p) => Ok(p),
+        None if ci => Err(
+            "redis-server is not on PATH, and CI=true: the state store tests need a real \
+             redis-server. Install it in the CI image with `apt-get install -y redis-server`."
+                .to_string(),
         ),
-        None => panic!(
+        None => Err(
             "redis-server is not on PATH: the state store tests need a real redis-server. \
-             Run `apt-get install -y redis-server` (it does not need to be started; the tests start their own)."
+             Run `apt-get install -y redis-server` (do not start it; the tests start their own)."
+                .to_string(),
         ),
     }
 }
@@ -186,5 +195,32 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_redis_server_fails_with_instructions() {
+        let empty = tempfile::tempdir().unwrap();
+        let path = Some(empty.path().as_os_str().to_owned());
+        let ci = find_redis_server(path.clone(), true).unwrap_err();
+        assert!(
+            ci.contains("CI=true") && ci.contains("apt-get install -y redis-server"),
+            "{ci}"
+        );
+        let local = find_redis_server(path, false).unwrap_err();
+        assert!(local.contains("apt-get install -y redis-server"), "{local}");
+        assert!(find_redis_server(None, false).is_err());
+
+        let with = tempfile::tempdir().unwrap();
+        std::fs::write(with.path().join("redis-server"), b"").unwrap();
+        let path = std::env::join_paths([empty.path(), with.path()]).unwrap();
+        assert_eq!(
+            find_redis_server(Some(path), true).unwrap(),
+            with.path().join("redis-server")
+        );
     }
 }
