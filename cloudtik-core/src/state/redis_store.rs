@@ -230,7 +230,8 @@ impl RedisStore {
         query::<()>(shard, op, &cmd).await
     }
 
-    /// Every row of a node table: one `HGETALL` per data shard, all shards at once.
+    /// Every row of a node table: one `HGETALL` per data shard, all shards at once. Each
+    /// shard's answer is decoded as soon as it arrives, straight from the reply's buffers.
     async fn all_rows<T: DeserializeOwned>(
         &self,
         op: &'static str,
@@ -239,15 +240,13 @@ impl RedisStore {
         let parts = try_join_all(self.data.iter().map(|shard| async move {
             let mut cmd = redis::cmd("HGETALL");
             cmd.arg(table);
-            query::<HashMap<String, Vec<u8>>>(shard, op, &cmd).await
+            let reply: redis::Value = query(shard, op, &cmd).await?;
+            decode_hash::<T>(op, table, reply)
         }))
         .await?;
         let mut out = BTreeMap::new();
         for part in parts {
-            for (id, bytes) in part {
-                let row = decode(op, table, &id, &bytes)?;
-                out.insert(id, row);
-            }
+            out.extend(part);
         }
         Ok(out)
     }
@@ -401,6 +400,46 @@ fn redis_error(e: redis::RedisError, op: &'static str, addr: &RedisAddress) -> E
         .with_operation(op)
         .with_context("redis", addr)
         .with_source(e)
+}
+
+/// Decodes an `HGETALL` reply (a flat array in RESP2, a map in RESP3) of JSON values.
+fn decode_hash<T: DeserializeOwned>(
+    op: &'static str,
+    key: &str,
+    reply: redis::Value,
+) -> Result<Vec<(String, T)>> {
+    use redis::Value;
+    let bad = |what: &str| {
+        Error::new(ErrorKind::Unexpected, format!("unexpected HGETALL reply: {what}"))
+            .with_operation(op)
+            .with_context("key", key)
+    };
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Nil => Vec::new(),
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(bad("odd number of items"));
+            }
+            let mut it = items.into_iter();
+            let mut pairs = Vec::with_capacity(it.len() / 2);
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        _ => return Err(bad("not an array or map")),
+    };
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let (Value::BulkString(field), Value::BulkString(bytes)) = (k, v) else {
+            return Err(bad("a field or value is not a string"));
+        };
+        let field = String::from_utf8(field).map_err(|_| bad("a field is not UTF-8"))?;
+        let row = decode(op, key, &field, &bytes)?;
+        out.push((field, row));
+    }
+    Ok(out)
 }
 
 fn encode<T: Serialize>(op: &'static str, value: &T) -> Result<Vec<u8>> {
