@@ -3,7 +3,8 @@
 //! The core of CloudTik for Rust, an embeddable SDK that creates and scales clusters on
 //! clouds: typed cluster configs that read CloudTik's YAML, the [`NodeProvider`] and
 //! [`WorkspaceProvider`] traits that clouds implement, the runtime trait and registry,
-//! and one [`Error`] type with kinds and retryability.
+//! and one [`Error`] type with kinds and retryability, and the cluster's shared state
+//! ([`state::StateStore`], in Redis or in memory).
 //!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::model::{
     ClusterEvent, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ResourceDemands, ResourceRequest,
-    StandingRequests,
+    StandingRequests, check_key,
 };
 use super::{DEFAULT_EVENT_CAPACITY, StateStore};
 use crate::error::Result;
@@ -74,6 +74,7 @@ impl StateStore for InMemoryStore {
     }
 
     async fn put_heartbeat(&self, heartbeat: &NodeHeartbeat) -> Result<()> {
+        check_key("put_heartbeat", "node id", &heartbeat.node_id)?;
         self.tables()
             .heartbeats
             .insert(heartbeat.node_id.clone(), heartbeat.clone());
@@ -93,6 +94,7 @@ impl StateStore for InMemoryStore {
     }
 
     async fn put_node_metrics(&self, node_id: &str, metrics: &NodeMetrics) -> Result<()> {
+        check_key("put_node_metrics", "node id", node_id)?;
         self.tables().metrics.insert(node_id.to_string(), metrics.clone());
         Ok(())
     }
@@ -102,6 +104,7 @@ impl StateStore for InMemoryStore {
     }
 
     async fn put_node_processes(&self, node_id: &str, processes: &NodeProcesses) -> Result<()> {
+        check_key("put_node_processes", "node id", node_id)?;
         self.tables()
             .processes
             .insert(node_id.to_string(), processes.clone());
@@ -142,6 +145,7 @@ impl StateStore for InMemoryStore {
     }
 
     async fn put_pending_launch(&self, token: &str, launch: &PendingLaunch) -> Result<()> {
+        check_key("put_pending_launch", "launch token", token)?;
         self.tables().pending.insert(token.to_string(), launch.clone());
         Ok(())
     }
@@ -180,6 +184,7 @@ impl StateStore for InMemoryStore {
     }
 
     async fn set_secret(&self, name: &str, value: &[u8]) -> Result<()> {
+        check_key("set_secret", "secret name", name)?;
         self.tables().secrets.insert(name.to_string(), value.to_vec());
         Ok(())
     }

@@ -17,6 +17,16 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Refuses an empty row key (node id, launch token, secret name) with `InvalidConfig`.
+pub(crate) fn check_key(op: &'static str, what: &'static str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(
+            Error::new(ErrorKind::InvalidConfig, format!("the {what} must not be empty")).with_operation(op),
+        );
+    }
+    Ok(())
+}
+
 /// A node's heartbeat row: who the node is, what it has, and when it last reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeHeartbeat {

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use super::crypto::EncryptionKey;
 use super::model::{
     ClusterEvent, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ResourceDemands, ResourceRequest,
-    StandingRequests,
+    StandingRequests, check_key,
 };
 use super::{DEFAULT_EVENT_CAPACITY, StateStore, shard_index};
 use crate::error::{Error, ErrorKind, Result};
@@ -478,6 +478,7 @@ impl StateStore for RedisStore {
     }
 
     async fn put_heartbeat(&self, heartbeat: &NodeHeartbeat) -> Result<()> {
+        check_key("put_heartbeat", "node id", &heartbeat.node_id)?;
         let op = "put_heartbeat";
         self.put_row(op, HEARTBEATS, &heartbeat.node_id, encode(op, heartbeat)?)
             .await
@@ -507,6 +508,7 @@ impl StateStore for RedisStore {
     }
 
     async fn put_node_metrics(&self, node_id: &str, metrics: &NodeMetrics) -> Result<()> {
+        check_key("put_node_metrics", "node id", node_id)?;
         let op = "put_node_metrics";
         self.put_row(op, METRICS, node_id, encode(op, metrics)?).await
     }
@@ -516,6 +518,7 @@ impl StateStore for RedisStore {
     }
 
     async fn put_node_processes(&self, node_id: &str, processes: &NodeProcesses) -> Result<()> {
+        check_key("put_node_processes", "node id", node_id)?;
         let op = "put_node_processes";
         self.put_row(op, PROCESSES, node_id, encode(op, processes)?).await
     }
@@ -605,6 +608,7 @@ impl StateStore for RedisStore {
     }
 
     async fn put_pending_launch(&self, token: &str, launch: &PendingLaunch) -> Result<()> {
+        check_key("put_pending_launch", "launch token", token)?;
         let op = "put_pending_launch";
         let mut cmd = redis::cmd("HSET");
         cmd.arg(PENDING).arg(token).arg(encode(op, launch)?);
@@ -656,6 +660,7 @@ impl StateStore for RedisStore {
     }
 
     async fn set_secret(&self, name: &str, value: &[u8]) -> Result<()> {
+        check_key("set_secret", "secret name", name)?;
         self.set_sealed("set_secret", &format!("{SECRET_PREFIX}{name}"), value)
             .await
     }

@@ -102,6 +102,26 @@ pub(crate) async fn heartbeats(store: &dyn StateStore) {
     assert_eq!(lost.len(), 49);
     assert!(!lost.contains(&"i-00007".to_string()));
 
+    let mut nameless = heartbeat(1, 1.0);
+    nameless.node_id.clear();
+    assert_eq!(
+        store.put_heartbeat(&nameless).await.unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(
+        store.put_node_metrics("", &metrics(1)).await.unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(
+        store
+            .put_node_processes("", &processes(1))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(store.all_heartbeats().await.unwrap().len(), 50);
+
     store.remove_nodes(&ids(0..50)).await.unwrap();
     store.remove_node("no-such-node").await.unwrap();
     assert!(store.all_heartbeats().await.unwrap().is_empty());
@@ -262,6 +282,8 @@ pub(crate) async fn pending_launches(store: &dyn StateStore) {
     assert_eq!(all.keys().collect::<Vec<_>>(), vec!["tok-b", "tok-c"]);
     store.remove_pending_launch("tok-b").await.unwrap();
     store.remove_pending_launch("tok-c").await.unwrap();
+    let err = store.put_pending_launch("", &a).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     assert!(store.pending_launches().await.unwrap().is_empty());
 }
 
@@ -304,6 +326,10 @@ pub(crate) async fn runtime_config_and_secrets(store: &dyn StateStore) {
         Some(b"\x00key\xffbytes".to_vec())
     );
     store.set_secret("aws", b"rotated").await.unwrap();
+    assert_eq!(
+        store.set_secret("", b"x").await.unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
     assert_eq!(store.secret("aws").await.unwrap(), Some(b"rotated".to_vec()));
 }
 
