@@ -42,6 +42,7 @@
 //! | `cloudtik:runtime_config:<node type>` | string, sealed | primary | the runtime config of one node type |
 //! | `cloudtik:secret:<name>` | string, sealed | primary | a secret's bytes |
 //! | `cloudtik:events` | list | primary | [`ClusterEvent`]s, oldest first, trimmed to the capacity |
+//! | `cloudtik:shards` | string | primary | JSON array of the extra shards' `host:port`, published by the head ([`RedisStore::publish_shards`]) |
 //!
 //! **Shards.** The primary holds the cluster-wide keys. The node tables are split over
 //! the *data shards*: the extra shards when there are any, else the primary alone (as in

@@ -36,6 +36,7 @@ pub(crate) const SCALING_STATUS: &str = "cloudtik:scaling_status";
 pub(crate) const RUNTIME_CONFIG: &str = "cloudtik:runtime_config";
 pub(crate) const SECRET_PREFIX: &str = "cloudtik:secret:";
 pub(crate) const EVENTS: &str = "cloudtik:events";
+pub(crate) const SHARDS: &str = "cloudtik:shards";
 
 /// The address of one redis-server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,6 +87,10 @@ pub struct RedisStoreConfig {
     pub primary: RedisAddress,
     /// Extra shards for the node tables.
     pub shards: Vec<RedisAddress>,
+    /// When `shards` is empty, read the shard list the head published on the primary
+    /// ([`RedisStore::publish_shards`]) and use it. For node agents, which know only the
+    /// head's address.
+    pub discover_shards: bool,
     /// The password (`AUTH`); the same for every shard.
     pub password: Option<String>,
     /// The cluster's key for runtime config and secrets.
@@ -105,6 +110,7 @@ impl fmt::Debug for RedisStoreConfig {
         f.debug_struct("RedisStoreConfig")
             .field("primary", &self.primary)
             .field("shards", &self.shards)
+            .field("discover_shards", &self.discover_shards)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("encryption_key", &self.encryption_key)
             .field("connect_timeout", &self.connect_timeout)
@@ -121,6 +127,7 @@ impl RedisStoreConfig {
         RedisStoreConfig {
             primary,
             shards: Vec::new(),
+            discover_shards: false,
             password: None,
             encryption_key,
             connect_timeout: Duration::from_secs(2),
@@ -133,6 +140,12 @@ impl RedisStoreConfig {
     /// Adds an extra shard.
     pub fn with_shard(mut self, shard: RedisAddress) -> Self {
         self.shards.push(shard);
+        self
+    }
+
+    /// Sets `discover_shards`.
+    pub fn with_discover_shards(mut self, discover: bool) -> Self {
+        self.discover_shards = discover;
         self
     }
 
@@ -192,10 +205,15 @@ impl fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects to the primary and every extra shard, checking that each answers `PING`
-    /// with the password.
+    /// with the password. With `discover_shards` and no shards given, the extra shards
+    /// are the ones published on the primary.
     pub async fn connect(config: RedisStoreConfig) -> Result<Self> {
         let primary = connect_shard(&config, &config.primary).await?;
-        let extras = try_join_all(config.shards.iter().map(|a| connect_shard(&config, a))).await?;
+        let mut shards = config.shards.clone();
+        if shards.is_empty() && config.discover_shards {
+            shards = read_shard_list(&primary).await?;
+        }
+        let extras = try_join_all(shards.iter().map(|a| connect_shard(&config, a))).await?;
         let data = if extras.is_empty() {
             vec![primary.clone()]
         } else {
@@ -207,6 +225,19 @@ impl RedisStore {
             key: config.encryption_key,
             event_capacity: config.event_capacity.max(1),
         })
+    }
+
+    /// Publishes this store's extra shards on the primary (key `cloudtik:shards`, a JSON
+    /// array of `host:port`), for stores connecting with `discover_shards`. The head does
+    /// this once its shards run. Without extra shards it publishes an empty list.
+    pub async fn publish_shards(&self) -> Result<()> {
+        let op = "publish_shards";
+        let list: Vec<String> = if self.data.len() == 1 && self.data[0].addr == self.primary.addr {
+            Vec::new()
+        } else {
+            self.data.iter().map(|s| s.addr.to_string()).collect()
+        };
+        self.set_primary(op, SHARDS, encode(op, &list)?).await
     }
 
     /// The addresses of the shards holding the node tables, in shard-index order.
@@ -290,6 +321,19 @@ impl RedisStore {
             })
             .transpose()
     }
+}
+
+/// The extra shards published on the primary; none when nothing was published.
+async fn read_shard_list(primary: &Shard) -> Result<Vec<RedisAddress>> {
+    let op = "discover_shards";
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(SHARDS);
+    let bytes: Option<Vec<u8>> = query(primary, op, &cmd).await?;
+    let Some(bytes) = bytes else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = decode(op, SHARDS, "", &bytes)?;
+    list.iter().map(|a| RedisAddress::parse(a)).collect()
 }
 
 fn runtime_config_key(node_type: Option<&str>) -> String {

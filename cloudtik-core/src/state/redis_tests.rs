@@ -31,6 +31,14 @@ async fn redis_store_passes_the_behavioural_suite() {
             .unwrap();
         assert_eq!(store.data_shards(), vec![server.address()]);
         suite::run_all(&store).await;
+
+        // Without extra shards the published list is empty and discovery uses the primary.
+        store.publish_shards().await.unwrap();
+        let discovering =
+            RedisStore::connect(config(&server, &EncryptionKey::generate()).with_discover_shards(true))
+                .await
+                .unwrap();
+        assert_eq!(discovering.data_shards(), vec![server.address()]);
     })
     .await
     .expect("the test finished in time");
@@ -98,6 +106,29 @@ async fn sharded_store_spreads_node_rows_and_batch_reads_return_all() {
         let some_ids: Vec<String> = (0..n).step_by(7).map(|i| format!("i-{i:05}")).collect();
         let some = store.heartbeats(&some_ids).await.unwrap();
         assert_eq!(some.len(), some_ids.len());
+
+        // A store that knows only the primary finds the shards the head published, and
+        // puts rows where the head reads them.
+        let agent_config = || {
+            RedisStoreConfig::new(primary.address(), EncryptionKey::generate())
+                .with_password(password.clone())
+                .with_discover_shards(true)
+        };
+        let before = RedisStore::connect(agent_config()).await.unwrap();
+        assert_eq!(
+            before.data_shards(),
+            vec![primary.address()],
+            "nothing published yet"
+        );
+        store.publish_shards().await.unwrap();
+        let agent = RedisStore::connect(agent_config()).await.unwrap();
+        assert_eq!(agent.data_shards(), store.data_shards());
+        agent.put_heartbeat(&suite::heartbeat(n, 200.0)).await.unwrap();
+        assert_eq!(
+            store.heartbeat(&format!("i-{n:05}")).await.unwrap(),
+            Some(suite::heartbeat(n, 200.0))
+        );
+        store.remove_node(&format!("i-{n:05}")).await.unwrap();
 
         // Removal reaches every shard.
         let all_ids: Vec<String> = (0..n).map(|i| format!("i-{i:05}")).collect();
