@@ -50,9 +50,10 @@
 //! live on one data shard, chosen by [`shard_index`]: the 64-bit FNV-1a hash of the node
 //! id's UTF-8 bytes, modulo the number of data shards. FNV-1a is fixed by its
 //! specification (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`), so the
-//! mapping is the same on every platform and in every version of this crate. Changing
-//! the number of shards moves rows; agents rewrite their rows every second, and a
-//! controller restarted with a new shard list sees every node again within one heartbeat.
+//! mapping is the same on every platform and in every version of this crate. Every
+//! store of a cluster must use the same shard list in the same order: the head publishes
+//! it (`cloudtik:shards`) and agents connect with `discover_shards`. Rows written under
+//! another shard list are not read; agents write them again at their next report.
 //!
 //! **Batch reads.** [`StateStore::all_heartbeats`] and the other `all_*` reads send one
 //! `HGETALL` per data shard, to all shards at once; [`StateStore::heartbeats`] sends one
@@ -69,7 +70,7 @@
 //! head's internal address and loopback). A stopped or restarted redis-server loses
 //! nothing it acknowledged; what a *killed* one may lose depends on [`AppendFsync`]:
 //! nothing with `always`, and with `everysec` the writes of the last ~2 s only when the
-//! disk was too slow to keep up.
+//! disk was too slow to keep up. The rendered config needs redis-server 7.0 or newer.
 
 mod crypto;
 mod memory;

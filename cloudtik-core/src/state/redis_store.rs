@@ -179,8 +179,9 @@ struct Shard {
 /// [`ConnectionManager`] that reconnects by itself after a server restart.
 ///
 /// While a server is down, calls fail with [`Transient`](ErrorKind::Transient) errors
-/// (never hang longer than the connect and response timeouts); once it is back, the next
-/// calls reconnect. [`connect`](RedisStore::connect) checks every server and the password
+/// instead of hanging: a call waits for at most four connection attempts (each bounded by
+/// the connect timeout, with up to `max_reconnect_delay` between them) and then the
+/// response timeout. Once the server is back, the next calls reconnect. [`connect`](RedisStore::connect) checks every server and the password
 /// first, so a wrong password fails at once with [`Unauthenticated`](ErrorKind::Unauthenticated).
 pub struct RedisStore {
     primary: Shard,
