@@ -3,8 +3,9 @@
 //! The core of CloudTik for Rust, an embeddable SDK that creates and scales clusters on
 //! clouds: typed cluster configs that read CloudTik's YAML, the [`NodeProvider`] and
 //! [`WorkspaceProvider`] traits that clouds implement, the [`Runtime`] trait and [`RuntimeRegistry`],
-//! the [`Cluster`] and [`Workspace`] traits of the operations users run, and one [`Error`]
-//! type with kinds and retryability.
+//! the [`Cluster`] and [`Workspace`] traits of the operations users run, the cluster's
+//! shared state ([`state::StateStore`], in Redis or in memory), and one [`Error`] type with
+//! kinds and retryability.
 //!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.
@@ -20,6 +21,7 @@ pub mod operations;
 pub mod provider;
 pub mod resources;
 pub mod runtime;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 
