@@ -77,6 +77,7 @@ pub struct ConfigLoader {
     use_env_dirs: bool,
     provider_defaults: HashMap<String, String>,
     validators: HashMap<String, ProviderValidator>,
+    runtimes: Option<Arc<crate::runtime::RuntimeRegistry>>,
 }
 
 impl fmt::Debug for ConfigLoader {
@@ -89,6 +90,7 @@ impl fmt::Debug for ConfigLoader {
                 &self.provider_defaults.keys().collect::<Vec<_>>(),
             )
             .field("validators", &self.validators.keys().collect::<Vec<_>>())
+            .field("runtimes", &self.runtimes)
             .finish()
     }
 }
@@ -175,7 +177,18 @@ impl ConfigLoader {
             use_env_dirs: true,
             provider_defaults: HashMap::new(),
             validators: HashMap::new(),
+            runtimes: None,
         }
+    }
+
+    /// Checks `runtime.types` against a registry of runtimes: names must be known,
+    /// required runtimes are added and the list is put in start order (for the cluster
+    /// and for each node type), each runtime's defaults are laid under its section
+    /// (`runtime.<name>`) and the runtime validates the result. Without a registry,
+    /// runtime names and sections are taken as they are.
+    pub fn with_runtimes(mut self, registry: Arc<crate::runtime::RuntimeRegistry>) -> Self {
+        self.runtimes = Some(registry);
+        self
     }
 
     /// Adds a user template folder, searched before `$CLOUDTIK_USER_TEMPLATES` and the
@@ -252,9 +265,12 @@ impl ConfigLoader {
     /// Types and validates an already merged config.
     pub fn finish_cluster(&self, merged: &MergedConfig) -> Result<ClusterConfig> {
         check_mappings(&merged.value).map_err(|e| merged.locate(e))?;
-        let config: ClusterConfig =
+        let mut config: ClusterConfig =
             typed::from_value(&merged.value, &YamlPath::root()).map_err(|e| merged.locate(e))?;
         validate::validate_cluster(&config).map_err(|e| merged.locate(e))?;
+        if let Some(registry) = &self.runtimes {
+            apply_runtimes(registry, &mut config).map_err(|e| merged.locate(e))?;
+        }
         if let Some(v) = self.validators.get(&config.provider.provider_type) {
             v(&config.provider).map_err(|e| merged.locate(e))?;
         }
@@ -468,6 +484,51 @@ impl ConfigLoader {
         }
         Ok(ws)
     }
+}
+
+/// Orders runtime types, merges each runtime's defaults under its section and lets it
+/// validate the section.
+fn apply_runtimes(registry: &crate::runtime::RuntimeRegistry, config: &mut ClusterConfig) -> Result<()> {
+    config.runtime.types = registry.order(&config.runtime.types)?;
+    for name in config.runtime.types.clone() {
+        let Some(rt) = registry.get(&name) else { continue };
+        let path = YamlPath::root().key("runtime").key(&name);
+        let mut section = match rt.config_defaults() {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        match config.runtime.sections.get(&name) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(user)) => merge::merge_into(&mut section, user, &path)?,
+            Some(other) => {
+                return Err(Error::config(
+                    path.to_string(),
+                    format!(
+                        "wrong type: found {}, expected a mapping of the runtime's settings",
+                        kind_of(other)
+                    ),
+                ));
+            }
+        }
+        let section = Value::Object(section);
+        rt.validate(&section)?;
+        config.runtime.sections.insert(name, section);
+    }
+    for (type_name, t) in config.available_node_types.iter_mut() {
+        if let Some(rt) = t.runtime.as_mut() {
+            if !rt.types.is_empty() {
+                rt.types = registry.order(&rt.types).map_err(|e| {
+                    let loc = e.location().map(|l| l.path.clone()).unwrap_or_default();
+                    let path = format!(
+                        "{}.{loc}",
+                        YamlPath::root().key("available_node_types").key(type_name)
+                    );
+                    Error::config(path, e.message().to_string())
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// serde reads a struct from a list as readily as from a mapping (`auth: [root]` would
