@@ -515,17 +515,17 @@ fn apply_runtimes(registry: &crate::runtime::RuntimeRegistry, config: &mut Clust
         config.runtime.sections.insert(name, section);
     }
     for (type_name, t) in config.available_node_types.iter_mut() {
-        if let Some(rt) = t.runtime.as_mut() {
-            if !rt.types.is_empty() {
-                rt.types = registry.order(&rt.types).map_err(|e| {
-                    let loc = e.location().map(|l| l.path.clone()).unwrap_or_default();
-                    let path = format!(
-                        "{}.{loc}",
-                        YamlPath::root().key("available_node_types").key(type_name)
-                    );
-                    Error::config(path, e.message().to_string())
-                })?;
-            }
+        if let Some(rt) = t.runtime.as_mut()
+            && !rt.types.is_empty()
+        {
+            rt.types = registry.order(&rt.types).map_err(|e| {
+                let loc = e.location().map(|l| l.path.clone()).unwrap_or_default();
+                let path = format!(
+                    "{}.{loc}",
+                    YamlPath::root().key("available_node_types").key(type_name)
+                );
+                Error::config(path, e.message().to_string())
+            })?;
         }
     }
     Ok(())
