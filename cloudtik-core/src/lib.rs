@@ -13,6 +13,7 @@ pub mod error;
 pub mod node;
 pub mod provider;
 pub mod resources;
+pub mod scaler;
 
 pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
