@@ -607,35 +607,74 @@ impl<'a> Planner<'a> {
         let mut counts = dem_residual.clone();
         packing::pack(&mut self.new_bins(&so_far), &demands.shapes.vectors, &mut counts);
         // 4. New nodes for the rest.
-        let mut dem_launch = self.choose(&mut room, &mut global_room, &demands.shapes, &mut counts);
+        let dem_launch = self.choose(&mut room, &mut global_room, &demands.shapes, &mut counts);
 
-        // 5. The upscaling cap on demand-driven launches.
+        // 5. The upscaling cap on demand-driven launches: a type launches at most
+        // max(cap - in flight, its min and request launches).
+        let mut limit = vec![0usize; nt];
         for t in 0..nt {
             let scaled = (self.config.upscaling_speed * running_of[t].max(1) as f64).floor();
             let cap = 5usize.max(if scaled.is_finite() { scaled as usize } else { 0 });
-            let allowed = cap.saturating_sub(launching_of[t] + booting_of[t] + so_far[t]);
-            dem_launch[t] = dem_launch[t].min(allowed);
+            limit[t] = cap.saturating_sub(launching_of[t] + booting_of[t]).max(so_far[t]);
         }
-        let mut launches: Vec<usize> = (0..nt).map(|t| so_far[t] + dem_launch[t]).collect();
+        let mut launches: Vec<usize> = (0..nt).map(|t| (so_far[t] + dem_launch[t]).min(limit[t])).collect();
 
         // 6. Only the highest launch priority with something to launch.
-        if let Some(top) = (0..nt)
-            .filter(|t| launches[*t] > 0)
-            .map(|t| self.types[t].config.launch_priority)
-            .max()
-        {
-            for t in 0..nt {
-                if self.types[t].config.launch_priority < top {
-                    launches[t] = 0;
-                }
-            }
-        }
+        let top = self.keep_top_priority(&mut launches);
 
-        // 7. Drop launches nothing needs.
+        // 7. The new nodes, in type order, are what requests and demands are finally packed
+        // on. That packing can differ from the greedy one's: top up what it leaves unplaced
+        // (within every limit and the priority), and drop launches nothing needs, until stable.
+        if top.is_none() {
+            // Nothing to launch at all.
+            return self.finish(plan, &launches, demands, requests, dem_residual);
+        }
+        let global_base = kept.len() + launching_total;
         let mut req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
         let mut dem_placed = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
-        loop {
-            let mut changed = false;
+        for _round in 0..4 {
+            let start = launches.clone();
+            for is_request in [true, false] {
+                let (shapes, residual) = if is_request {
+                    (&requests.shapes, &req_residual)
+                } else {
+                    (&demands.shapes, &dem_residual)
+                };
+                let mut counts = residual.clone();
+                packing::pack(&mut self.new_bins(&launches), &shapes.vectors, &mut counts);
+                if counts.iter().all(|c| *c == 0) {
+                    continue;
+                }
+                let mut room: Vec<usize> = (0..nt)
+                    .map(|t| {
+                        let ty = &self.types[t];
+                        let r = ty.config.max_workers.saturating_sub(count_of[t] + launches[t]);
+                        if is_request { r } else { r.min(limit[t].saturating_sub(launches[t])) }
+                    })
+                    .collect();
+                let mut global = self
+                    .config
+                    .max_workers
+                    .saturating_sub(global_base + launches.iter().sum::<usize>());
+                let added = self.choose(&mut room, &mut global, shapes, &mut counts);
+                for t in 0..nt {
+                    if added[t] > 0 {
+                        launches[t] += added[t];
+                        if is_request {
+                            limit[t] += added[t];
+                        }
+                    }
+                }
+            }
+            // What the top-up chose for a lower priority waits, as in rule 6.
+            self.keep_top_priority(&mut launches);
+            let added_any = launches != start;
+            if added_any {
+                req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
+                dem_placed = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
+            }
+            // Drop launches nothing needs.
+            let mut dropped_any = false;
             for t in 0..nt {
                 while launches[t] > 0 && count_of[t] + launches[t] > self.types[t].eff_min {
                     launches[t] -= 1;
@@ -643,21 +682,47 @@ impl<'a> Planner<'a> {
                     let d = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
                     if r >= req_placed && d >= dem_placed {
                         (req_placed, dem_placed) = (r, d);
-                        changed = true;
+                        dropped_any = true;
                     } else {
                         launches[t] += 1;
                         break;
                     }
                 }
             }
-            if !changed {
+            if !added_any && !dropped_any {
                 break;
             }
         }
+        self.finish(plan, &launches, demands, requests, dem_residual)
+    }
 
+    /// Rule 6: zeroes the launches of types below the highest priority that launches; returns
+    /// that priority.
+    fn keep_top_priority(&self, launches: &mut [usize]) -> Option<i32> {
+        let top = (0..launches.len())
+            .filter(|t| launches[*t] > 0)
+            .map(|t| self.types[t].config.launch_priority)
+            .max()?;
+        for (t, n) in launches.iter_mut().enumerate() {
+            if self.types[t].config.launch_priority < top {
+                *n = 0;
+            }
+        }
+        Some(top)
+    }
+
+    /// Fills in the launches, the unfulfilled and the infeasible demands.
+    fn finish(
+        &self,
+        mut plan: ScalingPlan,
+        launches: &[usize],
+        demands: Sorted,
+        requests: Sorted,
+        dem_residual: Vec<usize>,
+    ) -> ScalingPlan {
         // What stays unplaced.
         let mut counts = dem_residual;
-        packing::pack(&mut self.new_bins(&launches), &demands.shapes.vectors, &mut counts);
+        packing::pack(&mut self.new_bins(launches), &demands.shapes.vectors, &mut counts);
         plan.unfulfilled = demands
             .shapes
             .vectors
@@ -674,7 +739,7 @@ impl<'a> Planner<'a> {
         plan.to_launch = self
             .types
             .iter()
-            .zip(&launches)
+            .zip(launches)
             .filter(|(_, n)| **n > 0)
             .map(|(t, n)| (t.name.to_string(), *n))
             .collect();

@@ -176,11 +176,6 @@ pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
 }
 
 impl Shapes {
-    /// Total number of demands.
-    pub(crate) fn total(&self) -> usize {
-        self.counts.iter().sum()
-    }
-
     /// Sorts into first-fit-decreasing order, Ray's: more resource kinds first, then the larger
     /// sum of amounts, then the lexicographically larger `(name, amount)` list.
     pub(crate) fn sort(&mut self) {
@@ -683,7 +678,7 @@ mod tests {
             let placed = pack(&mut groups, &s.vectors, &mut counts);
             let naive = naive_pack(&mut expanded_nodes, &expanded_demands);
             prop_assert_eq!(placed, naive);
-            prop_assert_eq!(placed + counts.iter().sum::<usize>(), s.total());
+            prop_assert_eq!(placed + counts.iter().sum::<usize>(), s.counts.iter().sum::<usize>());
             // The free capacities left are the same multiset.
             let mut left: Vec<Vec<u64>> = Vec::new();
             for g in &groups {
