@@ -648,8 +648,7 @@ impl<'a> Planner<'a> {
                 let mut room: Vec<usize> = (0..nt)
                     .map(|t| {
                         let ty = &self.types[t];
-                        let r = ty.config.max_workers.saturating_sub(count_of[t] + launches[t]);
-                        if is_request { r } else { r.min(limit[t].saturating_sub(launches[t])) }
+                        ty.config.max_workers.saturating_sub(count_of[t] + launches[t])
                     })
                     .collect();
                 let mut global = self
@@ -658,11 +657,13 @@ impl<'a> Planner<'a> {
                     .saturating_sub(global_base + launches.iter().sum::<usize>());
                 let added = self.choose(&mut room, &mut global, shapes, &mut counts);
                 for t in 0..nt {
-                    if added[t] > 0 {
-                        launches[t] += added[t];
-                        if is_request {
-                            limit[t] += added[t];
-                        }
+                    launches[t] += added[t];
+                    if is_request {
+                        limit[t] += added[t];
+                    } else {
+                        // Chosen, then capped as in rule 5: a capped type's demands wait
+                        // rather than spill onto another type (a GPU type, say).
+                        launches[t] = launches[t].min(limit[t]);
                     }
                 }
             }

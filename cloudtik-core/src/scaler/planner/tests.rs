@@ -218,6 +218,18 @@ fn the_upscaling_cap_limits_demand_launches_per_type() {
 }
 
 #[test]
+fn capped_cpu_work_waits_instead_of_spilling_onto_gpu_nodes() {
+    let mut c = config(vec![
+        ("cpu", ty(cpu(8.0), 0, 100)),
+        ("gpu", ty(res(&[("CPU", 8.0), ("GPU", 1.0)]), 0, 100)),
+    ]);
+    c.upscaling_speed = 1.0;
+    let p = plan(&c, &snapshot(vec![], vec![cpu(8.0); 100]), now());
+    assert_eq!(launches(&p), vec![("cpu", 5)]);
+    assert_eq!(p.unfulfilled_count(), 95);
+}
+
+#[test]
 fn only_the_highest_launch_priority_launches() {
     let mut c = config(vec![
         ("cpu", ty(cpu(8.0), 0, 10)),
