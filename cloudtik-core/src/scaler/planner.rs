@@ -14,7 +14,7 @@
 //! The other workers are ranked by recency: busy nodes (`idle_since` is `None`) first, then by
 //! `idle_since`, most recent first, then by id. Per type, workers past the type's
 //! `max_workers` in that ranking are terminated ([`TerminationReason::AboveTypeMax`]). The
-//! first [`effective min`](NodeTypeConfig) workers of each type in the ranking are protected, and
+//! first effective-min (see below) workers of each type in the ranking are protected, and
 //! so is every worker that receives part of a persistent request when the requests are packed
 //! (first fit, largest first) onto an idle copy of the head and the ranked workers. A worker
 //! idle for at least `idle_timeout` that is not protected is terminated
@@ -246,7 +246,12 @@ pub fn effective_min(config: &ScalingConfig) -> BTreeMap<&str, usize> {
     config
         .node_types
         .iter()
-        .map(|(n, t)| (n.as_str(), t.min_workers.min(t.max_workers).min(config.max_workers)))
+        .map(|(n, t)| {
+            (
+                n.as_str(),
+                t.min_workers.min(t.max_workers).min(config.max_workers),
+            )
+        })
         .collect()
 }
 
@@ -255,7 +260,6 @@ pub fn effective_min(config: &ScalingConfig) -> BTreeMap<&str, usize> {
 pub fn plan(config: &ScalingConfig, snapshot: &ClusterSnapshot, now: SystemTime) -> ScalingPlan {
     Planner::new(config, snapshot).run(now)
 }
-
 
 /// Per-type facts of one pass, indexed like `config.node_types` (name order).
 struct TypeInfo<'a> {
@@ -547,7 +551,10 @@ impl<'a> Planner<'a> {
         let mut room: Vec<usize> = (0..nt)
             .map(|t| self.types[t].config.max_workers.saturating_sub(count_of[t]))
             .collect();
-        let mut global_room = self.config.max_workers.saturating_sub(kept.len() + launching_total);
+        let mut global_room = self
+            .config
+            .max_workers
+            .saturating_sub(kept.len() + launching_total);
 
         // 1. min_workers, higher launch priority first when the global room is short.
         let mut by_priority: Vec<usize> = (0..nt).collect();
@@ -579,7 +586,11 @@ impl<'a> Planner<'a> {
         let mut req_residual = requests.shapes.counts.clone();
         packing::pack(&mut idle_groups, &requests.shapes.vectors, &mut req_residual);
         let mut counts = req_residual.clone();
-        packing::pack(&mut self.new_bins(&min_launch), &requests.shapes.vectors, &mut counts);
+        packing::pack(
+            &mut self.new_bins(&min_launch),
+            &requests.shapes.vectors,
+            &mut counts,
+        );
         let req_launch = self.choose(&mut room, &mut global_room, &requests.shapes, &mut counts);
 
         // 3. Demands on running, booting and launching nodes, then on the new nodes so far.
@@ -617,7 +628,9 @@ impl<'a> Planner<'a> {
             let cap = 5usize.max(if scaled.is_finite() { scaled as usize } else { 0 });
             limit[t] = cap.saturating_sub(launching_of[t] + booting_of[t]).max(so_far[t]);
         }
-        let mut launches: Vec<usize> = (0..nt).map(|t| (so_far[t] + dem_launch[t]).min(limit[t])).collect();
+        let mut launches: Vec<usize> = (0..nt)
+            .map(|t| (so_far[t] + dem_launch[t]).min(limit[t]))
+            .collect();
 
         // 6. Only the highest launch priority with something to launch.
         let top = self.keep_top_priority(&mut launches);

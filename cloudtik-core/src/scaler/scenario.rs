@@ -1,5 +1,5 @@
 //! The scenario JSON of `cloudtik debug plan SCENARIO.json`: a scaling config and a cluster
-//! snapshot in one document, planned with [`plan`](super::plan), answered with a
+//! snapshot in one document, planned with [`plan`], answered with a
 //! [`ScenarioResult`] (`{"to_launch": {"<type>": n}, "infeasible_count": k}`).
 //!
 //! ```
@@ -167,7 +167,10 @@ impl Scenario {
             return Err(Error::config("upscaling_speed", "expected a non-negative number"));
         }
         if !self.idle_timeout_minutes.is_finite() || self.idle_timeout_minutes < 0.0 {
-            return Err(Error::config("idle_timeout_minutes", "expected a non-negative number"));
+            return Err(Error::config(
+                "idle_timeout_minutes",
+                "expected a non-negative number",
+            ));
         }
         for (name, t) in &self.node_types {
             check_resources(&format!("node_types.{name}.resources"), &t.resources)?;
@@ -309,7 +312,11 @@ mod tests {
         // {CPU 1, 64 GiB} fits neither the head (16 GiB) nor an 8-CPU/32 GiB worker, and the five
         // {CPU 4}: head 1, w-1 2, the min launch 2: all placed. The big-memory request needs a
         // worker.mem (128 GiB): 1 launch. The head type's max_workers is 0: never launched.
-        expect("min-and-requests.json", &[("worker.cpu", 1), ("worker.mem", 1)], 0);
+        expect(
+            "min-and-requests.json",
+            &[("worker.cpu", 1), ("worker.mem", 1)],
+            0,
+        );
     }
 
     #[test]
@@ -362,8 +369,11 @@ mod tests {
         assert_eq!(e.location().unwrap().path, "nodes[1].kind");
         let e = Scenario::from_json(&base("[]", r#"[{"CPU": 1}, {"CPU": -2}]"#)).unwrap_err();
         assert_eq!(e.location().unwrap().path, "demands[1].CPU");
-        let e = Scenario::from_json(&base(r#"[{"id": "a", "node_type": "w", "kind": "worker", "avail": null}]"#, "[]"))
-            .unwrap_err();
+        let e = Scenario::from_json(&base(
+            r#"[{"id": "a", "node_type": "w", "kind": "worker", "avail": null}]"#,
+            "[]",
+        ))
+        .unwrap_err();
         assert_eq!(e.location().unwrap().path, "nodes[0].avail");
         assert!(e.to_string().contains("avail"), "{e}");
         let e = Scenario::from_json(r#"{"node_types": {}}"#).unwrap_err();

@@ -268,7 +268,8 @@ impl Bins {
             self.groups[*g].count += count;
             return;
         }
-        self.index.insert(self.key.clone().into_boxed_slice(), self.groups.len());
+        self.index
+            .insert(self.key.clone().into_boxed_slice(), self.groups.len());
         self.groups.push(BinGroup {
             free: free.into(),
             count,
@@ -499,7 +500,11 @@ pub(crate) fn choose(
                 }
                 let ku = takes_by_type[u][s];
                 // A take equal to the count may shrink as soon as the count does.
-                let r = if ku >= counts[s] { 1 } else { 1 + (counts[s] - ku) / k };
+                let r = if ku >= counts[s] {
+                    1
+                } else {
+                    1 + (counts[s] - ku) / k
+                };
                 repeat = repeat.min(r);
             }
             repeat = repeat.min(counts[s] / k);
@@ -547,7 +552,14 @@ mod tests {
         let odd = Resources::from_pairs([("TPU", 1.0)]);
         let g = group(
             &sp,
-            &[cpu1.clone(), gpu.clone(), cpu1.clone(), Resources::new(), odd.clone(), odd.clone()],
+            &[
+                cpu1.clone(),
+                gpu.clone(),
+                cpu1.clone(),
+                Resources::new(),
+                odd.clone(),
+                odd.clone(),
+            ],
         );
         assert_eq!(g.shapes.vectors.len(), 2);
         assert_eq!(g.shapes.counts, vec![2, 1]);
@@ -591,9 +603,18 @@ mod tests {
         assert_eq!(
             groups,
             vec![
-                BinGroup { free: vec![0.0].into(), count: 2 },
-                BinGroup { free: vec![2.0].into(), count: 1 },
-                BinGroup { free: vec![4.0].into(), count: 2 },
+                BinGroup {
+                    free: vec![0.0].into(),
+                    count: 2
+                },
+                BinGroup {
+                    free: vec![2.0].into(),
+                    count: 1
+                },
+                BinGroup {
+                    free: vec![4.0].into(),
+                    count: 2
+                },
             ]
         );
     }
@@ -602,8 +623,14 @@ mod tests {
     fn choose_prefers_non_gpu_types_for_cpu_work_and_gpu_types_for_gpu_work() {
         let sp = space();
         let mut types = vec![
-            TypeCap { cap: vec![8.0, 0.0, 32.0].into(), room: 10 },
-            TypeCap { cap: vec![8.0, 1.0, 32.0].into(), room: 10 },
+            TypeCap {
+                cap: vec![8.0, 0.0, 32.0].into(),
+                room: 10,
+            },
+            TypeCap {
+                cap: vec![8.0, 1.0, 32.0].into(),
+                room: 10,
+            },
         ];
         let shapes: Vec<Box<[f64]>> = vec![vec![1.0, 1.0, 0.0].into(), vec![1.0, 0.0, 0.0].into()];
         let mut counts = vec![2, 9];
@@ -620,8 +647,14 @@ mod tests {
     #[test]
     fn choose_batches_repeated_rounds_with_the_same_result_as_single_rounds() {
         let mut types = vec![
-            TypeCap { cap: vec![8.0, 0.0, 32.0].into(), room: 1000 },
-            TypeCap { cap: vec![4.0, 0.0, 32.0].into(), room: 1000 },
+            TypeCap {
+                cap: vec![8.0, 0.0, 32.0].into(),
+                room: 1000,
+            },
+            TypeCap {
+                cap: vec![4.0, 0.0, 32.0].into(),
+                room: 1000,
+            },
         ];
         let shapes: Vec<Box<[f64]>> = vec![vec![3.0, 0.0, 8.0].into(), vec![1.0, 0.0, 1.0].into()];
         let mut counts = vec![100, 37];

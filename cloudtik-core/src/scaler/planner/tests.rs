@@ -46,7 +46,10 @@ fn launches(p: &ScalingPlan) -> Vec<(&str, usize)> {
 }
 
 fn terminated(p: &ScalingPlan) -> Vec<(&str, TerminationReason)> {
-    p.to_terminate.iter().map(|t| (t.node_id.as_str(), t.reason)).collect()
+    p.to_terminate
+        .iter()
+        .map(|t| (t.node_id.as_str(), t.reason))
+        .collect()
 }
 
 fn snapshot(nodes: Vec<NodeSnapshot>, demands: Vec<Resources>) -> ClusterSnapshot {
@@ -63,7 +66,10 @@ fn idle(mut n: NodeSnapshot, minutes: u64) -> NodeSnapshot {
 }
 
 fn cpu_config() -> ScalingConfig {
-    config(vec![("cpu", ty(res(&[("CPU", 8.0), ("memory", 32.0 * GIB)]), 0, 100))])
+    config(vec![(
+        "cpu",
+        ty(res(&[("CPU", 8.0), ("memory", 32.0 * GIB)]), 0, 100),
+    )])
 }
 
 #[test]
@@ -103,10 +109,7 @@ fn new_nodes_are_packed_first_fit_decreasing() {
 
 #[test]
 fn the_head_holds_no_demand_and_is_never_terminated() {
-    let mut c = config(vec![
-        ("head", ty(cpu(64.0), 0, 0)),
-        ("cpu", ty(cpu(8.0), 0, 10)),
-    ]);
+    let mut c = config(vec![("head", ty(cpu(64.0), 0, 0)), ("cpu", ty(cpu(8.0), 0, 10))]);
     c.idle_timeout = Duration::from_secs(60);
     let mut head = idle(NodeSnapshot::head("h", "head"), 600);
     head.available = Some(cpu(64.0));
@@ -125,7 +128,11 @@ fn gpu_types_are_kept_for_gpu_work() {
     ]);
     let p = plan(&c, &snapshot(vec![], vec![cpu(1.0); 8]), now());
     assert_eq!(launches(&p), vec![("cpu", 1)]);
-    let p = plan(&c, &snapshot(vec![], vec![res(&[("CPU", 1.0), ("GPU", 1.0)])]), now());
+    let p = plan(
+        &c,
+        &snapshot(vec![], vec![res(&[("CPU", 1.0), ("GPU", 1.0)])]),
+        now(),
+    );
     assert_eq!(launches(&p), vec![("gpu", 1)]);
     // A CPU demand only a GPU type can hold still gets one.
     let p = plan(&c, &snapshot(vec![], vec![cpu(1.0); 8]), now());
@@ -146,7 +153,10 @@ fn the_type_using_more_of_the_demand_kinds_and_better_utilized_wins() {
     ]);
     // 4 CPUs and 16 GiB: the small type is fully used, the big one a quarter.
     let d = vec![res(&[("CPU", 1.0), ("memory", 4.0 * GIB)]); 4];
-    assert_eq!(launches(&plan(&c, &snapshot(vec![], d), now())), vec![("small", 1)]);
+    assert_eq!(
+        launches(&plan(&c, &snapshot(vec![], d), now())),
+        vec![("small", 1)]
+    );
     // 16 such demands: one big node is fully used and beats four small ones round by round.
     let d = vec![res(&[("CPU", 1.0), ("memory", 4.0 * GIB)]); 16];
     assert_eq!(launches(&plan(&c, &snapshot(vec![], d), now())), vec![("big", 1)]);
@@ -156,12 +166,21 @@ fn the_type_using_more_of_the_demand_kinds_and_better_utilized_wins() {
 fn type_and_global_max_bound_demand_launches() {
     let mut c = config(vec![("a", ty(cpu(1.0), 0, 3)), ("b", ty(cpu(1.0), 0, 10))]);
     c.max_workers = 5;
-    let s = snapshot(vec![NodeSnapshot::worker("w1", "a", Some(Resources::new()))], vec![cpu(1.0); 20]);
+    let s = snapshot(
+        vec![NodeSnapshot::worker("w1", "a", Some(Resources::new()))],
+        vec![cpu(1.0); 20],
+    );
     let p = plan(&c, &s, now());
     assert_eq!(p.launch_count(), 4);
     assert!(p.to_launch.get("a").copied().unwrap_or(0) <= 2);
     assert_eq!(p.unfulfilled_count(), 16);
-    assert_eq!(p.unfulfilled, vec![DemandShape { shape: cpu(1.0), count: 16 }]);
+    assert_eq!(
+        p.unfulfilled,
+        vec![DemandShape {
+            shape: cpu(1.0),
+            count: 16
+        }]
+    );
 }
 
 #[test]
@@ -197,7 +216,10 @@ fn the_upscaling_cap_limits_demand_launches_per_type() {
     let mut c = config(vec![("cpu", ty(cpu(1.0), 0, 1000))]);
     c.upscaling_speed = 1.0;
     // Nothing running: max(5, 1.0 * 1) = 5.
-    assert_eq!(launches(&plan(&c, &snapshot(vec![], vec![cpu(1.0); 50]), now())), vec![("cpu", 5)]);
+    assert_eq!(
+        launches(&plan(&c, &snapshot(vec![], vec![cpu(1.0); 50]), now())),
+        vec![("cpu", 5)]
+    );
     // 10 running (full), 2 booting, 3 launching: max(5, 10) - 5 = 5.
     let mut nodes: Vec<NodeSnapshot> = (0..10)
         .map(|i| NodeSnapshot::worker(format!("r{i}"), "cpu", Some(Resources::new())))
@@ -284,8 +306,14 @@ fn infeasible_demands_are_reported_and_never_launched_for() {
     let p = plan(&c, &snapshot(vec![], d), now());
     assert_eq!(launches(&p), vec![("cpu", 1)]);
     assert_eq!(p.infeasible_count(), 4);
-    assert!(p.infeasible.contains(&DemandShape { shape: cpu(16.0), count: 2 }));
-    assert!(p.infeasible.contains(&DemandShape { shape: res(&[("TPU", 1.0)]), count: 1 }));
+    assert!(p.infeasible.contains(&DemandShape {
+        shape: cpu(16.0),
+        count: 2
+    }));
+    assert!(p.infeasible.contains(&DemandShape {
+        shape: res(&[("TPU", 1.0)]),
+        count: 1
+    }));
     assert_eq!(p.unfulfilled_count(), 0);
 }
 
@@ -306,7 +334,11 @@ fn outdated_removed_and_failed_workers_are_terminated() {
     let gone = NodeSnapshot::worker("gone", "removed", Some(cpu(1.0)));
     let mut unmanaged = NodeSnapshot::worker("u", "removed", None);
     unmanaged.kind = NodeKind::Unmanaged;
-    let p = plan(&c, &snapshot(vec![outdated, failed, gone, unmanaged], vec![]), now());
+    let p = plan(
+        &c,
+        &snapshot(vec![outdated, failed, gone, unmanaged], vec![]),
+        now(),
+    );
     assert_eq!(
         terminated(&p),
         vec![
@@ -352,7 +384,10 @@ fn idle_workers_go_after_the_timeout_but_not_below_min_or_requests() {
     );
     // With min 3: e, c, b are protected by min.
     c.node_types.get_mut("cpu").unwrap().min_workers = 3;
-    assert_eq!(terminated(&plan(&c, &snapshot(nodes.clone(), vec![]), now())).len(), 2);
+    assert_eq!(
+        terminated(&plan(&c, &snapshot(nodes.clone(), vec![]), now())).len(),
+        2
+    );
     // A zero timeout turns idle termination off.
     c.idle_timeout = Duration::ZERO;
     assert!(plan(&c, &snapshot(nodes, vec![]), now()).to_terminate.is_empty());
@@ -487,7 +522,11 @@ fn arb_case(equal_priorities: bool, fast: bool) -> impl Strategy<Value = Case> {
                     head_node_type: "head".into(),
                     max_workers: global,
                     upscaling_speed: if fast { 1e9 } else { [0.5, 1.0, 1e9][speed] },
-                    idle_timeout: if idle_on { Duration::from_secs(30 * 60) } else { Duration::ZERO },
+                    idle_timeout: if idle_on {
+                        Duration::from_secs(30 * 60)
+                    } else {
+                        Duration::ZERO
+                    },
                 };
                 let mut snap_nodes = vec![NodeSnapshot::head("head-0", "head")];
                 for (i, (t, avail, current, status, idle_for, lost)) in nodes.into_iter().enumerate() {
@@ -496,7 +535,9 @@ fn arb_case(equal_priorities: bool, fast: bool) -> impl Strategy<Value = Case> {
                     let available = match avail {
                         0 => None,
                         1 => Some(cap.clone()),
-                        2 => Some(Resources::from_pairs(cap.iter().map(|(k, v)| (k, (v / 2.0).floor())))),
+                        2 => Some(Resources::from_pairs(
+                            cap.iter().map(|(k, v)| (k, (v / 2.0).floor())),
+                        )),
                         _ => Some(Resources::new()),
                     };
                     let mut n = NodeSnapshot::worker(format!("w{i:02}"), name, available);
@@ -570,12 +611,16 @@ impl<'a> Facts<'a> {
     }
 
     fn total_after(&self, launches: &BTreeMap<String, usize>) -> usize {
-        self.kept.len() + self.case.snapshot.launching.values().sum::<usize>() + launches.values().sum::<usize>()
+        self.kept.len()
+            + self.case.snapshot.launching.values().sum::<usize>()
+            + launches.values().sum::<usize>()
     }
 
     fn eff_min(&self, t: &str) -> usize {
         let ty = &self.case.config.node_types[t];
-        ty.min_workers.min(ty.max_workers).min(self.case.config.max_workers)
+        ty.min_workers
+            .min(ty.max_workers)
+            .min(self.case.config.max_workers)
     }
 
     fn feasible_demand(&self, d: &Resources) -> bool {
@@ -594,7 +639,12 @@ impl<'a> Facts<'a> {
     /// grouped by identical capacity in order of first appearance.
     fn demand_bins(&self) -> Vec<Resources> {
         let mut list: Vec<Resources> = self.kept.iter().filter_map(|n| n.available.clone()).collect();
-        list.extend(self.kept.iter().filter(|n| n.available.is_none()).map(|n| self.cap(&n.node_type).clone()));
+        list.extend(
+            self.kept
+                .iter()
+                .filter(|n| n.available.is_none())
+                .map(|n| self.cap(&n.node_type).clone()),
+        );
         for (t, n) in &self.case.snapshot.launching {
             list.extend(std::iter::repeat_n(self.cap(t).clone(), *n));
         }
@@ -641,7 +691,10 @@ impl<'a> Facts<'a> {
     fn requests_placed(&self, launches: &BTreeMap<String, usize>) -> usize {
         let mut bins = self.request_bins();
         bins.extend(self.new_bins(launches));
-        first_fit(&mut bins, &self.sorted(&self.case.snapshot.requests, self.head_cap()))
+        first_fit(
+            &mut bins,
+            &self.sorted(&self.case.snapshot.requests, self.head_cap()),
+        )
     }
 }
 
@@ -653,21 +706,27 @@ fn group_in_order(list: Vec<Resources>) -> Vec<Resources> {
             None => groups.push((r, 1)),
         }
     }
-    groups.into_iter().flat_map(|(r, n)| std::iter::repeat_n(r, n)).collect()
+    groups
+        .into_iter()
+        .flat_map(|(r, n)| std::iter::repeat_n(r, n))
+        .collect()
 }
 
 /// More kinds first, then larger sums, then the larger `(name, amount)` list.
 fn ffd_order(a: &Resources, b: &Resources) -> Ordering {
     let sum = |r: &Resources| r.iter().map(|(_, v)| v).sum::<f64>();
-    b.len().cmp(&a.len()).then(sum(b).total_cmp(&sum(a))).then_with(|| {
-        for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
-            match nb.cmp(na).then(vb.total_cmp(&va)) {
-                Ordering::Equal => continue,
-                o => return o,
+    b.len()
+        .cmp(&a.len())
+        .then(sum(b).total_cmp(&sum(a)))
+        .then_with(|| {
+            for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
+                match nb.cmp(na).then(vb.total_cmp(&va)) {
+                    Ordering::Equal => continue,
+                    o => return o,
+                }
             }
-        }
-        Ordering::Equal
-    })
+            Ordering::Equal
+        })
 }
 
 /// Per-demand first fit.
