@@ -47,9 +47,21 @@
 //! 6. *launch_priority*: only the types with the highest `launch_priority` among those with
 //!    something to launch launch in this round; the others wait for a later round (by then the
 //!    launches of this round are in flight and count as capacity).
-//! 7. *minimality*: a launch is dropped while dropping it keeps every type at its effective min,
-//!    places as many requests and as many demands as before (re-packing as in steps 2-3 with the
-//!    new nodes in type order).
+//! 7. *final packing, top-up and minimality*: the requests and demands are finally packed onto
+//!    the new nodes in type order (after the existing capacity as in steps 2-3), which can
+//!    differ from the greedy order of step 4. What that leaves unplaced gets another round of
+//!    step 4 (requests uncapped; demands chosen and then capped as in step 5, so capped work
+//!    waits instead of spilling onto another type, e.g. CPU work onto GPU nodes; then rule 6
+//!    again). Then a launch is dropped while dropping it keeps every type at its effective min
+//!    and places as many requests and as many demands. At most four such rounds; usually one.
+//!
+//! So no single planned launch can be removed without breaking a min, a request or a demand's
+//! placement, and with the cap and priorities out of the way no single extra launch within the
+//! limits would place one more demand (both by the packing described here; first fit is a
+//! heuristic, so a cleverer packing could sometimes do with fewer nodes).
+//!
+//! **Time**: `idle_since` and `now` are wall-clock times ([`SystemTime`]) because idle times
+//! come from heartbeats of other machines.
 //!
 //! Demands and requests are grouped by identical shape and packed first-fit-decreasing (more
 //! resource kinds first, then larger sums, as Ray orders them); nodes are grouped by identical
