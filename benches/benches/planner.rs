@@ -14,6 +14,7 @@ use cloudtik_core::scaler::{ClusterSnapshot, NodeSnapshot, NodeTypeConfig, Scali
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// A small deterministic generator (64-bit LCG), so every run plans the same cluster.
 struct Lcg(u64);
@@ -79,7 +80,8 @@ fn snapshot(nodes: usize, demands: usize, rng: &mut Lcg) -> ClusterSnapshot {
         } else {
             let mut r = res(&[
                 ("CPU", rng.next(cpu + 1) as f64),
-                ("memory", rng.next(mem + 1) as f64 * GIB),
+                // Reported in MiB steps: nearly every node's free capacity is distinct.
+                ("memory", rng.next(mem * 1024 + 1) as f64 * MIB),
             ]);
             if gpu > 0 {
                 r.set("GPU", rng.next(gpu + 1) as f64);

@@ -66,6 +66,20 @@ impl Space {
         self.gpu
     }
 
+    /// The index of a name. Spaces are small (CPU, GPU, memory and a few custom resources):
+    /// a scan that rejects most names by length and first byte beats string comparisons.
+    #[inline]
+    fn find(&self, name: &str) -> Option<usize> {
+        if self.names.len() > 16 {
+            return self.names.binary_search_by(|n| n.as_str().cmp(name)).ok();
+        }
+        let b = name.as_bytes();
+        self.names.iter().position(|n| {
+            let nb = n.as_bytes();
+            nb.len() == b.len() && nb.first() == b.first() && nb == b
+        })
+    }
+
     /// Writes `r` as a dense vector into `out` (length [`Space::dim`]). Negative amounts count
     /// as zero. Returns false when `r` has a positive amount of a resource outside the space,
     /// which nothing in the cluster can hold.
@@ -76,9 +90,9 @@ impl Space {
             if amount <= 0.0 {
                 continue;
             }
-            match self.names.binary_search_by(|n| n.as_str().cmp(name)) {
-                Ok(i) => out[i] = amount,
-                Err(_) => known = false,
+            match self.find(name) {
+                Some(i) => out[i] = amount,
+                None => known = false,
             }
         }
         known
@@ -135,15 +149,7 @@ pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
     let mut out = Grouped::default();
     let mut buf = vec![0.0; dim];
     let mut key = Vec::with_capacity(dim);
-    // Consecutive demands are often identical: remember the last one.
-    let mut last: Option<(&Resources, usize)> = None;
     for d in demands {
-        if let Some((prev, s)) = last
-            && prev == d
-        {
-            out.shapes.counts[s] += 1;
-            continue;
-        }
         if !space.load(d, &mut buf) {
             let k: Vec<(String, u64)> = d.iter().map(|(n, a)| (n.to_string(), a.to_bits())).collect();
             let i = *unknown_index.entry(k).or_insert_with(|| {
@@ -151,11 +157,9 @@ pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
                 out.unknown.len() - 1
             });
             out.unknown[i].1 += 1;
-            last = None;
             continue;
         }
         if buf.iter().all(|a| *a <= 0.0) {
-            last = None;
             continue;
         }
         key_into(&buf, &mut key);
@@ -170,7 +174,6 @@ pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
             }
         };
         out.shapes.counts[s] += 1;
-        last = Some((d, s));
     }
     out
 }
