@@ -310,10 +310,11 @@ impl<'a> Planner<'a> {
             names.extend(t.resources.iter().map(|(n, _)| n.to_string()));
         }
         // Names a node reports that its type lacks (rare) join the space too.
+        let type_space = Space::new(names.clone());
         for n in &snapshot.nodes {
             if let Some(a) = &n.available {
                 for (name, _) in a.iter() {
-                    if !names.iter().any(|k| k == name) {
+                    if type_space.find(name).is_none() && !names.iter().any(|k| k == name) {
                         names.push(name.to_string());
                     }
                 }

@@ -44,7 +44,19 @@ pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 #[derive(Debug, Clone)]
 pub(crate) struct Space {
     names: Vec<String>,
+    /// Length and first 8 bytes of each name.
+    keys: Vec<(usize, u64)>,
     gpu: Option<usize>,
+}
+
+/// The first 8 bytes of a name, zero-padded, as a number.
+#[inline]
+fn prefix(b: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    for (d, s) in buf.iter_mut().zip(b) {
+        *d = *s;
+    }
+    u64::from_le_bytes(buf)
 }
 
 impl Space {
@@ -53,7 +65,8 @@ impl Space {
         names.sort_unstable();
         names.dedup();
         let gpu = names.binary_search_by(|n| n.as_str().cmp(GPU)).ok();
-        Space { names, gpu }
+        let keys = names.iter().map(|n| (n.len(), prefix(n.as_bytes()))).collect();
+        Space { names, keys, gpu }
     }
 
     /// Number of resource names.
@@ -67,17 +80,22 @@ impl Space {
     }
 
     /// The index of a name. Spaces are small (CPU, GPU, memory and a few custom resources):
-    /// a scan that rejects most names by length and first byte beats string comparisons.
+    /// names are matched by length and their first 8 bytes, which decides names of up to 8
+    /// bytes without a string comparison.
     #[inline]
-    fn find(&self, name: &str) -> Option<usize> {
-        if self.names.len() > 16 {
-            return self.names.binary_search_by(|n| n.as_str().cmp(name)).ok();
-        }
+    pub(crate) fn find(&self, name: &str) -> Option<usize> {
         let b = name.as_bytes();
-        self.names.iter().position(|n| {
-            let nb = n.as_bytes();
-            nb.len() == b.len() && nb.first() == b.first() && nb == b
-        })
+        let key = (b.len(), prefix(b));
+        self.keys
+            .iter()
+            .position(|k| *k == key)
+            .filter(|i| b.len() <= 8 || self.names[*i] == name)
+            .or_else(|| {
+                // Names longer than 8 bytes can share a prefix: look them all up.
+                (b.len() > 8)
+                    .then(|| self.names.binary_search_by(|n| n.as_str().cmp(name)).ok())
+                    .flatten()
+            })
     }
 
     /// Writes `r` as a dense vector into `out` (length [`Space::dim`]). Negative amounts count
@@ -568,6 +586,24 @@ mod tests {
         assert_eq!(g.shapes.counts, vec![2, 1]);
         assert_eq!(g.unknown, vec![(odd, 2)]);
         assert_eq!(sp.resources(&g.shapes.vectors[1]), gpu);
+    }
+
+    #[test]
+    fn names_are_found_short_and_long() {
+        let sp = Space::new(vec![
+            "CPU".into(),
+            "memory".into(),
+            "accelerator_type:A100".into(),
+            "accelerator_type:H100".into(),
+        ]);
+        assert_eq!(sp.find("CPU"), Some(0));
+        assert_eq!(sp.find("memory"), Some(3));
+        assert_eq!(sp.find("accelerator_type:H100"), Some(2));
+        assert_eq!(sp.find("accelerator_type:A100"), Some(1));
+        assert_eq!(sp.find("accelerator_type:B200"), None);
+        assert_eq!(sp.find("CPUs"), None);
+        assert_eq!(sp.find("GPU"), None);
+        assert_eq!(sp.find(""), None);
     }
 
     #[test]
