@@ -98,14 +98,14 @@ impl Space {
             })
     }
 
-    /// Writes `r` as a dense vector into `out` (length [`Space::dim`]). Negative amounts count
-    /// as zero. Returns false when `r` has a positive amount of a resource outside the space,
+    /// Writes `r` as a dense vector into `out` (length [`Space::dim`]). Negative and NaN amounts
+    /// count as zero (an infinite demand fits nothing). Returns false when `r` has a positive amount of a resource outside the space,
     /// which nothing in the cluster can hold.
     pub(crate) fn load(&self, r: &Resources, out: &mut [f64]) -> bool {
         out.fill(0.0);
         let mut known = true;
         for (name, amount) in r.iter() {
-            if amount <= 0.0 {
+            if amount.is_nan() || amount <= 0.0 {
                 continue;
             }
             match self.find(name) {

@@ -318,6 +318,25 @@ fn infeasible_demands_are_reported_and_never_launched_for() {
 }
 
 #[test]
+fn odd_amounts_neither_panic_nor_fit_everywhere() {
+    let c = config(vec![("cpu", ty(cpu(8.0), 0, 10))]);
+    let d = vec![
+        res(&[("CPU", f64::NAN), ("memory", -1.0)]),
+        cpu(f64::INFINITY),
+        res(&[("CPU", 1.0), ("memory", -4.0)]),
+    ];
+    let p = plan(
+        &c,
+        &snapshot(vec![NodeSnapshot::worker("w", "cpu", Some(cpu(f64::NAN)))], d),
+        now(),
+    );
+    // NaN and negative amounts count as zero: the first demand needs nothing, the infinite one
+    // fits no type, the third needs one CPU and the NaN-reporting node has none.
+    assert_eq!(p.infeasible_count(), 1);
+    assert_eq!(launches(&p), vec![("cpu", 1)]);
+}
+
+#[test]
 fn a_type_with_zero_memory_is_legal() {
     let c = config(vec![("tiny", ty(res(&[("CPU", 2.0), ("memory", 0.0)]), 0, 10))]);
     let p = plan(&c, &snapshot(vec![], vec![cpu(1.0); 3]), now());
