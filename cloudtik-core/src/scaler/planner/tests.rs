@@ -455,13 +455,15 @@ fn uninitialized_workers_need_updates_and_lost_ones_recovery() {
 // ---------------------------------------------------------------------------------------------
 // Property tests
 
-const TYPES: [&str; 3] = ["a.cpu", "b.big", "c.gpu"];
+const TYPES: [&str; 4] = ["a.cpu", "b.big", "c.gpu", "d.tiny"];
 
-fn type_caps() -> [Resources; 3] {
+fn type_caps() -> [Resources; 4] {
     [
         res(&[("CPU", 4.0), ("memory", 8.0)]),
         res(&[("CPU", 16.0), ("memory", 64.0)]),
         res(&[("CPU", 8.0), ("GPU", 2.0), ("memory", 32.0)]),
+        // Memory 0 is legal.
+        res(&[("CPU", 1.5), ("memory", 0.0)]),
     ]
 }
 
@@ -474,6 +476,7 @@ fn shapes() -> Vec<Resources> {
         res(&[("CPU", 12.0), ("memory", 32.0)]),
         res(&[("TPU", 1.0)]),
         res(&[("CPU", 3.0)]),
+        res(&[("CPU", 0.5)]),
     ]
 }
 
@@ -485,7 +488,7 @@ prop_compose! {
 
 prop_compose! {
     fn arb_node()(
-        t in 0usize..4,
+        t in 0usize..5,
         avail in 0usize..4,
         current in prop::bool::weighted(0.9),
         status in 0usize..10,
@@ -504,12 +507,12 @@ struct Case {
 
 fn arb_case(equal_priorities: bool, fast: bool) -> impl Strategy<Value = Case> {
     (
-        prop::collection::vec(arb_type(), 3),
+        prop::collection::vec(arb_type(), 4),
         0usize..16,
         any::<bool>(),
         prop::collection::vec(arb_node(), 0..10),
-        prop::collection::vec(0usize..3, 3),
-        prop::collection::vec(0usize..7, 0..40),
+        prop::collection::vec(0usize..3, 4),
+        prop::collection::vec(0usize..8, 0..40),
         prop::collection::vec(0usize..3, 0..4),
         0usize..3,
         any::<bool>(),
@@ -549,8 +552,8 @@ fn arb_case(equal_priorities: bool, fast: bool) -> impl Strategy<Value = Case> {
                 };
                 let mut snap_nodes = vec![NodeSnapshot::head("head-0", "head")];
                 for (i, (t, avail, current, status, idle_for, lost)) in nodes.into_iter().enumerate() {
-                    let name = if t < 3 { TYPES[t] } else { "z.removed" };
-                    let cap = if t < 3 { caps[t].clone() } else { cpu(2.0) };
+                    let name = if t < 4 { TYPES[t] } else { "z.removed" };
+                    let cap = if t < 4 { caps[t].clone() } else { cpu(2.0) };
                     let available = match avail {
                         0 => None,
                         1 => Some(cap.clone()),
@@ -768,7 +771,10 @@ fn with_one_less(launches: &BTreeMap<String, usize>, t: &str) -> BTreeMap<String
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(600))]
+    // 600 cases by default; PROPTEST_CASES=100000 for a deep run.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600)
+    ))]
 
     #[test]
     fn plans_respect_limits_min_and_feasibility(case in arb_case(false, false)) {
