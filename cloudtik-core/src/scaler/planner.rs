@@ -650,7 +650,8 @@ impl<'a> Planner<'a> {
 
         // 7. The new nodes, in type order, are what requests and demands are finally packed
         // on. That packing can differ from the greedy one's: top up what it leaves unplaced
-        // (within every limit and the priority), and drop launches nothing needs, until stable.
+        // (chosen as in step 4, then capped and filtered as in steps 5-6), and drop launches
+        // nothing needs, until stable.
         if top.is_none() {
             // Nothing to launch at all.
             return self.finish(plan, &launches, demands, requests, dem_residual);
