@@ -232,10 +232,11 @@ pub(crate) fn decreasing(a: &[f64], b: &[f64]) -> Ordering {
 /// How many copies of `shape` fit in `free`, at most `cap`.
 #[inline]
 pub(crate) fn fit_count(free: &[f64], shape: &[f64], cap: usize) -> usize {
+    // The least ratio, truncated once at the end: floor(min(r)) == min(floor(r)) for r >= 0.
     let mut k = cap as f64;
     for (f, s) in free.iter().zip(shape) {
         if *s > 0.0 {
-            let n = ((f + EPS) / s).floor();
+            let n = (f + EPS) / s;
             if n < k {
                 k = n;
                 if k < 1.0 {
