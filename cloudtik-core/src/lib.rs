@@ -21,6 +21,7 @@ pub mod operations;
 pub mod provider;
 pub mod resources;
 pub mod runtime;
+pub mod scaler;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
