@@ -1,11 +1,45 @@
-//! The autoscaler: the pure [`planner`] that decides what to launch and terminate, and the
-//! [`scenario`] format of the `cloudtik debug plan` tool that runs it on a JSON snapshot.
+//! The autoscaler: the pure [`planner`] that decides what to launch and terminate, the
+//! [`controller`] loop that snapshots the cluster, plans and applies the plan (launching
+//! through a rate-limited launcher with backoff, setting nodes up through a [`NodeSetup`]),
+//! and the [`scenario`] format of the `cloudtik debug plan` tool that runs the planner on
+//! a JSON snapshot.
+//!
+//! ```no_run
+//! # async fn demo(config: cloudtik_core::config::ClusterConfig) -> cloudtik_core::Result<()> {
+//! use std::sync::Arc;
+//! use cloudtik_core::scaler::{Controller, ControllerConfig, MarkUpToDate, ScalingInputs};
+//! use cloudtik_core::state::InMemoryStore;
+//! use cloudtik_core::testing::FakeProvider;
+//!
+//! let provider = Arc::new(FakeProvider::new(&config.cluster_name));
+//! let store = Arc::new(InMemoryStore::new());
+//! let setup = Arc::new(MarkUpToDate::new(Arc::clone(&provider)));
+//! let controller = Controller::new(
+//!     ScalingInputs::from_cluster_config(&config)?,
+//!     ControllerConfig::default(),
+//!     provider,
+//!     store,
+//!     setup,
+//! );
+//! controller.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
 
+pub mod clock;
+pub mod controller;
+pub mod inputs;
+mod launcher;
 pub mod planner;
 pub mod scenario;
+pub mod setup;
 
 pub use planner::{
     ClusterSnapshot, DemandShape, NodeSnapshot, NodeTypeConfig, ScalingConfig, ScalingPlan, Termination,
     TerminationReason, plan,
 };
+pub use clock::{Clock, TokioClock};
+pub use controller::{Controller, ControllerConfig, ControllerCounters, PassReport, ScalingStatus};
+pub use inputs::{LaunchSpec, ScalingInputs};
+pub use launcher::LauncherConfig;
 pub use scenario::{Scenario, ScenarioResult};
+pub use setup::{MarkUpToDate, NodeSetup, SetupMode};

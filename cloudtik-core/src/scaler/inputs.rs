@@ -1,0 +1,75 @@
+//! What the controller needs of a cluster config: the planner's [`ScalingConfig`], and
+//! for every node type its launch parameters and launch hash.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::planner::{NodeTypeConfig, ScalingConfig};
+use crate::config::{ClusterConfig, launch_hash};
+use crate::error::{Error, Result};
+
+/// Launch parameters of one node type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchSpec {
+    /// The provider's `node_config`.
+    pub node_config: Value,
+    /// Its launch hash (`cloudtik-launch-config`).
+    pub launch_hash: String,
+}
+
+/// The controller's view of a cluster config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingInputs {
+    /// The planner's config.
+    pub scaling: ScalingConfig,
+    /// Launch parameters per node type.
+    pub launch: BTreeMap<String, LaunchSpec>,
+}
+
+impl ScalingInputs {
+    /// Derives the inputs from a loaded cluster config. Every worker type needs its
+    /// `resources` (providers fill them in at bootstrap); a type without them is an
+    /// error naming it.
+    pub fn from_cluster_config(config: &ClusterConfig) -> Result<Self> {
+        let mut node_types = BTreeMap::new();
+        let mut launch = BTreeMap::new();
+        for (name, t) in &config.available_node_types {
+            let node_config = Value::Object(t.node_config.clone());
+            let hash = launch_hash(&node_config, &config.auth)?;
+            launch.insert(name.clone(), LaunchSpec { node_config, launch_hash: hash });
+            let resources = match &t.resources {
+                Some(r) => r.clone(),
+                None if *name == config.head_node_type => Default::default(),
+                None => {
+                    return Err(Error::config(
+                        format!("available_node_types.{}.resources", crate::config::YamlPath::root().key(name)),
+                        "the autoscaler needs the resources of each worker type (CPU, memory, GPU); \
+                         the provider detects them at bootstrap, or set them here",
+                    ));
+                }
+            };
+            node_types.insert(
+                name.clone(),
+                NodeTypeConfig {
+                    resources,
+                    min_workers: config.min_workers_of(name) as usize,
+                    max_workers: config.max_workers_of(name) as usize,
+                    launch_priority: t.launch_priority.unwrap_or(0),
+                },
+            );
+        }
+        let idle = config.idle_timeout_minutes();
+        Ok(ScalingInputs {
+            scaling: ScalingConfig {
+                node_types,
+                head_node_type: config.head_node_type.clone(),
+                max_workers: config.max_workers() as usize,
+                upscaling_speed: config.upscaling_speed(),
+                idle_timeout: Duration::from_secs_f64(idle * 60.0),
+            },
+            launch,
+        })
+    }
+}
