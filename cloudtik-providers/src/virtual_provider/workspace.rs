@@ -99,6 +99,15 @@ impl VirtualWorkspaceProvider {
     }
 }
 
+/// The first host address of an IPv4 subnet, which Docker gives the bridge by default.
+fn first_host(subnet: &str) -> Option<String> {
+    let (ip, bits) = subnet.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
+    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    Some(std::net::Ipv4Addr::from((u32::from(ip) & mask) + 1).to_string())
+}
+
 #[async_trait]
 impl WorkspaceProvider for VirtualWorkspaceProvider {
     fn provider_type(&self) -> &str {
@@ -130,6 +139,7 @@ impl WorkspaceProvider for VirtualWorkspaceProvider {
                     ipam: self.settings.subnet.as_ref().map(|subnet| Ipam {
                         config: Some(vec![IpamConfig {
                             subnet: Some(subnet.clone()),
+                            gateway: first_host(subnet),
                             ..Default::default()
                         }]),
                         ..Default::default()
@@ -276,7 +286,7 @@ impl WorkspaceProvider for VirtualWorkspaceProvider {
             "network_id": network.id,
             "driver": network.driver,
             "subnet": ipam.subnet,
-            "gateway": ipam.gateway,
+            "gateway": ipam.gateway.or_else(|| ipam.subnet.as_deref().and_then(first_host)),
             "bridge_interface": bridge,
             "state_dir": self.settings.workspace_state_dir(&self.workspace),
             "docker_socket": self.settings.docker_socket,
@@ -300,5 +310,19 @@ impl WorkspaceProvider for VirtualWorkspaceProvider {
             .filter_map(|c| c.labels.and_then(|l| l.get(tags::CLUSTER_NAME).cloned()))
             .collect();
         Ok(clusters.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_is_the_first_host_address() {
+        assert_eq!(first_host("10.213.19.40/29").as_deref(), Some("10.213.19.41"));
+        assert_eq!(first_host("172.18.0.0/16").as_deref(), Some("172.18.0.1"));
+        assert_eq!(first_host("10.0.0.7/24").as_deref(), Some("10.0.0.1"));
+        assert_eq!(first_host("10.0.0.0/31"), None);
+        assert_eq!(first_host("nonsense"), None);
     }
 }
