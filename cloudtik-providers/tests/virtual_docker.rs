@@ -439,6 +439,15 @@ async fn limits_and_idempotent_retries_reach_docker() {
     let ids =
         |o: &cloudtik_core::LaunchOutcome| o.nodes.iter().map(|n| n.id.clone()).collect::<BTreeSet<_>>();
     assert_eq!(ids(&again), ids(&retry));
+    // Two concurrent calls with one token (a CLI run again while the first still runs)
+    // create 3 nodes, not 6.
+    let req3 = request(NodeKind::Worker, 3, node_config());
+    let other = env.provider("limits");
+    let (x, y) = tokio::join!(provider.create_nodes(&req3), other.create_nodes(&req3));
+    assert_eq!(ids(&x.unwrap()), ids(&y.unwrap()));
+    let mut by_token = Tags::new();
+    by_token.insert(tags::LAUNCH_TOKEN.into(), req3.token.clone());
+    assert_eq!(provider.list_nodes(&by_token).await.unwrap().len(), 3);
     let all: Vec<String> = provider
         .list_nodes(&Tags::new())
         .await

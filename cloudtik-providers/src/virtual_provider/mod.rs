@@ -56,6 +56,29 @@
 //! design for later is a socket proxy that allows only calls on containers with this
 //! workspace's labels.
 //!
+//! # Launch tokens
+//!
+//! Every container carries its launch's token as the label `cloudtik-launch-token`. A
+//! launch lists the containers of its token first, adopts the running ones, starts the
+//! ones an interrupted try created but did not start, and creates only the missing ones.
+//! Launches of one cluster hold the lock file `launch.lock` in the cluster's state folder,
+//! so even two concurrent calls with the same token create no duplicates. Containers are
+//! created concurrently (`provider.max_concurrency`); when some fail, the launch answers
+//! `Ok` with the created nodes and the first error as the shortfall (a full network is
+//! [`ErrorKind::Capacity`]), and a container that failed to start is removed with its
+//! data-disk folders.
+//!
+//! # Errors
+//!
+//! * Docker not running or the socket missing: [`ErrorKind::Transient`], saying Docker is
+//!   not reachable at which socket and how to start it; no permission on the socket:
+//!   [`ErrorKind::PermissionDenied`], saying how to join the `docker` group.
+//! * The image missing: [`ErrorKind::NotFound`] naming the image and how to build it.
+//! * The workspace network missing: [`ErrorKind::NotFound`] saying to create the workspace.
+//! * An instance type larger than the machine (CPUs or memory): [`ErrorKind::Capacity`],
+//!   marked permanent, checked before anything is created; no free address on the
+//!   network or no memory: [`ErrorKind::Capacity`] (temporary).
+//!
 //! # The node image and the `cloudtik-node` binary
 //!
 //! `scripts/build-node-image.sh` builds the image from a Debian root filesystem made with
@@ -599,6 +622,38 @@ mod tests {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), node_image_name());
         assert_eq!(node_image_tag().len(), 12);
+    }
+
+    #[test]
+    fn the_example_configs_build_providers() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs");
+        let loader = crate::config_loader();
+        let cluster = loader.load_cluster_file(dir.join("virtual.yaml")).unwrap();
+        let provider = VirtualNodeProvider::from_cluster_config(&cluster).unwrap();
+        assert_eq!(provider.workspace_name(), "local-ws");
+        assert_eq!(cloudtik_core::NodeProvider::cluster_name(&provider), "demo");
+        assert_eq!(provider.settings().image, node_image_name());
+        assert!(provider.settings().mount_docker_socket);
+        let node_config = Value::Object(cluster.available_node_types["worker.default"].node_config.clone());
+        let it = InstanceType::from_node_config(&node_config).unwrap();
+        assert_eq!((it.cpus, it.memory_bytes), (Some(1.0), Some(1 << 30)));
+        let ws = loader
+            .load_workspace_file(dir.join("virtual-workspace.yaml"))
+            .unwrap();
+        let wp = VirtualWorkspaceProvider::from_workspace_config(&ws).unwrap();
+        assert_eq!(wp.network_name(), "cloudtik-local-ws");
+    }
+
+    #[test]
+    fn a_bad_subnet_is_a_config_error() {
+        let loader = crate::config_loader();
+        let e = loader
+            .load_workspace_str(
+                "ws.yaml",
+                "workspace_name: w\nprovider:\n  type: virtual\n  subnet: 10.0.0.0/33\n",
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("provider.subnet"), "{e}");
     }
 
     #[test]

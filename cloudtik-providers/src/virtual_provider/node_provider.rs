@@ -634,6 +634,7 @@ impl NodeProvider for VirtualNodeProvider {
         let spec = self.spec(request).map_err(|e| e.with_operation(OP))?;
         let docker = self.docker(OP).await?;
         let token_filter = [(tags::LAUNCH_TOKEN, request.token.as_str())];
+        let _launch_lock = self.inner.tags.launch_lock().await?;
 
         // Containers of an earlier try with this token: adopt the live ones; start the
         // ones a cancelled try created but did not start.

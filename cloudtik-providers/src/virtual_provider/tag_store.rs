@@ -87,10 +87,21 @@ impl TagStore {
         }
     }
 
-    /// Takes the exclusive lock (waiting for other holders on a blocking thread).
+    /// Takes the exclusive lock of the overlay (waiting for other holders on a blocking thread).
     pub(crate) async fn lock(&self) -> Result<StoreLock> {
+        self.lock_file("tags.json.lock").await
+    }
+
+    /// Takes the cluster's launch lock: launches of one cluster run one at a time, so
+    /// two calls with the same token (a re-run CLI while the first still runs) never
+    /// both create the missing nodes.
+    pub(crate) async fn launch_lock(&self) -> Result<StoreLock> {
+        self.lock_file("launch.lock").await
+    }
+
+    async fn lock_file(&self, name: &str) -> Result<StoreLock> {
         let dir = self.dir.clone();
-        let lock_path = dir.join("tags.json.lock");
+        let lock_path = dir.join(name);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| this.io_error("create the folder of", &dir, e))?;
