@@ -26,7 +26,7 @@ use cloudtik_core::{
     DeleteWorkspaceOptions, ErrorKind, NodeKind, NodeProvider, NodeProviderExt, NodeStatus, Tags,
     WorkspaceExistence, WorkspaceProvider,
 };
-use cloudtik_providers::virtual_provider::network_name;
+use cloudtik_providers::virtual_provider::{VirtualNodeProvider, network_name};
 use serde_json::json;
 
 #[tokio::test]
@@ -409,6 +409,23 @@ async fn heads_get_the_docker_socket_and_data_disks_are_host_folders() {
         .await
         .unwrap();
     assert!(!disk1.exists() && !disk2.exists() && !worker_disk.exists());
+
+    // With permanent_data_volumes the folders outlive the node (here: until the
+    // workspace, whose state folder holds numbered disks, is deleted).
+    let keep = VirtualNodeProvider::new(
+        &env.workspace,
+        "disks",
+        env.settings.clone().with_permanent_data_volumes(true),
+    )
+    .unwrap();
+    let kept = keep
+        .create_nodes(&request(NodeKind::Worker, 1, json!({"data_disks": 1})))
+        .await
+        .unwrap()
+        .nodes
+        .remove(0);
+    keep.terminate_node(&kept.id).await.unwrap();
+    assert!(state.join("disks/data_disk_1").join(&kept.id).is_dir());
     env.delete_and_check().await;
 }
 

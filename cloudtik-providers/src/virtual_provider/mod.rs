@@ -178,6 +178,8 @@ pub struct VirtualSettings {
     /// Seconds a container gets to stop before it is killed (`provider.stop_timeout`, default 5).
     pub stop_timeout_seconds: u32,
     /// Keep data-disk folders when a node is terminated (`provider.permanent_data_volumes`).
+    /// Numbered disks (`data_disks: N`) live in the workspace's state folder and are
+    /// removed with the workspace; disks in listed host folders stay.
     pub permanent_data_volumes: bool,
     /// Mount the Docker socket and the cluster's state folder into head containers
     /// (`provider.mount_docker_socket`, default true); see the module docs.
