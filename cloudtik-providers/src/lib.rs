@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod provider_config;
+#[cfg(feature = "virtual")]
+pub mod virtual_provider;
 
 use cloudtik_core::config::ConfigLoader;
 

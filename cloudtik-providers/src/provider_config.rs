@@ -28,6 +28,29 @@ pub struct VirtualProviderConfig {
     /// Keep data disks after a node is terminated.
     #[serde(default)]
     pub permanent_data_volumes: Option<bool>,
+    /// The Docker Engine socket: a path or `unix:///path` (default: `DOCKER_HOST` when it
+    /// is a unix URI, else `/var/run/docker.sock`).
+    #[serde(default)]
+    pub docker_socket: Option<String>,
+    /// The provider's state folder (default `~/.cloudtik/virtual`).
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// The subnet of the workspace's Docker network, as a CIDR (Docker picks one when unset).
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// Seconds a node gets to stop before it is killed (default 5).
+    #[serde(default)]
+    pub stop_timeout: Option<u32>,
+    /// Mount the Docker socket into head containers so the head's controller can start
+    /// workers (default true; see the virtual provider's docs for the security trade-off).
+    #[serde(default)]
+    pub mount_docker_socket: Option<bool>,
+    /// A host `cloudtik-node` binary to mount read-only into every node.
+    #[serde(default)]
+    pub node_binary: Option<String>,
+    /// How many containers are created or removed at once (default 8).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
     /// Other keys.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -159,7 +182,22 @@ fn check_cidrs(list: &[String]) -> Result<()> {
 
 /// Checks the virtual provider's keys.
 pub fn validate_virtual(p: &ProviderSection) -> Result<()> {
-    let _: VirtualProviderConfig = p.parse()?;
+    let c: VirtualProviderConfig = p.parse()?;
+    if let Some(subnet) = &c.subnet {
+        let ok = subnet.split_once('/').is_some_and(|(ip, bits)| {
+            ip.parse::<std::net::Ipv4Addr>().is_ok()
+                && bits.parse::<u8>().is_ok_and(|b| (8..=30).contains(&b))
+        });
+        if !ok {
+            return Err(Error::config(
+                "provider.subnet",
+                format!("`{subnet}` is not an IPv4 range from /8 to /30, such as 10.77.0.0/24"),
+            ));
+        }
+    }
+    if c.max_concurrency == Some(0) {
+        return Err(Error::config("provider.max_concurrency", "must be at least 1"));
+    }
     Ok(())
 }
 

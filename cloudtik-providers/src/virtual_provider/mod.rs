@@ -1,0 +1,688 @@
+//! The `virtual` provider: a whole cluster as Docker containers on one machine, each
+//! container acting as a VM (CloudTik's `virtual` provider, reference §6).
+//!
+//! * **Workspace** = the Docker bridge network `cloudtik-<workspace>`
+//!   ([`VirtualWorkspaceProvider`]), with the bridge interface `tik-<hash>`.
+//! * **Node** = a container named `<workspace>-<cluster>-<8 hex>` on that network
+//!   ([`VirtualNodeProvider`]), started from the node image (see [`node_image_name`]),
+//!   with CPU and memory limits from `node_config.instance_type` (`{CPU: 2, memory: 4G}`),
+//!   and data disks as host folders (`node_config.data_disks`).
+//! * Everything goes through the Docker Engine API ([bollard]) on the local unix socket;
+//!   no docker CLI is run and no CLI output is parsed.
+//!
+//! # Tags: labels plus an overlay
+//!
+//! Every tag of a launch is a container label, set in the create call, so a container is
+//! never visible untagged. Labels cannot change after creation, so tags set later
+//! (`set_node_tags`: status, runtime hash, last error, ...) go to a per-cluster overlay,
+//! `<state_dir>/<workspace>/<cluster>/tags.json`: container id -> tags. It is written
+//! atomically (temporary file, fsync, rename) under an exclusive `flock` on a sibling lock
+//! file, so processes on the host and in the head container (which sees the same folder,
+//! see below) never lose each other's updates. Listing merges the overlay over the labels.
+//! Filters on tags that no overlay entry overrides are pushed down to Docker as label
+//! filters; every filter is applied again after the merge. Overlay entries of containers
+//! that are gone are dropped by the next tag update, terminate, or unfiltered list.
+//!
+//! Provider-internal labels start with `org.cloudtik.` and are not tags. Labels of the
+//! image itself show up as tags (Docker merges them into the container's labels); the
+//! node image sets only `org.cloudtik.` labels.
+//!
+//! # How the head starts sibling containers: the Docker socket, not an SSH bridge
+//!
+//! CloudTik starts an SSH server on the host for each workspace (a "bridge" on the
+//! network's gateway address, with its own keys and a process file); the head's
+//! controller SSHes to the host and runs `docker` there. This provider instead **mounts
+//! the host's Docker socket into the head container** (only the head; workers never get
+//! it) and talks to the Engine API directly, exactly as it does on the host. The head also
+//! gets the cluster's state folder mounted **at the same path** as on the host, so the tag
+//! overlay is shared and data-disk paths (host paths, resolved by the daemon) mean the same
+//! on both sides. Code that builds a provider inside the head passes the host's
+//! `state_dir` (the bootstrap config carries it) and the socket path inside the container
+//! (`/var/run/docker.sock`).
+//!
+//! Why: one code path for the launcher and the controller, no extra sshd process, keys,
+//! ports or process files to manage and clean up, nothing that must run as a daemon on
+//! the host, and typed API errors instead of a remote CLI's output.
+//!
+//! **Security trade-off.** Access to the Docker socket is root on the host: whoever can
+//! run code in the head container (anyone holding the cluster's SSH key, and any process
+//! of a runtime on the head) can start a privileged container that mounts `/` of the host.
+//! CloudTik's bridge is no tighter in practice: its control key runs `docker` on the host,
+//! which is root-equivalent too, unless an administrator restricts it with a forced
+//! command. So the virtual provider is for a machine you own (a laptop, a CI runner, a
+//! test box), not for sharing a host between users who do not trust each other. Set
+//! `provider.mount_docker_socket: false` to keep the socket out of the head; the head's
+//! controller then cannot scale workers (start them from the host instead). A tighter
+//! design for later is a socket proxy that allows only calls on containers with this
+//! workspace's labels.
+//!
+//! # Launch tokens
+//!
+//! Every container carries its launch's token as the label `cloudtik-launch-token`. A
+//! launch lists the containers of its token first, adopts the running ones, starts the
+//! ones an interrupted try created but did not start, and creates only the missing ones.
+//! Launches of one cluster hold the lock file `launch.lock` in the cluster's state folder,
+//! so even two concurrent calls with the same token create no duplicates. Containers are
+//! created concurrently (`provider.max_concurrency`); when some fail, the launch answers
+//! `Ok` with the created nodes and the first error as the shortfall (a full network is
+//! [`ErrorKind::Capacity`]), and a container that failed to start is removed with its
+//! data-disk folders.
+//!
+//! # Errors
+//!
+//! * Docker not running or the socket missing: [`ErrorKind::Transient`], saying Docker is
+//!   not reachable at which socket and how to start it; no permission on the socket:
+//!   [`ErrorKind::PermissionDenied`], saying how to join the `docker` group.
+//! * The image missing: [`ErrorKind::NotFound`] naming the image and how to build it.
+//! * The workspace network missing: [`ErrorKind::NotFound`] saying to create the workspace.
+//! * An instance type larger than the machine (CPUs or memory): [`ErrorKind::Capacity`],
+//!   marked permanent, checked before anything is created; no free address on the
+//!   network or no memory: [`ErrorKind::Capacity`] (temporary).
+//!
+//! # The node image and the `cloudtik-node` binary
+//!
+//! `scripts/build-node-image.sh` builds the image from a Debian root filesystem made with
+//! debootstrap (no registry is needed) and tags it `cloudtik-node:<hash of the script>`;
+//! [`node_image_name`] computes the same name. The `cloudtik-node` binary is not baked
+//! in: set `provider.node_binary` to mount a host binary read-only at
+//! `/cloudtik/bin/cloudtik-node`, or let the updater upload it, so a rebuild of the
+//! binary needs no image rebuild.
+//!
+//! # Cleanup contract of `terminate_nodes`
+//!
+//! * **Expected flow.** Per container: read its mounts, stop it (grace
+//!   `provider.stop_timeout`), remove it and wait until it is gone, remove its data-disk
+//!   folders (unless `permanent_data_volumes`), drop its overlay entry.
+//! * **Guarantees.** A container that is gone already is success; after `Ok`, no listed
+//!   container of those ids exists and the network has no endpoint of theirs.
+//! * **Assumptions.** Every await is a cancellation point; running terminate again
+//!   completes a cancelled one, except that data-disk folders of a container removed by a
+//!   cancelled call stay on disk.
+
+mod docker;
+mod node_provider;
+mod tag_store;
+mod workspace;
+
+use std::path::{Path, PathBuf};
+
+use cloudtik_core::config::{ClusterConfig, ProviderSection};
+use cloudtik_core::{Error, ErrorKind, Result};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::provider_config::VirtualProviderConfig;
+
+pub use node_provider::VirtualNodeProvider;
+pub use workspace::VirtualWorkspaceProvider;
+
+/// The provider type name, as in `provider.type`.
+pub const PROVIDER_TYPE: &str = "virtual";
+
+/// The repository of the node image built by `scripts/build-node-image.sh`.
+pub const NODE_IMAGE_REPO: &str = "cloudtik-node";
+
+/// The node image build script; its bytes are the inputs the image tag hashes.
+pub const NODE_IMAGE_SCRIPT: &str = include_str!("../../../scripts/build-node-image.sh");
+
+/// The command that builds the node image, for messages.
+pub const NODE_IMAGE_BUILD_COMMAND: &str = "scripts/build-node-image.sh";
+
+/// Where the head container sees the host's Docker socket.
+pub const DOCKER_SOCKET_IN_HEAD: &str = "/var/run/docker.sock";
+
+/// Where the `cloudtik-node` binary is mounted in every node when `provider.node_binary` is set.
+pub const NODE_BINARY_IN_NODE: &str = "/cloudtik/bin/cloudtik-node";
+
+/// The tag of the node image: the first 12 hex digits of the SHA-256 of the build script
+/// (which holds the Debian suite and the package list). The script computes the same
+/// value with `sha256sum`, so `scripts/build-node-image.sh --print-tag` prints
+/// [`node_image_name`].
+pub fn node_image_tag() -> String {
+    let digest = Sha256::digest(NODE_IMAGE_SCRIPT.as_bytes());
+    hex::encode(digest)[..12].to_string()
+}
+
+/// The node image of this build: `cloudtik-node:<`[`node_image_tag`]`>`.
+pub fn node_image_name() -> String {
+    format!("{NODE_IMAGE_REPO}:{}", node_image_tag())
+}
+
+/// The Docker network of a workspace: `cloudtik-<workspace>`.
+pub fn network_name(workspace: &str) -> String {
+    format!("cloudtik-{workspace}")
+}
+
+/// The Linux bridge interface of a workspace's network: `tik-` and 11 hex digits of a
+/// hash of the workspace name (interface names have at most 15 characters).
+pub fn bridge_interface_name(workspace: &str) -> String {
+    let digest = Sha256::digest(workspace.as_bytes());
+    format!("tik-{}", &hex::encode(digest)[..11])
+}
+
+/// Resolved settings of the virtual provider, from `provider` keys and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VirtualSettings {
+    /// The Docker Engine socket (`provider.docker_socket`, else `DOCKER_HOST` when it is
+    /// a `unix://` URI, else `/var/run/docker.sock`).
+    pub docker_socket: PathBuf,
+    /// Root of the provider's state: `<state_dir>/<workspace>/<cluster>/tags.json`
+    /// (`provider.state_dir`, default `~/.cloudtik/virtual`).
+    pub state_dir: PathBuf,
+    /// The default node image (`provider.image`, default [`node_image_name`]); a node
+    /// type's `node_config.image` overrides it.
+    pub image: String,
+    /// The workspace network's subnet (`provider.subnet`), Docker picks one when unset.
+    pub subnet: Option<String>,
+    /// Seconds a container gets to stop before it is killed (`provider.stop_timeout`, default 5).
+    pub stop_timeout_seconds: u32,
+    /// Keep data-disk folders when a node is terminated (`provider.permanent_data_volumes`).
+    /// Numbered disks (`data_disks: N`) live in the workspace's state folder and are
+    /// removed with the workspace; disks in listed host folders stay.
+    pub permanent_data_volumes: bool,
+    /// Mount the Docker socket and the cluster's state folder into head containers
+    /// (`provider.mount_docker_socket`, default true); see the module docs.
+    pub mount_docker_socket: bool,
+    /// A host `cloudtik-node` binary to mount read-only into every node (`provider.node_binary`).
+    pub node_binary: Option<PathBuf>,
+    /// A public key written to `/root/.ssh/authorized_keys` of every node at start (env
+    /// `CLOUDTIK_AUTHORIZED_KEY`, read by the node image's command).
+    pub authorized_key: Option<String>,
+    /// How many containers are created or removed at once (`provider.max_concurrency`, default 8).
+    pub max_concurrency: usize,
+}
+
+impl Default for VirtualSettings {
+    fn default() -> Self {
+        VirtualSettings {
+            docker_socket: default_docker_socket(),
+            state_dir: default_state_dir(),
+            image: node_image_name(),
+            subnet: None,
+            stop_timeout_seconds: 5,
+            permanent_data_volumes: false,
+            mount_docker_socket: true,
+            node_binary: None,
+            authorized_key: None,
+            max_concurrency: 8,
+        }
+    }
+}
+
+impl VirtualSettings {
+    /// Settings from the typed `provider` section; unset keys take the defaults.
+    pub fn from_config(config: &VirtualProviderConfig) -> Result<Self> {
+        let mut s = VirtualSettings::default();
+        if let Some(socket) = &config.docker_socket {
+            s.docker_socket = parse_socket(socket).ok_or_else(|| {
+                Error::config(
+                    "provider.docker_socket",
+                    format!("`{socket}` is not a unix socket: expected a path or unix:///path"),
+                )
+            })?;
+        }
+        if let Some(dir) = &config.state_dir {
+            s.state_dir = expand_home(dir);
+        }
+        if let Some(image) = &config.image {
+            s.image = image.clone();
+        }
+        s.subnet = config.subnet.clone();
+        if let Some(t) = config.stop_timeout {
+            s.stop_timeout_seconds = t;
+        }
+        s.permanent_data_volumes = config.permanent_data_volumes.unwrap_or(false);
+        s.mount_docker_socket = config.mount_docker_socket.unwrap_or(true);
+        s.node_binary = config.node_binary.as_deref().map(expand_home);
+        if let Some(n) = config.max_concurrency {
+            s.max_concurrency = n.max(1);
+        }
+        Ok(s)
+    }
+
+    /// Settings from a cluster's `provider` section; the public key of `auth.ssh_public_key`
+    /// (when set and readable) becomes [`authorized_key`](Self::authorized_key).
+    pub fn from_cluster_config(config: &ClusterConfig) -> Result<Self> {
+        let mut s = Self::from_provider_section(&config.provider)?;
+        if let Some(path) = &config.auth.ssh_public_key {
+            let path = expand_home(path);
+            let key = std::fs::read_to_string(&path).map_err(|e| {
+                Error::config(
+                    "auth.ssh_public_key",
+                    format!("cannot read the public key {}: {e}", path.display()),
+                )
+            })?;
+            s.authorized_key = Some(key.trim().to_string());
+        }
+        Ok(s)
+    }
+
+    /// Settings from a `provider` section of type `virtual`.
+    pub fn from_provider_section(section: &ProviderSection) -> Result<Self> {
+        if section.provider_type != PROVIDER_TYPE {
+            return Err(Error::config(
+                "provider.type",
+                format!(
+                    "the virtual provider got a section of type `{}`",
+                    section.provider_type
+                ),
+            ));
+        }
+        Self::from_config(&section.parse()?)
+    }
+
+    /// Sets the state folder.
+    #[must_use]
+    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+
+    /// Sets the Docker socket.
+    #[must_use]
+    pub fn with_docker_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.docker_socket = socket.into();
+        self
+    }
+
+    /// Sets the default image.
+    #[must_use]
+    pub fn with_image(mut self, image: impl Into<String>) -> Self {
+        self.image = image.into();
+        self
+    }
+
+    /// Sets the workspace network's subnet.
+    #[must_use]
+    pub fn with_subnet(mut self, subnet: impl Into<String>) -> Self {
+        self.subnet = Some(subnet.into());
+        self
+    }
+
+    /// Sets the stop grace period in seconds (0 kills at once).
+    #[must_use]
+    pub fn with_stop_timeout_seconds(mut self, seconds: u32) -> Self {
+        self.stop_timeout_seconds = seconds;
+        self
+    }
+
+    /// Sets whether data-disk folders outlive their nodes.
+    #[must_use]
+    pub fn with_permanent_data_volumes(mut self, v: bool) -> Self {
+        self.permanent_data_volumes = v;
+        self
+    }
+
+    /// Sets whether head containers get the Docker socket.
+    #[must_use]
+    pub fn with_mount_docker_socket(mut self, v: bool) -> Self {
+        self.mount_docker_socket = v;
+        self
+    }
+
+    /// Sets the `cloudtik-node` binary to mount into nodes.
+    #[must_use]
+    pub fn with_node_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.node_binary = Some(path.into());
+        self
+    }
+
+    /// Sets the public key authorized on every node.
+    #[must_use]
+    pub fn with_authorized_key(mut self, key: impl Into<String>) -> Self {
+        self.authorized_key = Some(key.into());
+        self
+    }
+
+    /// The state folder of a workspace.
+    pub fn workspace_state_dir(&self, workspace: &str) -> PathBuf {
+        self.state_dir.join(workspace)
+    }
+
+    /// The state folder of a cluster (holds `tags.json`).
+    pub fn cluster_state_dir(&self, workspace: &str, cluster: &str) -> PathBuf {
+        self.state_dir.join(workspace).join(cluster)
+    }
+}
+
+fn default_docker_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
+
+fn default_state_dir() -> PathBuf {
+    dirs::home_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cloudtik")
+        .join("virtual")
+}
+
+fn parse_socket(s: &str) -> Option<PathBuf> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        return Some(PathBuf::from(path));
+    }
+    if s.contains("://") {
+        return None;
+    }
+    Some(expand_home(s))
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => dirs::home_dir().map_or_else(|| PathBuf::from(p), |h| h.join(rest)),
+        None => PathBuf::from(p),
+    }
+}
+
+/// Checks a workspace or cluster name: it becomes part of container, network and folder
+/// names, so it must start with a letter or digit and hold only letters, digits, `_`,
+/// `.` and `-`.
+pub fn check_name(what: &'static str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 100;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "{what} `{name}` cannot name Docker containers and networks: use letters, digits, \
+                 `_`, `.` and `-`, starting with a letter or digit (at most 100 characters)"
+            ),
+        ))
+    }
+}
+
+/// CPU and memory limits of a node, from `node_config.instance_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InstanceType {
+    /// CPUs (fractions allowed); `None` means no limit.
+    pub cpus: Option<f64>,
+    /// Memory in bytes; `None` means no limit.
+    pub memory_bytes: Option<i64>,
+}
+
+impl InstanceType {
+    /// Reads `instance_type: {CPU: 2, memory: 4G}` from a node config. A missing
+    /// `instance_type` (or key) means no limit.
+    pub fn from_node_config(node_config: &Value) -> Result<Self> {
+        let Some(it) = node_config.get("instance_type") else {
+            return Ok(InstanceType::default());
+        };
+        let path = "node_config.instance_type";
+        let obj = it
+            .as_object()
+            .ok_or_else(|| Error::config(path, "expected a mapping such as {CPU: 2, memory: 4G}"))?;
+        let cpus = match obj.get("CPU") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let n = v.as_f64().filter(|n| n.is_finite() && *n > 0.0).ok_or_else(|| {
+                    Error::config(
+                        format!("{path}.CPU"),
+                        format!("expected a positive number of CPUs, found {v}"),
+                    )
+                })?;
+                Some(n)
+            }
+        };
+        let memory_bytes = match obj.get("memory") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_i64().filter(|n| *n > 0).ok_or_else(|| {
+                Error::config(
+                    format!("{path}.memory"),
+                    format!("expected a size such as 4G, found {n}"),
+                )
+            })?),
+            Some(Value::String(s)) => Some(parse_memory(s).ok_or_else(|| {
+                Error::config(
+                    format!("{path}.memory"),
+                    format!("`{s}` is not a size: expected a number with K, M, G or T, such as 512M or 4G"),
+                )
+            })?),
+            Some(v) => {
+                return Err(Error::config(
+                    format!("{path}.memory"),
+                    format!("expected a size such as 4G, found {v}"),
+                ));
+            }
+        };
+        Ok(InstanceType { cpus, memory_bytes })
+    }
+
+    /// A short name such as `2CPU-4G`, or `None` without limits.
+    pub fn name(&self) -> Option<String> {
+        if self.cpus.is_none() && self.memory_bytes.is_none() {
+            return None;
+        }
+        let cpu = self
+            .cpus
+            .map_or_else(|| "anyCPU".to_string(), |c| format!("{c}CPU"));
+        let mem = self
+            .memory_bytes
+            .map_or_else(|| "anyMem".to_string(), format_memory);
+        Some(format!("{cpu}-{mem}"))
+    }
+}
+
+/// Parses a memory size: a number with an optional unit `K`, `M`, `G` or `T` (powers of
+/// 1024, as Docker's `--memory`), optionally followed by `i` and/or `B`
+/// (`512M`, `1.5G`, `4GiB`, `1024`).
+pub fn parse_memory(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches('b').trim_end_matches('i');
+    let (number, unit) = match trimmed.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&trimmed[..i], Some(c)),
+        _ => (trimmed, None),
+    };
+    let factor: f64 = match unit {
+        None => 1.0,
+        Some('k') => 1024.0,
+        Some('m') => 1024.0 * 1024.0,
+        Some('g') => 1024.0 * 1024.0 * 1024.0,
+        Some('t') => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        Some(_) => return None,
+    };
+    let n: f64 = number.trim().parse().ok()?;
+    let bytes = n * factor;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < i64::MAX as f64).then_some(bytes as i64)
+}
+
+fn format_memory(bytes: i64) -> String {
+    const G: i64 = 1024 * 1024 * 1024;
+    const M: i64 = 1024 * 1024;
+    if bytes % G == 0 {
+        format!("{}G", bytes / G)
+    } else if bytes % M == 0 {
+        format!("{}M", bytes / M)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+/// Reads `node_config.data_disks`: a number of disks (folders under the cluster's state
+/// folder) or a list of host base folders (one disk each). Returns the base folders.
+pub(crate) fn data_disk_bases(node_config: &Value, cluster_state_dir: &Path) -> Result<Vec<PathBuf>> {
+    let path = "node_config.data_disks";
+    match node_config.get("data_disks") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Number(n)) => {
+            let count = n
+                .as_u64()
+                .filter(|n| *n <= 16)
+                .ok_or_else(|| Error::config(path, format!("expected 0 to 16 disks, found {n}")))?;
+            Ok((1..=count)
+                .map(|i| cluster_state_dir.join("disks").join(format!("data_disk_{i}")))
+                .collect())
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v.as_str() {
+                Some(s) if Path::new(s).is_absolute() || s.starts_with("~/") => Ok(expand_home(s)),
+                _ => Err(Error::config(
+                    format!("{path}[{i}]"),
+                    format!("expected an absolute host folder, found {v}"),
+                )),
+            })
+            .collect(),
+        Some(v) => Err(Error::config(
+            path,
+            format!("expected a number of disks or a list of host folders, found {v}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn memory_sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_memory("1G"), Some(1 << 30));
+        assert_eq!(parse_memory("512M"), Some(512 << 20));
+        assert_eq!(parse_memory("1.5g"), Some(3 << 29));
+        assert_eq!(parse_memory("4GiB"), Some(4 << 30));
+        assert_eq!(parse_memory("2048"), Some(2048));
+        assert_eq!(parse_memory("1024k"), Some(1 << 20));
+        assert_eq!(parse_memory("abc"), None);
+        assert_eq!(parse_memory("1X"), None);
+        assert_eq!(parse_memory("-1G"), None);
+        assert_eq!(parse_memory(""), None);
+    }
+
+    #[test]
+    fn instance_types_read_cpu_and_memory() {
+        let it =
+            InstanceType::from_node_config(&json!({"instance_type": {"CPU": 2, "memory": "4G"}})).unwrap();
+        assert_eq!(it.cpus, Some(2.0));
+        assert_eq!(it.memory_bytes, Some(4 << 30));
+        assert_eq!(it.name().as_deref(), Some("2CPU-4G"));
+        assert_eq!(
+            InstanceType::from_node_config(&json!({})).unwrap(),
+            InstanceType::default()
+        );
+        assert_eq!(InstanceType::default().name(), None);
+        let e = InstanceType::from_node_config(&json!({"instance_type": {"CPU": -1}})).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("node_config.instance_type.CPU"), "{e}");
+        let e = InstanceType::from_node_config(&json!({"instance_type": {"memory": "lots"}})).unwrap_err();
+        assert!(e.to_string().contains("`lots` is not a size"), "{e}");
+    }
+
+    #[test]
+    fn data_disks_are_a_count_or_folders() {
+        let state = Path::new("/state/ws/c");
+        assert!(data_disk_bases(&json!({}), state).unwrap().is_empty());
+        assert_eq!(
+            data_disk_bases(&json!({"data_disks": 2}), state).unwrap(),
+            vec![
+                PathBuf::from("/state/ws/c/disks/data_disk_1"),
+                PathBuf::from("/state/ws/c/disks/data_disk_2")
+            ]
+        );
+        assert_eq!(
+            data_disk_bases(&json!({"data_disks": ["/data/a"]}), state).unwrap(),
+            vec![PathBuf::from("/data/a")]
+        );
+        assert!(data_disk_bases(&json!({"data_disks": ["relative"]}), state).is_err());
+        assert!(data_disk_bases(&json!({"data_disks": 100}), state).is_err());
+    }
+
+    #[test]
+    fn names_are_checked_for_docker() {
+        assert!(check_name("workspace", "ws-1.a_b").is_ok());
+        assert!(check_name("workspace", "").is_err());
+        assert!(check_name("workspace", "-x").is_err());
+        assert!(check_name("cluster", "a/b").is_err());
+        assert!(check_name("cluster", "..").is_err());
+    }
+
+    #[test]
+    fn bridge_names_fit_linux_interface_names() {
+        let name = bridge_interface_name("a-very-long-workspace-name");
+        assert_eq!(name.len(), 15);
+        assert!(name.starts_with("tik-"));
+        assert_ne!(name, bridge_interface_name("another"));
+        assert_eq!(network_name("ws"), "cloudtik-ws");
+    }
+
+    #[test]
+    fn the_image_tag_is_the_one_the_script_prints() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-node-image.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("--print-tag")
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), node_image_name());
+        assert_eq!(node_image_tag().len(), 12);
+    }
+
+    #[test]
+    fn the_example_configs_build_providers() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs");
+        let loader = crate::config_loader();
+        let cluster = loader.load_cluster_file(dir.join("virtual.yaml")).unwrap();
+        let provider = VirtualNodeProvider::from_cluster_config(&cluster).unwrap();
+        assert_eq!(provider.workspace_name(), "local-ws");
+        assert_eq!(cloudtik_core::NodeProvider::cluster_name(&provider), "demo");
+        assert_eq!(provider.settings().image, node_image_name());
+        assert!(provider.settings().mount_docker_socket);
+        let node_config = Value::Object(cluster.available_node_types["worker.default"].node_config.clone());
+        let it = InstanceType::from_node_config(&node_config).unwrap();
+        assert_eq!((it.cpus, it.memory_bytes), (Some(1.0), Some(1 << 30)));
+        let ws = loader
+            .load_workspace_file(dir.join("virtual-workspace.yaml"))
+            .unwrap();
+        let wp = VirtualWorkspaceProvider::from_workspace_config(&ws).unwrap();
+        assert_eq!(wp.network_name(), "cloudtik-local-ws");
+    }
+
+    #[test]
+    fn a_bad_subnet_is_a_config_error() {
+        let loader = crate::config_loader();
+        let e = loader
+            .load_workspace_str(
+                "ws.yaml",
+                "workspace_name: w\nprovider:\n  type: virtual\n  subnet: 10.0.0.0/33\n",
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("provider.subnet"), "{e}");
+    }
+
+    #[test]
+    fn settings_read_provider_keys() {
+        let config: VirtualProviderConfig = serde_json::from_value(json!({
+            "image": "my-image:1",
+            "docker_socket": "unix:///run/user/1000/docker.sock",
+            "state_dir": "/tmp/state",
+            "subnet": "10.77.0.0/24",
+            "stop_timeout": 0,
+            "permanent_data_volumes": true,
+            "mount_docker_socket": false,
+        }))
+        .unwrap();
+        let s = VirtualSettings::from_config(&config).unwrap();
+        assert_eq!(s.image, "my-image:1");
+        assert_eq!(s.docker_socket, PathBuf::from("/run/user/1000/docker.sock"));
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/state"));
+        assert_eq!(s.subnet.as_deref(), Some("10.77.0.0/24"));
+        assert_eq!(s.stop_timeout_seconds, 0);
+        assert!(s.permanent_data_volumes);
+        assert!(!s.mount_docker_socket);
+        assert_eq!(s.cluster_state_dir("ws", "c"), PathBuf::from("/tmp/state/ws/c"));
+        let bad: VirtualProviderConfig =
+            serde_json::from_value(json!({"docker_socket": "tcp://1.2.3.4:2375"})).unwrap();
+        let e = VirtualSettings::from_config(&bad).unwrap_err();
+        assert!(e.to_string().contains("provider.docker_socket"), "{e}");
+        assert_eq!(VirtualSettings::default().image, node_image_name());
+    }
+}
