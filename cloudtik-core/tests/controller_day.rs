@@ -28,19 +28,42 @@ fn inputs() -> ScalingInputs {
     let mut node_types = BTreeMap::new();
     node_types.insert(
         "head".to_string(),
-        NodeTypeConfig { resources: Resources::new(), min_workers: 0, max_workers: 0, launch_priority: 0 },
+        NodeTypeConfig {
+            resources: Resources::new(),
+            min_workers: 0,
+            max_workers: 0,
+            launch_priority: 0,
+        },
     );
     node_types.insert(
         "worker.cpu".to_string(),
-        NodeTypeConfig { resources: cpu(), min_workers: 1, max_workers: 20, launch_priority: 0 },
+        NodeTypeConfig {
+            resources: cpu(),
+            min_workers: 1,
+            max_workers: 20,
+            launch_priority: 0,
+        },
     );
     node_types.insert(
         "worker.gpu".to_string(),
-        NodeTypeConfig { resources: gpu(), min_workers: 0, max_workers: 4, launch_priority: 0 },
+        NodeTypeConfig {
+            resources: gpu(),
+            min_workers: 0,
+            max_workers: 4,
+            launch_priority: 0,
+        },
     );
     let launch = ["head", "worker.cpu", "worker.gpu"]
         .iter()
-        .map(|t| (t.to_string(), LaunchSpec { node_config: serde_json::json!({"t": t}), launch_hash: format!("hash-{t}") }))
+        .map(|t| {
+            (
+                t.to_string(),
+                LaunchSpec {
+                    node_config: serde_json::json!({"t": t}),
+                    launch_hash: format!("hash-{t}"),
+                },
+            )
+        })
         .collect();
     ScalingInputs {
         scaling: ScalingConfig {
@@ -81,10 +104,17 @@ impl Sim {
             tasks.retain(|(_, end)| *end > now);
         }
         for n in &nodes {
-            if n.kind() != Some(NodeKind::Worker) || n.status() != Some(NodeStatus::UpToDate) || self.dead.contains(&n.id) {
+            if n.kind() != Some(NodeKind::Worker)
+                || n.status() != Some(NodeStatus::UpToDate)
+                || self.dead.contains(&n.id)
+            {
                 continue;
             }
-            let total = if n.node_type() == Some("worker.gpu") { gpu() } else { cpu() };
+            let total = if n.node_type() == Some("worker.gpu") {
+                gpu()
+            } else {
+                cpu()
+            };
             let tasks = self.running.entry(n.id.clone()).or_default();
             let mut free = total.clone();
             for (r, _) in tasks.iter() {
@@ -115,7 +145,10 @@ impl Sim {
                 .unwrap();
         }
         let demands = self.queue.iter().map(|t| t.needs.clone()).collect();
-        self.store.set_resource_demands(&ResourceDemands { time: now_s, demands }).await.unwrap();
+        self.store
+            .set_resource_demands(&ResourceDemands { time: now_s, demands })
+            .await
+            .unwrap();
     }
 
     fn workers(&self, node_type: &str) -> usize {
@@ -137,9 +170,22 @@ async fn a_day_of_scaling() {
         .with_update_interval(STEP)
         .with_heartbeat_timeout(Duration::from_secs(30))
         .with_untracked_grace(Duration::from_secs(120));
-    let mut controller = Controller::new(inputs(), config, Arc::clone(&p), Arc::clone(&store), Arc::new(MarkUpToDate::new(Arc::clone(&p))))
-        .with_clock(Arc::new(clock));
-    let mut sim = Sim { provider: provider.clone(), store: Arc::clone(&store), clock, queue: Vec::new(), running: HashMap::new(), dead: BTreeSet::new() };
+    let mut controller = Controller::new(
+        inputs(),
+        config,
+        Arc::clone(&p),
+        Arc::clone(&store),
+        Arc::new(MarkUpToDate::new(Arc::clone(&p))),
+    )
+    .with_clock(Arc::new(clock));
+    let mut sim = Sim {
+        provider: provider.clone(),
+        store: Arc::clone(&store),
+        clock,
+        queue: Vec::new(),
+        running: HashMap::new(),
+        dead: BTreeSet::new(),
+    };
 
     let mut saw_backoff = false;
     let mut gpu_calls_while_backed_off = 0;
@@ -149,10 +195,16 @@ async fn a_day_of_scaling() {
     for step in 0..day {
         let t = step * STEP.as_secs();
         match t {
-            3600 => sim.queue.extend((0..60).map(|_| Task { needs: Resources::from_pairs([("CPU", 4.0)]), duration: Duration::from_secs(7200) })),
+            3600 => sim.queue.extend((0..60).map(|_| Task {
+                needs: Resources::from_pairs([("CPU", 4.0)]),
+                duration: Duration::from_secs(7200),
+            })),
             7200 => {
                 provider.fail_create_for_type("worker.gpu", 2, ErrorKind::Capacity);
-                sim.queue.extend((0..4).map(|_| Task { needs: Resources::from_pairs([("CPU", 1.0), ("GPU", 1.0)]), duration: Duration::from_secs(3600) }));
+                sim.queue.extend((0..4).map(|_| Task {
+                    needs: Resources::from_pairs([("CPU", 1.0), ("GPU", 1.0)]),
+                    duration: Duration::from_secs(3600),
+                }));
             }
             14400 => {
                 let victim = provider
@@ -169,8 +221,19 @@ async fn a_day_of_scaling() {
         let creates_before = provider.calls().create;
         controller.run_pass().await.unwrap();
         tokio::time::sleep(STEP).await;
-        let status: ScalingStatus = serde_json::from_value(store.scaling_status().await.unwrap().unwrap()).unwrap();
-        if (7190..7300).contains(&t) { eprintln!("t={t} gpu={} launching={:?} backed={:?} errs={:?} calls={:?} unf={:?}", sim.workers("worker.gpu"), status.launching, status.backed_off, status.launch_errors, provider.calls(), status.unfulfilled); }
+        let status: ScalingStatus =
+            serde_json::from_value(store.scaling_status().await.unwrap().unwrap()).unwrap();
+        if (7190..7300).contains(&t) {
+            eprintln!(
+                "t={t} gpu={} launching={:?} backed={:?} errs={:?} calls={:?} unf={:?}",
+                sim.workers("worker.gpu"),
+                status.launching,
+                status.backed_off,
+                status.launch_errors,
+                provider.calls(),
+                status.unfulfilled
+            );
+        }
         if status.backed_off.contains_key("worker.gpu") {
             saw_backoff = true;
             gpu_calls_while_backed_off += provider.calls().create - creates_before;
@@ -183,21 +246,38 @@ async fn a_day_of_scaling() {
         match t {
             3000 => assert_eq!(sim.workers("worker.cpu"), 1, "min_workers before any demand"),
             5400 => {
-                assert_eq!(sim.workers("worker.cpu"), 20, "demand fills worker.cpu up to its max");
+                assert_eq!(
+                    sim.workers("worker.cpu"),
+                    20,
+                    "demand fills worker.cpu up to its max"
+                );
                 assert!(!sim.queue.is_empty(), "more demand than max allows stays queued");
             }
-            10800 => assert!(sim.workers("worker.gpu") >= 1, "GPU nodes launched after the backoff"),
+            10800 => assert!(
+                sim.workers("worker.gpu") >= 1,
+                "GPU nodes launched after the backoff"
+            ),
             16200 => {
                 let dead = dead_node.clone().unwrap();
-                assert!(provider.snapshot().iter().all(|n| n.id != dead), "the silent node was replaced");
+                assert!(
+                    provider.snapshot().iter().all(|n| n.id != dead),
+                    "the silent node was replaced"
+                );
             }
             _ => {}
         }
     }
     assert!(saw_backoff, "capacity errors backed worker.gpu off");
     assert_eq!(gpu_calls_while_backed_off, 0, "no launch of a backed-off type");
-    assert!(sim.queue.is_empty() && sim.running.values().all(Vec::is_empty), "all work done");
-    assert_eq!(sim.workers("worker.cpu"), 1, "back to min_workers at the end of the day");
+    assert!(
+        sim.queue.is_empty() && sim.running.values().all(Vec::is_empty),
+        "all work done"
+    );
+    assert_eq!(
+        sim.workers("worker.cpu"),
+        1,
+        "back to min_workers at the end of the day"
+    );
     assert_eq!(sim.workers("worker.gpu"), 0);
     assert_eq!(max_seen["worker.cpu"], 20, "never above max_workers");
     assert!(max_seen["worker.gpu"] <= 4);
@@ -206,7 +286,15 @@ async fn a_day_of_scaling() {
     assert_eq!(c.leaks_terminated, 0);
     assert_eq!(c.nodes_launched, provider.nodes_created());
     // every node ever created is accounted for: alive now, or terminated by the controller
-    assert_eq!(provider.nodes_created(), c.nodes_terminated + provider.node_count() as u64);
+    assert_eq!(
+        provider.nodes_created(),
+        c.nodes_terminated + provider.node_count() as u64
+    );
     // status tags of every listed worker are up to date
-    assert!(provider.snapshot().iter().all(|n| n.tag(tags::NODE_STATUS) == Some("up-to-date")));
+    assert!(
+        provider
+            .snapshot()
+            .iter()
+            .all(|n| n.tag(tags::NODE_STATUS) == Some("up-to-date"))
+    );
 }

@@ -11,7 +11,10 @@ pub trait Clock: Debug + Send + Sync + 'static {
 
     /// The current time in unix seconds (the unit of heartbeat times).
     fn unix_now(&self) -> f64 {
-        self.now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64()
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64()
     }
 }
 
@@ -32,7 +35,10 @@ impl TokioClock {
 
     /// A clock starting at `base` (tests use a fixed date).
     pub fn starting_at(base: SystemTime) -> Self {
-        TokioClock { base, start: tokio::time::Instant::now() }
+        TokioClock {
+            base,
+            start: tokio::time::Instant::now(),
+        }
     }
 }
 

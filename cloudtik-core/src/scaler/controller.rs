@@ -316,7 +316,12 @@ where
             Ok(r) => Ok(r),
             Err(e) => {
                 self.counters.failed_passes += 1;
-                let status = self.status_report(&BTreeMap::new(), &[], &ScalingPlan::default(), Some(e.to_string()));
+                let status = self.status_report(
+                    &BTreeMap::new(),
+                    &[],
+                    &ScalingPlan::default(),
+                    Some(e.to_string()),
+                );
                 let _ = self.publish(&status).await;
                 Err(e)
             }
@@ -337,7 +342,12 @@ where
         // 2. Snapshot.
         let nodes = self.provider.list_nodes(&Tags::new()).await?;
         let heartbeats = self.store.all_heartbeats().await?;
-        let demands = self.store.resource_demands().await?.map(|d| d.demands).unwrap_or_default();
+        let demands = self
+            .store
+            .resource_demands()
+            .await?
+            .map(|d| d.demands)
+            .unwrap_or_default();
         let requests = self.store.requested_bundles().await?;
         let pending = self.store.pending_launches().await?;
 
@@ -365,7 +375,8 @@ where
             }
             let mine = by_token.get(token.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let settled = mine.iter().all(|n| {
-                n.status().is_some_and(|s| s != NodeStatus::Uninitialized) || self.setting_up.contains_key(&n.id)
+                n.status().is_some_and(|s| s != NodeStatus::Uninitialized)
+                    || self.setting_up.contains_key(&n.id)
             });
             if settled {
                 self.store.remove_pending_launch(token).await?;
@@ -378,8 +389,13 @@ where
             }
             let untracked = n.status().unwrap_or(NodeStatus::Uninitialized) == NodeStatus::Uninitialized
                 && !self.setting_up.contains_key(&n.id)
-                && !n.tag(tags::LAUNCH_TOKEN).is_some_and(|t| known_tokens.contains(t))
-                && self.first_seen.get(&n.id).is_some_and(|t| now_i.duration_since(*t) >= self.config.untracked_grace);
+                && !n
+                    .tag(tags::LAUNCH_TOKEN)
+                    .is_some_and(|t| known_tokens.contains(t))
+                && self
+                    .first_seen
+                    .get(&n.id)
+                    .is_some_and(|t| now_i.duration_since(*t) >= self.config.untracked_grace);
             if untracked {
                 terminate.push((n.id.clone(), "untracked (leaked) node".into()));
                 self.counters.leaks_terminated += 1;
@@ -388,7 +404,11 @@ where
 
         // 4. Plan.
         let timeout = self.config.heartbeat_timeout;
-        let mut snapshot = ClusterSnapshot { demands, requests, ..Default::default() };
+        let mut snapshot = ClusterSnapshot {
+            demands,
+            requests,
+            ..Default::default()
+        };
         let mut lost_after_recovery = Vec::new();
         for n in &nodes {
             let Some(kind) = n.kind() else { continue };
@@ -405,12 +425,21 @@ where
                     self.idle_since.remove(&n.id);
                 }
             }
-            let seen_for = self.first_seen.get(&n.id).map(|t| now_i.duration_since(*t)).unwrap_or_default();
+            let seen_for = self
+                .first_seen
+                .get(&n.id)
+                .map(|t| now_i.duration_since(*t))
+                .unwrap_or_default();
             let heartbeat_lost = kind == NodeKind::Worker
                 && status == NodeStatus::UpToDate
                 && fresh.is_none()
                 && (hb.is_some() || seen_for >= timeout);
-            if heartbeat_lost && self.recovered_at.get(&n.id).is_some_and(|t| now_i.duration_since(*t) >= timeout) {
+            if heartbeat_lost
+                && self
+                    .recovered_at
+                    .get(&n.id)
+                    .is_some_and(|t| now_i.duration_since(*t) >= timeout)
+            {
                 lost_after_recovery.push(n.id.clone());
             }
             if !heartbeat_lost {
@@ -434,7 +463,14 @@ where
                 heartbeat_lost,
             });
         }
-        snapshot.launching = self.launcher.in_flight_by_type();
+        // Launch calls in flight count as capacity, less the nodes of theirs already listed.
+        for (token, (node_type, count)) in &self.launcher.in_flight {
+            let visible = by_token.get(token.as_str()).map_or(0, Vec::len);
+            let left = count.saturating_sub(visible);
+            if left > 0 {
+                *snapshot.launching.entry(node_type.clone()).or_insert(0) += left;
+            }
+        }
         let mut scaling = self.inputs.scaling.clone();
         let mut have: BTreeMap<&str, usize> = BTreeMap::new();
         for n in &snapshot.nodes {
@@ -444,7 +480,8 @@ where
         }
         for (t, cfg) in scaling.node_types.iter_mut() {
             if self.launcher.is_backed_off(t, now_i) {
-                let cap = have.get(t.as_str()).copied().unwrap_or(0) + snapshot.launching.get(t).copied().unwrap_or(0);
+                let cap = have.get(t.as_str()).copied().unwrap_or(0)
+                    + snapshot.launching.get(t).copied().unwrap_or(0);
                 cfg.max_workers = cfg.max_workers.min(cap);
                 cfg.min_workers = cfg.min_workers.min(cfg.max_workers);
             }
@@ -466,7 +503,10 @@ where
             let stuck = n.kind() == Some(NodeKind::Worker)
                 && !status.is_completed()
                 && !self.setting_up.contains_key(&n.id)
-                && self.first_seen.get(&n.id).is_some_and(|t| now_i.duration_since(*t) >= self.config.setup_timeout);
+                && self
+                    .first_seen
+                    .get(&n.id)
+                    .is_some_and(|t| now_i.duration_since(*t) >= self.config.setup_timeout);
             if stuck {
                 terminate.push((n.id.clone(), "setup timed out".into()));
             }
@@ -482,15 +522,26 @@ where
             if self.launcher.is_backed_off(node_type, now_i) {
                 continue;
             }
-            let Some(spec) = self.inputs.launch.get(node_type) else { continue };
-            let resources =
-                self.inputs.scaling.node_types.get(node_type).map(|t| t.resources.clone()).unwrap_or_default();
+            let Some(spec) = self.inputs.launch.get(node_type) else {
+                continue;
+            };
+            let resources = self
+                .inputs
+                .scaling
+                .node_types
+                .get(node_type)
+                .map(|t| t.resources.clone())
+                .unwrap_or_default();
             let mut left = count;
             while left > 0 {
                 let n = left.min(batch);
                 left -= n;
                 let token = new_launch_token();
-                let record = PendingLaunch { node_type: node_type.clone(), count: n, created_time: now_s };
+                let record = PendingLaunch {
+                    node_type: node_type.clone(),
+                    count: n,
+                    created_time: now_s,
+                };
                 if let Err(e) = self.store.put_pending_launch(&token, &record).await {
                     tracing::warn!(error = %e, "cannot record a pending launch; launching nothing this pass");
                     return Err(e);
@@ -498,9 +549,15 @@ where
                 let mut t = Tags::new();
                 t.insert(tags::NODE_KIND.into(), NodeKind::Worker.as_str().into());
                 t.insert(tags::USER_NODE_TYPE.into(), node_type.clone());
-                t.insert(tags::NODE_STATUS.into(), NodeStatus::Uninitialized.as_str().into());
+                t.insert(
+                    tags::NODE_STATUS.into(),
+                    NodeStatus::Uninitialized.as_str().into(),
+                );
                 t.insert(tags::LAUNCH_CONFIG.into(), spec.launch_hash.clone());
-                t.insert(tags::NODE_NAME.into(), format!("cloudtik-{}-worker", self.cluster_name));
+                t.insert(
+                    tags::NODE_NAME.into(),
+                    format!("cloudtik-{}-worker", self.cluster_name),
+                );
                 let request = LaunchRequest::new(node_type.clone(), spec.node_config.clone(), t, n)
                     .with_token(token)
                     .with_resources(resources.clone());
@@ -508,7 +565,11 @@ where
                 self.counters.nodes_requested += n as u64;
                 *launched.entry(node_type.clone()).or_insert(0) += n;
             }
-            self.event(EventSeverity::Info, format!("Adding {count} node(s) of type {node_type}")).await;
+            self.event(
+                EventSeverity::Info,
+                format!("Adding {count} node(s) of type {node_type}"),
+            )
+            .await;
         }
 
         // Setup runs: new workers, workers a crashed controller left half set up, and recoveries.
@@ -520,7 +581,9 @@ where
                 continue;
             }
             let status = n.status().unwrap_or(NodeStatus::Uninitialized);
-            let tracked = n.tag(tags::LAUNCH_TOKEN).is_some_and(|t| known_tokens.contains(t))
+            let tracked = n
+                .tag(tags::LAUNCH_TOKEN)
+                .is_some_and(|t| known_tokens.contains(t))
                 || status != NodeStatus::Uninitialized;
             if !status.is_completed() && tracked {
                 wanted.push((n.id.clone(), SetupMode::Full));
@@ -536,7 +599,9 @@ where
             if self.setting_up.contains_key(&id) {
                 continue;
             }
-            let Some(node) = by_id.get(id.as_str()) else { continue };
+            let Some(node) = by_id.get(id.as_str()) else {
+                continue;
+            };
             if mode == SetupMode::Recovery {
                 self.recovered_at.insert(id.clone(), now_i);
                 self.counters.recoveries += 1;
@@ -546,8 +611,11 @@ where
         }
 
         // Rows of nodes that are gone.
-        let gone: Vec<NodeId> =
-            heartbeats.keys().filter(|id| !listed.contains(id.as_str())).cloned().collect();
+        let gone: Vec<NodeId> = heartbeats
+            .keys()
+            .filter(|id| !listed.contains(id.as_str()))
+            .cloned()
+            .collect();
         if !gone.is_empty() {
             self.store.remove_nodes(&gone).await?;
         }
@@ -555,7 +623,12 @@ where
         // 6. Publish.
         let status = self.status_report(&self.node_reports(&nodes), &nodes, &plan, None);
         self.publish(&status).await?;
-        Ok(PassReport { plan, launched, terminated: terminate, setups_started })
+        Ok(PassReport {
+            plan,
+            launched,
+            terminated: terminate,
+            setups_started,
+        })
     }
 
     fn start_setup(&mut self, node: NodeInfo, mode: SetupMode) {
@@ -635,8 +708,11 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, count = chunk.len(), "terminating nodes failed; retrying next pass");
-                    self.event(EventSeverity::Warning, format!("terminating {} node(s) failed: {e}", chunk.len()))
-                        .await;
+                    self.event(
+                        EventSeverity::Warning,
+                        format!("terminating {} node(s) failed: {e}", chunk.len()),
+                    )
+                    .await;
                 }
             }
         }
@@ -645,7 +721,8 @@ where
             *reasons.entry(why.as_str()).or_insert(0) += 1;
         }
         for (why, n) in reasons {
-            self.event(EventSeverity::Info, format!("Removing {n} node(s): {why}")).await;
+            self.event(EventSeverity::Info, format!("Removing {n} node(s): {why}"))
+                .await;
         }
     }
 
@@ -705,14 +782,22 @@ where
 
     async fn publish(&self, status: &ScalingStatus) -> Result<()> {
         let v = serde_json::to_value(status).map_err(|e| {
-            Error::new(crate::ErrorKind::Unexpected, format!("cannot encode the scaling status: {e}"))
+            Error::new(
+                crate::ErrorKind::Unexpected,
+                format!("cannot encode the scaling status: {e}"),
+            )
         })?;
         self.store.set_scaling_status(&v).await
     }
 
     async fn event(&self, severity: EventSeverity, message: String) {
         tracing::info!(%message, "cluster event");
-        let ev = ClusterEvent { time: self.clock.unix_now(), severity, source: "controller".into(), message };
+        let ev = ClusterEvent {
+            time: self.clock.unix_now(),
+            severity,
+            source: "controller".into(),
+            message,
+        };
         if let Err(e) = self.store.push_event(&ev).await {
             tracing::debug!(error = %e, "cannot record an event");
         }

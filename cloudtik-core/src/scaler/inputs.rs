@@ -38,13 +38,22 @@ impl ScalingInputs {
         for (name, t) in &config.available_node_types {
             let node_config = Value::Object(t.node_config.clone());
             let hash = launch_hash(&node_config, &config.auth)?;
-            launch.insert(name.clone(), LaunchSpec { node_config, launch_hash: hash });
+            launch.insert(
+                name.clone(),
+                LaunchSpec {
+                    node_config,
+                    launch_hash: hash,
+                },
+            );
             let resources = match &t.resources {
                 Some(r) => r.clone(),
                 None if *name == config.head_node_type => Default::default(),
                 None => {
                     return Err(Error::config(
-                        format!("available_node_types.{}.resources", crate::config::YamlPath::root().key(name)),
+                        format!(
+                            "available_node_types.{}.resources",
+                            crate::config::YamlPath::root().key(name)
+                        ),
                         "the autoscaler needs the resources of each worker type (CPU, memory, GPU); \
                          the provider detects them at bootstrap, or set them here",
                     ));

@@ -54,7 +54,11 @@ impl LauncherConfig {
     }
     /// Sets `calls_per_second`.
     pub fn with_calls_per_second(mut self, n: f64) -> Self {
-        self.calls_per_second = if n.is_finite() && n > 0.0 { n } else { f64::INFINITY };
+        self.calls_per_second = if n.is_finite() && n > 0.0 {
+            n
+        } else {
+            f64::INFINITY
+        };
         self
     }
     /// Sets the backoff bounds.
@@ -110,12 +114,16 @@ impl<P: NodeProvider> Launcher<P> {
 
     /// The batch size for this provider.
     pub(crate) fn batch_size(&self) -> usize {
-        self.config.batch_size.min(self.provider.capabilities().max_launch_batch).max(1)
+        self.config
+            .batch_size
+            .min(self.provider.capabilities().max_launch_batch)
+            .max(1)
     }
 
     /// Starts a launch call.
     pub(crate) fn spawn(&mut self, request: LaunchRequest) {
-        self.in_flight.insert(request.token.clone(), (request.node_type.clone(), request.count));
+        self.in_flight
+            .insert(request.token.clone(), (request.node_type.clone(), request.count));
         let provider = Arc::clone(&self.provider);
         let permits = Arc::clone(&self.permits);
         let next_call = Arc::clone(&self.next_call);
@@ -189,8 +197,18 @@ impl<P: NodeProvider> Launcher<P> {
     pub(crate) fn back_off(&mut self, node_type: &str, now: Instant) -> Duration {
         let failures = self.backoff.get(node_type).map(|b| b.failures).unwrap_or(0) + 1;
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-        let delay = self.config.backoff_initial.saturating_mul(factor).min(self.config.backoff_max);
-        self.backoff.insert(node_type.to_string(), Backoff { until: now + delay, failures });
+        let delay = self
+            .config
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.config.backoff_max);
+        self.backoff.insert(
+            node_type.to_string(),
+            Backoff {
+                until: now + delay,
+                failures,
+            },
+        );
         delay
     }
 

@@ -33,13 +33,13 @@ pub mod planner;
 pub mod scenario;
 pub mod setup;
 
-pub use planner::{
-    ClusterSnapshot, DemandShape, NodeSnapshot, NodeTypeConfig, ScalingConfig, ScalingPlan, Termination,
-    TerminationReason, plan,
-};
 pub use clock::{Clock, TokioClock};
 pub use controller::{Controller, ControllerConfig, ControllerCounters, PassReport, ScalingStatus};
 pub use inputs::{LaunchSpec, ScalingInputs};
 pub use launcher::LauncherConfig;
+pub use planner::{
+    ClusterSnapshot, DemandShape, NodeSnapshot, NodeTypeConfig, ScalingConfig, ScalingPlan, Termination,
+    TerminationReason, plan,
+};
 pub use scenario::{Scenario, ScenarioResult};
 pub use setup::{MarkUpToDate, NodeSetup, SetupMode};

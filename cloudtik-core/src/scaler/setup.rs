@@ -51,7 +51,10 @@ impl<P> MarkUpToDate<P> {
 impl<P: NodeProvider> NodeSetup for MarkUpToDate<P> {
     async fn set_up(&self, node: &NodeInfo, _mode: SetupMode) -> Result<()> {
         let mut t = Tags::new();
-        t.insert(tags::NODE_STATUS.to_string(), NodeStatus::UpToDate.as_str().to_string());
+        t.insert(
+            tags::NODE_STATUS.to_string(),
+            NodeStatus::UpToDate.as_str().to_string(),
+        );
         self.provider.set_tags(&node.id, t).await
     }
 }
