@@ -4,6 +4,7 @@
 //! config is invalid.
 
 mod config_cmd;
+mod debug_cmd;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,9 @@ enum Command {
     /// Check and show cluster configs.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Diagnostics of the autoscaler.
+    #[command(subcommand)]
+    Debug(debug_cmd::DebugCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Debug(cmd) => debug_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
