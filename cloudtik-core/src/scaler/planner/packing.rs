@@ -2,8 +2,9 @@
 //! grouped by identical shape, nodes grouped by identical free capacity, first-fit-decreasing
 //! packing over the groups and the greedy choice of new nodes by utilization score.
 //!
-//! Nothing here allocates per demand or per node once the inputs are grouped: a pass over
-//! `S` distinct shapes and `G` node groups costs `O(S * G * R)` for `R` resource names.
+//! Grouping allocates per distinct shape or capacity, never per demand or node; after it, a
+//! packing pass over `S` distinct shapes and `G` node groups costs `O(S * G * R)` for `R`
+//! resource names, and each round of the greedy choice `O(S * T * R)` for `T` node types.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
