@@ -2,8 +2,9 @@
 //! grouped by identical shape, nodes grouped by identical free capacity, first-fit-decreasing
 //! packing over the groups and the greedy choice of new nodes by utilization score.
 //!
-//! Nothing here allocates per demand or per node once the inputs are grouped: a pass over
-//! `S` distinct shapes and `G` node groups costs `O(S * G * R)` for `R` resource names.
+//! Grouping allocates per distinct shape or capacity, never per demand or node; after it, a
+//! packing pass over `S` distinct shapes and `G` node groups costs `O(S * G * R)` for `R`
+//! resource names, and each round of the greedy choice `O(S * T * R)` for `T` node types.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -134,13 +135,6 @@ impl Space {
     }
 }
 
-/// Bit pattern of a vector, to group identical vectors.
-fn key_into(v: &[f64], key: &mut Vec<u64>) {
-    key.clear();
-    // +0.0 and -0.0 must group together.
-    key.extend(v.iter().map(|a| if *a == 0.0 { 0 } else { a.to_bits() }));
-}
-
 /// Demands grouped by identical shape, in first-fit-decreasing order once [`Shapes::sort`] ran.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Shapes {
@@ -161,12 +155,15 @@ pub(crate) struct Grouped {
 
 /// Groups demands by shape. Empty demands (nothing positive) need nothing and are dropped.
 pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
+    const NONE: usize = usize::MAX;
     let dim = space.dim();
-    let mut index: FxMap<Box<[u64]>, usize> = FxMap::default();
+    // Shapes by the hash of their bits, chained through `next` on collisions: a hit costs a
+    // short inline comparison of `dim` numbers, not a boxed key.
+    let mut heads: FxMap<u64, usize> = FxMap::default();
+    let mut next: Vec<usize> = Vec::new();
     let mut unknown_index: FxMap<Vec<(String, u64)>, usize> = FxMap::default();
     let mut out = Grouped::default();
     let mut buf = vec![0.0; dim];
-    let mut key = Vec::with_capacity(dim);
     for d in demands {
         if !space.load(d, &mut buf) {
             let k: Vec<(String, u64)> = d.iter().map(|(n, a)| (n.to_string(), a.to_bits())).collect();
@@ -180,17 +177,17 @@ pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
         if buf.iter().all(|a| *a <= 0.0) {
             continue;
         }
-        key_into(&buf, &mut key);
-        let s = match index.get(key.as_slice()) {
-            Some(s) => *s,
-            None => {
-                let s = out.shapes.vectors.len();
-                out.shapes.vectors.push(buf.clone().into_boxed_slice());
-                out.shapes.counts.push(0);
-                index.insert(key.clone().into_boxed_slice(), s);
-                s
-            }
-        };
+        let h = hash_bits(&buf);
+        let mut s = heads.get(&h).copied().unwrap_or(NONE);
+        while s != NONE && !same_bits(&out.shapes.vectors[s], &buf) {
+            s = next[s];
+        }
+        if s == NONE {
+            s = out.shapes.vectors.len();
+            out.shapes.vectors.push(buf.clone().into_boxed_slice());
+            out.shapes.counts.push(0);
+            next.push(heads.insert(h, s).unwrap_or(NONE));
+        }
         out.shapes.counts[s] += 1;
     }
     out
@@ -275,8 +272,27 @@ pub(crate) struct BinGroup {
 pub(crate) struct Bins {
     /// The groups.
     pub(crate) groups: Vec<BinGroup>,
-    index: FxMap<Box<[u64]>, usize>,
-    key: Vec<u64>,
+    /// The last group with a given hash of its capacity; `next` chains collisions.
+    heads: FxMap<u64, usize>,
+    next: Vec<usize>,
+}
+
+/// The hash of a vector's bits (+0.0 and -0.0 alike).
+#[inline]
+fn hash_bits(v: &[f64]) -> u64 {
+    let mut h = FxHasher::default();
+    for a in v {
+        h.write_u64(if *a == 0.0 { 0 } else { a.to_bits() });
+    }
+    h.finish()
+}
+
+/// True when two vectors have the same bits (+0.0 and -0.0 alike).
+#[inline]
+fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| x.to_bits() == y.to_bits() || (*x == 0.0 && *y == 0.0))
 }
 
 impl Bins {
@@ -285,17 +301,21 @@ impl Bins {
         if count == 0 {
             return;
         }
-        key_into(free, &mut self.key);
-        if let Some(g) = self.index.get(self.key.as_slice()) {
-            self.groups[*g].count += count;
-            return;
+        let h = hash_bits(free);
+        let mut g = self.heads.get(&h).copied().unwrap_or(usize::MAX);
+        while g != usize::MAX {
+            if same_bits(&self.groups[g].free, free) {
+                self.groups[g].count += count;
+                return;
+            }
+            g = self.next[g];
         }
-        self.index
-            .insert(self.key.clone().into_boxed_slice(), self.groups.len());
+        let g = self.groups.len();
         self.groups.push(BinGroup {
             free: free.into(),
             count,
         });
+        self.next.push(self.heads.insert(h, g).unwrap_or(usize::MAX));
     }
 
     /// The groups, for packing (grouping stops mattering once packing starts).
