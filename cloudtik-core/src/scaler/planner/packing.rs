@@ -479,6 +479,11 @@ impl Trial {
         }
         let gpu_type = gpu.is_some_and(|g| cap[g] > 0.0);
         let holds_gpu = gpu.is_some_and(|g| self.used[g] > 0.0);
+        if gpu_type && !holds_gpu {
+            // GPU nodes are kept for GPU work: a GPU type is never launched for work
+            // that needs no GPU.
+            return None;
+        }
         Some(Score {
             gpu_ok: !gpu_type || holds_gpu,
             matching,
