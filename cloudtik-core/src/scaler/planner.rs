@@ -36,7 +36,11 @@
 //!    workers (`available: None`) and launches in flight at full type resources, then the nodes of
 //!    steps 1-2 at full resources. Never onto the head.
 //! 4. *choice of new nodes* for what is left: greedily, the type with the best score for what
-//!    one empty node of it would hold by first fit of the remaining demands: a GPU type only
+//!    one empty node of it would hold by first fit of the remaining demands. GPU nodes are
+//!    kept for GPU work: a GPU node is added only if it would hold a demand that needs a GPU,
+//!    or one that no type without GPUs (and with `max_workers` above zero) could ever hold;
+//!    other work may then share it. So CPU work waits for CPU nodes rather than spilling
+//!    onto new GPU nodes when the CPU type is at its maximum. Among eligible types: a GPU type only
 //!    scores well if it would hold GPU demands, then the number of the type's resource kinds the
 //!    held demands use, then the lowest and the mean utilization of the type's resources
 //!    (plain fractions; Ray weighs them by amount, which would let memory bytes dominate). Ties
@@ -789,6 +793,7 @@ impl<'a> Planner<'a> {
             .map(|(t, r)| TypeCap {
                 cap: t.cap.clone(),
                 room: *r,
+                usable: t.config.max_workers > 0,
             })
             .collect();
         let added = packing::choose(&mut caps, *global_room, &shapes.vectors, counts, self.space.gpu());

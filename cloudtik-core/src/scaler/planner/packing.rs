@@ -394,6 +394,8 @@ pub(crate) struct TypeCap {
     pub(crate) cap: Box<[f64]>,
     /// How many more nodes of the type may be added.
     pub(crate) room: usize,
+    /// The type may have workers at all (`max_workers` above zero).
+    pub(crate) usable: bool,
 }
 
 /// The utilization score of one node type for what it would hold; larger is better.
@@ -444,12 +446,16 @@ impl Trial {
         counts: &[usize],
         active: &[usize],
         gpu: Option<usize>,
+        gpu_allowed: &[bool],
     ) -> Option<Score> {
         self.free.copy_from_slice(cap);
         self.used.fill(0.0);
         let mut any = false;
+        let is_gpu_type = gpu.is_some_and(|g| cap[g] > 0.0);
+        let mut holds_allowed = false;
         for &s in active {
             let k = fit_count(&self.free, &shapes[s], counts[s]);
+            holds_allowed |= k > 0 && gpu_allowed[s];
             self.takes[s] = k;
             if k > 0 {
                 any = true;
@@ -459,7 +465,9 @@ impl Trial {
                 }
             }
         }
-        if !any {
+        if !any || (is_gpu_type && !holds_allowed) {
+            // A GPU node is only added for work that may go to it; once added, other
+            // work may share it.
             return None;
         }
         let mut matching = 0;
@@ -479,11 +487,6 @@ impl Trial {
         }
         let gpu_type = gpu.is_some_and(|g| cap[g] > 0.0);
         let holds_gpu = gpu.is_some_and(|g| self.used[g] > 0.0);
-        if gpu_type && !holds_gpu {
-            // GPU nodes are kept for GPU work: a GPU type is never launched for work
-            // that needs no GPU.
-            return None;
-        }
         Some(Score {
             gpu_ok: !gpu_type || holds_gpu,
             matching,
@@ -515,6 +518,18 @@ pub(crate) fn choose(
     let mut takes_by_type: Vec<Vec<usize>> = vec![vec![0; shapes.len()]; types.len()];
     let mut scored = vec![false; types.len()];
     let mut active: Vec<usize> = (0..shapes.len()).filter(|s| counts[*s] > 0).collect();
+    // GPU nodes are kept for GPU work: a GPU type takes a shape that needs no GPU only
+    // when no usable type without GPUs could ever hold it.
+    let is_gpu = |cap: &[f64]| gpu.is_some_and(|g| cap[g] > 0.0);
+    let gpu_allowed: Vec<bool> = shapes
+        .iter()
+        .map(|shape| {
+            gpu.is_some_and(|g| shape[g] > 0.0)
+                || !types
+                    .iter()
+                    .any(|ty| ty.usable && !is_gpu(&ty.cap) && fit_count(&ty.cap, shape, 1) == 1)
+        })
+        .collect();
     while !active.is_empty() && global_room > 0 {
         let mut best: Option<(usize, Score)> = None;
         for (t, ty) in types.iter().enumerate() {
@@ -522,7 +537,7 @@ pub(crate) fn choose(
             if ty.room == 0 {
                 continue;
             }
-            if let Some(score) = trial.score(&ty.cap, shapes, counts, &active, gpu) {
+            if let Some(score) = trial.score(&ty.cap, shapes, counts, &active, gpu, &gpu_allowed) {
                 scored[t] = true;
                 for &s in &active {
                     takes_by_type[t][s] = trial.takes[s];
@@ -691,10 +706,12 @@ mod tests {
             TypeCap {
                 cap: vec![8.0, 0.0, 32.0].into(),
                 room: 10,
+                usable: true,
             },
             TypeCap {
                 cap: vec![8.0, 1.0, 32.0].into(),
                 room: 10,
+                usable: true,
             },
         ];
         let shapes: Vec<Box<[f64]>> = vec![vec![1.0, 1.0, 0.0].into(), vec![1.0, 0.0, 0.0].into()];
@@ -715,10 +732,12 @@ mod tests {
             TypeCap {
                 cap: vec![8.0, 0.0, 32.0].into(),
                 room: 1000,
+                usable: true,
             },
             TypeCap {
                 cap: vec![4.0, 0.0, 32.0].into(),
                 room: 1000,
+                usable: true,
             },
         ];
         let shapes: Vec<Box<[f64]>> = vec![vec![3.0, 0.0, 8.0].into(), vec![1.0, 0.0, 1.0].into()];

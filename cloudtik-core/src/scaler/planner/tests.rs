@@ -143,6 +143,22 @@ fn gpu_types_are_kept_for_gpu_work() {
     ]);
     let p = plan(&c, &snapshot(vec![], vec![cpu(6.0)]), now());
     assert_eq!(launches(&p), vec![("gpu", 1)]);
+    // The CPU type at its maximum: CPU work waits instead of spilling onto new GPU nodes.
+    let c = config(vec![
+        ("cpu", ty(cpu(8.0), 0, 1)),
+        ("gpu", ty(res(&[("CPU", 8.0), ("GPU", 1.0)]), 0, 10)),
+    ]);
+    let p = plan(&c, &snapshot(vec![], vec![cpu(8.0); 3]), now());
+    assert_eq!(launches(&p), vec![("cpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 2);
+    // ...but a GPU node added for GPU work takes CPU work alongside.
+    let p = plan(
+        &c,
+        &snapshot(vec![], vec![cpu(8.0), cpu(8.0), res(&[("GPU", 1.0)])]),
+        now(),
+    );
+    assert_eq!(launches(&p), vec![("cpu", 1), ("gpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 0);
 }
 
 #[test]
@@ -861,10 +877,18 @@ proptest! {
         let placed = f.demands_placed(&p.to_launch);
         let one_shape = p.unfulfilled.len() == 1
             && case.snapshot.demands.iter().filter(|d| f.feasible_demand(d)).all(|d| *d == p.unfulfilled[0].shape);
+        // GPU nodes are kept for GPU work: an extra GPU node is not owed to demands that
+        // need no GPU and fit a usable type without GPUs.
+        let only_cpu_work = p.unfulfilled.iter().all(|u| {
+            u.shape.gpu() == 0.0
+                && case.config.node_types.values().any(|t| {
+                    t.max_workers > 0 && t.resources.gpu() == 0.0 && t.resources.fits(&u.shape)
+                })
+        });
         for t in TYPES {
             let ty = &case.config.node_types[t];
             let have = f.kept_of(t) + f.launching_of(t) + p.to_launch.get(t).copied().unwrap_or(0);
-            if have >= ty.max_workers {
+            if have >= ty.max_workers || (ty.resources.gpu() > 0.0 && only_cpu_work) {
                 continue;
             }
             let mut more = p.to_launch.clone();
