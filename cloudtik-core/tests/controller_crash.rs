@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cloudtik_core::node::tags;
+use cloudtik_core::scaler::Clock;
 use cloudtik_core::scaler::planner::{NodeTypeConfig, ScalingConfig};
 use cloudtik_core::scaler::{
     Controller, ControllerConfig, LaunchSpec, LauncherConfig, NodeSetup, ScalingInputs, SetupMode, TokioClock,
 };
-use cloudtik_core::state::{InMemoryStore, StateStore};
+use cloudtik_core::state::{InMemoryStore, NodeHeartbeat, StateStore};
 use cloudtik_core::testing::{FakeProvider, GateStage};
 use cloudtik_core::{ErrorKind, NodeKind, NodeProvider, NodeStatus, Resources};
 use cloudtik_core::{NodeInfo, NodeProviderExt, Tags};
@@ -93,6 +94,7 @@ impl NodeSetup for SlowSetup {
 fn controller(
     provider: &FakeProvider,
     store: &Arc<InMemoryStore>,
+    clock: TokioClock,
 ) -> Controller<FakeProvider, InMemoryStore, SlowSetup> {
     let p = Arc::new(provider.clone());
     let config = ControllerConfig::default()
@@ -112,15 +114,37 @@ fn controller(
         Arc::clone(store),
         Arc::new(SlowSetup(provider.clone(), seed)),
     )
-    .with_clock(Arc::new(TokioClock::starting_at(
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-    )))
+    .with_clock(Arc::new(clock))
+}
+
+/// The agents of the up-to-date nodes: one heartbeat each.
+async fn beat(provider: &FakeProvider, store: &InMemoryStore, clock: &TokioClock) {
+    for n in provider.snapshot() {
+        if n.status() != Some(NodeStatus::UpToDate) {
+            continue;
+        }
+        let r = Resources::from_pairs([("CPU", 4.0)]);
+        store
+            .put_heartbeat(&NodeHeartbeat {
+                node_id: n.id.clone(),
+                node_ip: n.internal_ip.clone().unwrap_or_default(),
+                node_kind: NodeKind::Worker,
+                node_type: "worker".into(),
+                seq_id: None,
+                heartbeat_time: clock.unix_now(),
+                total_resources: r.clone(),
+                available_resources: Resources::new(),
+            })
+            .await
+            .unwrap();
+    }
 }
 
 async fn run_seed(seed: u64) {
     let mut rng = Rng::new(seed);
     let provider = FakeProvider::new(format!("crash-{seed}"));
     let store = Arc::new(InMemoryStore::new());
+    let clock = TokioClock::starting_at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     provider.set_create_delay(Duration::from_millis(rng.below(4000)));
     match rng.below(4) {
         0 => provider.fail_create(1 + rng.below(3) as usize, ErrorKind::Capacity),
@@ -138,7 +162,7 @@ async fn run_seed(seed: u64) {
             // The cloud creates the nodes but the call does not return before the crash.
             provider.hold_creates(GateStage::AfterCreate);
         }
-        let c = controller(&provider, &store);
+        let c = controller(&provider, &store, clock);
         let task = tokio::spawn(c.run(std::future::pending()));
         tokio::time::sleep(Duration::from_millis(rng.below(25_000))).await;
         for _ in 0..rng.below(20) {
@@ -154,9 +178,10 @@ async fn run_seed(seed: u64) {
     // A last controller runs on a healthy cloud until the cluster settles.
     provider.clear_faults();
     provider.set_create_delay(Duration::ZERO);
-    let mut c = controller(&provider, &store);
+    let mut c = controller(&provider, &store, clock);
     let mut settled = false;
     for _ in 0..60 {
+        beat(&provider, &store, &clock).await;
         let _ = c.run_pass().await;
         tokio::time::sleep(INTERVAL).await;
         let nodes = provider.snapshot();
@@ -197,4 +222,53 @@ async fn crash_anywhere_200_seeds() {
     for seed in 0..200 {
         run_seed(seed).await;
     }
+}
+
+/// A launch call that hangs is given up after the launcher's call timeout; the type
+/// launches again on the next passes and the cluster still converges.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_launch_call_times_out() {
+    let provider = FakeProvider::new("hang");
+    let store = Arc::new(InMemoryStore::new());
+    provider.hold_creates(GateStage::BeforeCreate);
+    let p = Arc::new(provider.clone());
+    let config = ControllerConfig::default()
+        .with_update_interval(INTERVAL)
+        .with_launcher(
+            LauncherConfig::default()
+                .with_batch_size(10)
+                .with_call_timeout(Duration::from_secs(30)),
+        );
+    let clock = TokioClock::starting_at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let mut c = Controller::new(
+        inputs(),
+        config,
+        Arc::clone(&p),
+        Arc::clone(&store),
+        Arc::new(SlowSetup(provider.clone(), 1)),
+    )
+    .with_clock(Arc::new(clock));
+    // Launch calls hang while the gate holds them; they are given up after 30 s.
+    for _ in 0..10 {
+        let _ = c.run_pass().await;
+        tokio::time::sleep(INTERVAL).await;
+    }
+    assert!(c.counters().launch_failures >= 1, "{:?}", c.counters());
+    assert!(provider.snapshot().is_empty());
+    // Once the cloud answers again, the cluster converges, and the abandoned calls
+    // created nothing.
+    provider.release_creates();
+    for _ in 0..20 {
+        beat(&provider, &store, &clock).await;
+        let _ = c.run_pass().await;
+        tokio::time::sleep(INTERVAL).await;
+    }
+    assert_eq!(provider.snapshot().len(), TARGET);
+    assert_eq!(
+        provider.nodes_created() as usize,
+        TARGET,
+        "{:?} {:?}",
+        c.counters(),
+        provider.calls()
+    );
 }

@@ -27,6 +27,9 @@ pub struct LauncherConfig {
     pub backoff_initial: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// A launch call that has not returned after this long is given up (its record
+    /// stays; nodes it created later are adopted or, past the grace period, removed).
+    pub call_timeout: Duration,
 }
 
 impl Default for LauncherConfig {
@@ -37,6 +40,7 @@ impl Default for LauncherConfig {
             calls_per_second: 10.0,
             backoff_initial: Duration::from_secs(30),
             backoff_max: Duration::from_secs(600),
+            call_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -59,6 +63,11 @@ impl LauncherConfig {
         } else {
             f64::INFINITY
         };
+        self
+    }
+    /// Sets `call_timeout`.
+    pub fn with_call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
         self
     }
     /// Sets the backoff bounds.
@@ -132,6 +141,7 @@ impl<P: NodeProvider> Launcher<P> {
         } else {
             Duration::ZERO
         };
+        let call_timeout = self.config.call_timeout;
         self.tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             // Rate limit: each call takes the next free slot.
@@ -145,7 +155,16 @@ impl<P: NodeProvider> Launcher<P> {
             tokio::time::sleep_until(slot).await;
             let span = tracing::info_span!("launch", node_type = %request.node_type, count = request.count, token = %request.token);
             let _g = span.enter();
-            match provider.create_nodes(&request).await {
+            let result = match tokio::time::timeout(call_timeout, provider.create_nodes(&request)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::new(
+                    crate::ErrorKind::Timeout,
+                    format!("the launch call did not return within {}s", call_timeout.as_secs()),
+                )
+                .with_operation("create_nodes")
+                .with_context("node_type", &request.node_type)),
+            };
+            match result {
                 Ok(outcome) => LaunchDone {
                     token: request.token.clone(),
                     node_type: request.node_type.clone(),
