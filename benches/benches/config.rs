@@ -3,7 +3,11 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn example(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../examples/configs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/../examples/configs/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn bench_config(c: &mut Criterion) {
@@ -17,7 +21,8 @@ fn bench_config(c: &mut Criterion) {
         b.iter(|| loader.load_cluster_str("virtual.yaml", &virt).unwrap())
     });
     let config = loader.load_cluster_str("aws.yaml", &aws).unwrap();
-    let node_config = serde_json::Value::Object(config.available_node_types["head.default"].node_config.clone());
+    let node_config =
+        serde_json::Value::Object(config.available_node_types["head.default"].node_config.clone());
     c.bench_function("config/launch hash", |b| {
         b.iter(|| cloudtik_core::config::launch_hash(&node_config, &config.auth).unwrap())
     });
