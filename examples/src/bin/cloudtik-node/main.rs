@@ -8,8 +8,28 @@
 //!   backoff if it dies), and runs the agent of the head in the same process. The cluster
 //!   controller of the autoscaler plugs in at `head::HeadController`.
 //!
-//! Both read defaults from the bootstrap config file (`--bootstrap-config FILE`, YAML or
-//! JSON; the format is documented at `bootstrap::BootstrapConfig`), and flags override it.
+//! Both read defaults from the bootstrap config file (`--bootstrap-config FILE`), and
+//! flags override it. The file is YAML or JSON; every field is optional and unknown
+//! fields are refused:
+//!
+//! ```yaml
+//! cluster_name: demo            # shown in logs
+//! head_ip: 10.0.0.5             # the head's internal address: redis-server binds to it (and loopback)
+//! redis_port: 6789              # the state store's port (default 6789)
+//! redis_address: 10.0.0.5:6789  # where agents find the state store (default head_ip:redis_port)
+//! redis_password: "..."         # agents: the password (the head generates its own into --dir)
+//! encryption_key: "..."         # 64 hex digits: the cluster's key for runtime config and secrets
+//! node_type: worker.default     # the agent's node type
+//! head_node_type: head.default  # the head's node type
+//! heartbeat_interval_s: 1       # seconds between heartbeats
+//! report_interval_s: 5          # seconds between metrics and process-health reports
+//! resources: {GPU: 1}           # replace or add to the detected CPU and memory
+//! processes: [spark-worker]     # processes whose health to report, besides the core ones
+//! ```
+//!
+//! The head keeps in `--dir`: `redis-password` and `encryption-key` (mode 0600, made on
+//! the first start and reused after), `redis.conf` (0600), `redis-data/` (the
+//! append-only file), `redis.log` and `redis-server.pid`.
 //! Both stop on SIGTERM or ctrl-c; the agent leaves its rows in the store (the controller
 //! ages them out), and the head stops redis-server with SIGTERM so it syncs its
 //! append-only file.
