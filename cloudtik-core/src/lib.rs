@@ -4,7 +4,8 @@
 //! clouds: typed cluster configs that read CloudTik's YAML, the [`NodeProvider`] and
 //! [`WorkspaceProvider`] traits that clouds implement, the [`Runtime`] trait and [`RuntimeRegistry`],
 //! the [`Cluster`] and [`Workspace`] traits of the operations users run, the cluster's
-//! shared state ([`state::StateStore`], in Redis or in memory), and one [`Error`] type with
+//! shared state ([`state::StateStore`], in Redis or in memory), the node agent
+//! ([`agent::NodeAgent`]) that heartbeats into it, and one [`Error`] type with
 //! kinds and retryability.
 //!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
@@ -14,6 +15,7 @@
 //! injection, and the conformance suite every provider must pass.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod config;
 pub mod error;
 pub mod node;

@@ -22,7 +22,9 @@
 //!
 //! Rows of the node tables stay until [`StateStore::remove_nodes`] removes them (the
 //! controller does so for nodes its provider no longer lists); a node whose heartbeat is
-//! older than the controller's timeout is lost ([`NodeHeartbeat::is_lost`]).
+//! older than the controller's timeout is lost ([`NodeHeartbeat::is_lost`];
+//! [`read_node_liveness`] reads every heartbeat in one batch and splits the nodes into
+//! alive and lost).
 //!
 //! # Redis key layout
 //!
@@ -73,6 +75,7 @@
 //! disk was too slow to keep up. The rendered config needs redis-server 7.0 or newer.
 
 mod crypto;
+mod liveness;
 mod memory;
 mod model;
 mod redis_store;
@@ -97,6 +100,7 @@ use crate::node::NodeId;
 use crate::resources::Resources;
 
 pub use crypto::EncryptionKey;
+pub use liveness::{DEFAULT_HEARTBEAT_TIMEOUT, NodeLiveness, classify_nodes, read_node_liveness};
 pub use memory::InMemoryStore;
 pub use model::{
     ClusterEvent, EventSeverity, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ProcessState,

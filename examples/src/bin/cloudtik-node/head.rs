@@ -1,0 +1,251 @@
+//! `cloudtik-node head`: the state store's redis-server (configured, started, supervised,
+//! stopped), the head's agent, and the place of the cluster controller.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use cloudtik_core::NodeKind;
+use cloudtik_core::agent::NodeAgent;
+use cloudtik_core::state::{
+    EncryptionKey, RedisAddress, RedisServerConfig, RedisStoreConfig, StateStore, generate_password,
+};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::bootstrap::{BootstrapConfig, DEFAULT_REDIS_PORT};
+use crate::{HeadArgs, Shutdown, agent_config, connect_store, wait_shutdown};
+
+/// The cluster controller of the autoscaler, run by the head next to its agent on the
+/// state store the head supervises.
+///
+/// This is where the autoscaler's controller loop plugs in: [`run`] takes an
+/// `Option<Box<dyn HeadController>>`, and `main` passes `None` until the controller
+/// exists. The controller must return once `shutdown` flips to true.
+#[async_trait]
+pub(crate) trait HeadController: Send {
+    /// Runs the controller loop until shutdown.
+    async fn run(self: Box<Self>, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()>;
+}
+
+/// Where the head keeps its files.
+struct HeadFiles {
+    password: PathBuf,
+    key: PathBuf,
+    config: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    pid: PathBuf,
+}
+
+impl HeadFiles {
+    fn in_dir(dir: &Path) -> Self {
+        HeadFiles {
+            password: dir.join("redis-password"),
+            key: dir.join("encryption-key"),
+            config: dir.join("redis.conf"),
+            data: dir.join("redis-data"),
+            log: dir.join("redis.log"),
+            pid: dir.join("redis-server.pid"),
+        }
+    }
+}
+
+/// Reads a secret from `path`, or makes one with `make` and writes it there, readable by
+/// its owner only.
+fn read_or_create_secret(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = make();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    Ok(secret)
+}
+
+/// Runs the head until `shutdown`; `controller` is the autoscaler's controller loop, if
+/// one is plugged in.
+pub(crate) async fn run(
+    args: HeadArgs,
+    shutdown: Shutdown,
+    controller: Option<Box<dyn HeadController>>,
+) -> anyhow::Result<()> {
+    let boot = BootstrapConfig::load(args.node.bootstrap_config.as_deref())?;
+    let head_ip = args.node.node_ip.clone().or_else(|| boot.head_ip.clone());
+    let agent = agent_config(&args.node, &boot, NodeKind::Head, head_ip.as_deref())?;
+    let port = args.redis_port.or(boot.redis_port).unwrap_or(DEFAULT_REDIS_PORT);
+
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let files = HeadFiles::in_dir(&args.dir);
+    std::fs::create_dir_all(&files.data)?;
+    let password = match &boot.redis_password {
+        Some(p) => p.clone(),
+        None => read_or_create_secret(&files.password, generate_password)?,
+    };
+    let key = match &boot.encryption_key {
+        Some(hex) => EncryptionKey::from_hex(hex)?,
+        None => EncryptionKey::from_hex(&read_or_create_secret(&files.key, || {
+            EncryptionKey::generate().to_hex()
+        })?)?,
+    };
+    let mut server = RedisServerConfig::new(port, password.clone(), &files.data).with_logfile(&files.log);
+    if let Some(ip) = &head_ip {
+        server = server.with_bind(ip.clone());
+    }
+    server.write_to(&files.config)?;
+    info!(
+        cluster = boot.cluster_name.as_deref().unwrap_or("-"),
+        port,
+        bind = %server.bind_addresses().join(" "),
+        "starting the state store"
+    );
+
+    // redis-server, supervised until shutdown; a failure to start it at all is fatal.
+    let first = spawn_redis(&args.redis_server, &files)?;
+    let supervisor = tokio::spawn(supervise_redis(
+        first,
+        args.redis_server.clone(),
+        files.config.clone(),
+        files.pid.clone(),
+        shutdown.clone(),
+    ));
+
+    let result = async {
+        let store_config =
+            RedisStoreConfig::new(RedisAddress::new("127.0.0.1", port), key).with_password(password);
+        let Some(store) = connect_store(store_config, Duration::from_secs(30), &shutdown)
+            .await
+            .context("the state store did not come up")?
+        else {
+            return Ok(());
+        };
+        store.publish_shards().await?;
+        let store: Arc<dyn StateStore> = Arc::new(store);
+        info!(node_id = %agent.node_id, "state store up; starting the head's agent");
+        let agent = NodeAgent::new(agent, store.clone())?;
+        let agent_run = agent.run(wait_shutdown(shutdown.clone()));
+        match controller {
+            Some(c) => {
+                let (_, c) = tokio::join!(agent_run, c.run(store, shutdown.clone()));
+                c
+            }
+            None => {
+                agent_run.await;
+                Ok(())
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        // The head failed before shutdown was asked for: stop redis-server too. Aborting
+        // the supervisor drops its child, which kills redis-server (`kill_on_drop`).
+        supervisor.abort();
+    }
+    match supervisor.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "supervising redis-server failed"),
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => error!(error = %e, "the redis-server supervisor panicked"),
+    }
+    result
+}
+
+fn spawn_redis(binary: &Path, files: &HeadFiles) -> anyhow::Result<Child> {
+    spawn_redis_with(binary, &files.config, &files.pid)
+}
+
+fn spawn_redis_with(binary: &Path, config: &Path, pid_file: &Path) -> anyhow::Result<Child> {
+    let child = Command::new(binary)
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {} (is redis-server installed?)", binary.display()))?;
+    if let Some(pid) = child.id() {
+        std::fs::write(pid_file, format!("{pid}\n")).ok();
+    }
+    Ok(child)
+}
+
+/// Keeps redis-server running until shutdown: restarts it when it exits, waiting 1 s,
+/// then twice as long after each quick death up to 30 s (back to 1 s after it ran for a
+/// minute). On shutdown, stops it with SIGTERM (it syncs its append-only file) and, if
+/// it has not exited after 10 s, kills it.
+async fn supervise_redis(
+    first: Child,
+    binary: PathBuf,
+    config: PathBuf,
+    pid_file: PathBuf,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    let mut child = Some(first);
+    loop {
+        if let Some(running) = child.as_mut() {
+            let started = Instant::now();
+            tokio::select! {
+                status = running.wait() => match status {
+                    Ok(status) => warn!(%status, "redis-server exited; restarting it in {backoff:?}"),
+                    Err(e) => warn!(error = %e, "lost track of redis-server; restarting it in {backoff:?}"),
+                },
+                () = wait_shutdown(shutdown.clone()) => {
+                    stop_redis(running).await;
+                    let _ = std::fs::remove_file(&pid_file);
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+        }
+        child = None;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = wait_shutdown(shutdown.clone()) => {
+                let _ = std::fs::remove_file(&pid_file);
+                return Ok(());
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        match spawn_redis_with(&binary, &config, &pid_file) {
+            Ok(c) => child = Some(c),
+            // Keep trying: the binary may come back (a package upgrade).
+            Err(e) => error!(error = %e, "cannot restart redis-server"),
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+async fn stop_redis(child: &mut Child) {
+    let Some(pid) = child.id() else {
+        return;
+    };
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(Ok(status)) => info!(%status, "redis-server stopped"),
+        Ok(Err(e)) => warn!(error = %e, "waiting for redis-server"),
+        Err(_) => {
+            warn!("redis-server did not stop within 10 s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
