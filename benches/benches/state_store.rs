@@ -61,7 +61,7 @@ fn bench_state_store(c: &mut Criterion) {
             encoded
                 .iter()
                 .map(|e| serde_json::from_slice::<NodeHeartbeat>(e).unwrap())
-                .count()
+                .collect::<Vec<_>>()
         })
     });
     group.bench_function("one round of 10,000 heartbeat writes (pipelined)", |b| {
