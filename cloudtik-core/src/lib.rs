@@ -13,6 +13,7 @@
 //! injection, and the conformance suite every provider must pass.
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod node;
@@ -22,6 +23,7 @@ pub mod resources;
 pub mod runtime;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod updater;
 
 pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
