@@ -488,9 +488,8 @@ pub(crate) fn tail_chars(s: &str, n: usize) -> &str {
 }
 
 /// Keeps the last [`MAX_CAPTURED_BYTES`] of a stream.
-fn push_capped(buf: &mut String, line: &str) {
-    buf.push_str(line);
-    buf.push('\n');
+fn push_capped(buf: &mut String, text: &str) {
+    buf.push_str(text);
     if buf.len() > MAX_CAPTURED_BYTES {
         let mut cut = buf.len() - MAX_CAPTURED_BYTES;
         while !buf.is_char_boundary(cut) {
@@ -525,15 +524,14 @@ where
             match reader.read_until(b'\n', &mut raw).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&raw);
-                    let line = spec.mask(line.trim_end_matches(['\n', '\r']));
+                    let text = spec.mask(&String::from_utf8_lossy(&raw));
                     if let Some(tx) = &spec.stream_to {
                         let _ = tx.send(OutputLine {
                             stream,
-                            line: line.clone(),
+                            line: text.trim_end_matches(['\n', '\r']).to_string(),
                         });
                     }
-                    push_capped(&mut buf, &line);
+                    push_capped(&mut buf, &text);
                 }
             }
         }
@@ -596,7 +594,7 @@ mod tests {
         assert_eq!(tail_chars("hé", 5), "hé");
         let mut buf = String::new();
         for _ in 0..(MAX_CAPTURED_BYTES / 4) {
-            push_capped(&mut buf, "ééé");
+            push_capped(&mut buf, "ééé\n");
         }
         assert!(buf.len() <= MAX_CAPTURED_BYTES);
     }
