@@ -419,9 +419,8 @@ impl SshRunner {
     fn channel_error(&self, what: &str, e: openssh::Error) -> Error {
         Error::new(
             ErrorKind::Transient,
-            format!("SSH to {}: {what}: {e}", self.describe()),
+            format!("SSH to {}: {what}: {}", self.describe(), error_chain(&e)),
         )
-        .with_source(e)
     }
 
     /// `path` for the remote shell: `~/x` becomes `"$HOME"/'x'`, the rest is quoted.
@@ -704,6 +703,23 @@ impl CommandRunner for SshRunner {
         // A connection still used by a running command closes when that command ends.
         Ok(())
     }
+}
+
+/// An error and its sources, joined with `: ` (skipping a source that repeats its parent).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if text != last {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        cur = s.source();
+    }
+    out
 }
 
 fn closed() -> Error {
