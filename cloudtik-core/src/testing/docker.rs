@@ -3,12 +3,15 @@
 //! [`TestImage::build`] assembles a root filesystem from this machine's own `sh`,
 //! `sleep`, `cat`, `mkdir`, `ls`, `rm`, `touch` and `env` plus the shared libraries `ldd`
 //! lists for them, and turns it into an image with `docker import`. Dropping the image
-//! removes it and every container whose name starts with its prefix.
+//! removes every tag of its repository and every container whose name starts with its prefix.
 
 use std::fmt;
 use std::io;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+/// A file that exists in the test image only: tests tell container from host by it.
+pub const IMAGE_MARKER: &str = "/ctk-test-image";
 
 /// Binaries copied into the test image.
 pub const IMAGE_BINARIES: &[&str] = &["sh", "sleep", "cat", "mkdir", "ls", "rm", "touch", "env"];
@@ -107,6 +110,7 @@ impl TestImage {
                 }
             }
         }
+        std::fs::write(root.path().join(IMAGE_MARKER.trim_start_matches('/')), &name)?;
         std::fs::create_dir_all(root.path().join("usr"))?;
         std::os::unix::fs::symlink("/bin", root.path().join("usr/bin"))?;
         let script = format!(
@@ -131,9 +135,9 @@ impl TestImage {
 impl Drop for TestImage {
     fn drop(&mut self) {
         let script = format!(
-            "docker ps -aq --filter name={p} | xargs -r docker rm -f >/dev/null 2>&1; docker rmi -f {n} >/dev/null 2>&1",
-            p = self.prefix,
-            n = self.name
+            "docker ps -aq --filter name={p} | xargs -r docker rm -f >/dev/null 2>&1; \
+             docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {p} | xargs -r docker rmi -f >/dev/null 2>&1",
+            p = self.prefix
         );
         let _ = Command::new("sh").arg("-c").arg(script).status();
     }
