@@ -239,12 +239,14 @@ struct Connection {
 ///   channel is closed and, where the node has `timeout(1)`, the command's process group
 ///   is killed on the node a moment later.
 pub struct SshRunner {
+    // Field order matters: the connection drops (shutting the master down through its
+    // socket) before the directory holding that socket is removed.
+    connection: Mutex<Option<Arc<Connection>>>,
     host: String,
     options: SshOptions,
-    config_dir: tempfile::TempDir,
-    connection: Mutex<Option<Arc<Connection>>>,
     permits: Arc<Semaphore>,
     has_rsync: OnceCell<bool>,
+    config_dir: tempfile::TempDir,
 }
 
 impl fmt::Debug for SshRunner {

@@ -145,6 +145,7 @@ pub struct SshdBuilder {
     port: Option<u16>,
     netns: Option<String>,
     max_sessions: u32,
+    hermetic_shell: bool,
 }
 
 impl Default for SshdBuilder {
@@ -154,6 +155,7 @@ impl Default for SshdBuilder {
             port: None,
             netns: None,
             max_sessions: 10,
+            hermetic_shell: true,
         }
     }
 }
@@ -187,6 +189,18 @@ impl SshdBuilder {
         self
     }
 
+    /// Keep the login shell from reading the test user's `~/.bashrc` (default: on).
+    ///
+    /// bash sources `~/.bashrc` when sshd starts it for a command; a developer's rc file
+    /// (pyenv, nvm, ...) can add 100 ms to every command and make tests depend on it.
+    /// The harness sets `SetEnv SHLVL=1` in `sshd_config`, which bash reads as "not
+    /// started by sshd directly"; off, sessions get the user's usual environment.
+    #[must_use]
+    pub fn hermetic_shell(mut self, yes: bool) -> Self {
+        self.hermetic_shell = yes;
+        self
+    }
+
     /// Generates a host key, writes the config, starts sshd authorising `user_key`, and
     /// waits until it listens.
     pub fn start(self, user_key: &SshKeyPair) -> io::Result<SshdServer> {
@@ -202,11 +216,12 @@ impl SshdBuilder {
             "ListenAddress {addr}\nPort {port}\nHostKey {dir}/host_ed25519\nAuthorizedKeysFile {dir}/authorized_keys\n\
              PidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              PermitRootLogin prohibit-password\nMaxSessions {ms}\nMaxStartups 100:30:200\nAllowTcpForwarding yes\n\
-             LogLevel INFO\nSubsystem sftp {sftp}\n",
+             LogLevel INFO\nSubsystem sftp {sftp}\n{setenv}",
             addr = self.address,
             dir = dir.path().display(),
             ms = self.max_sessions,
             sftp = SFTP_SERVER,
+            setenv = if self.hermetic_shell { "SetEnv SHLVL=1\n" } else { "" },
         );
         std::fs::File::create(dir.path().join("sshd_config"))?.write_all(config.as_bytes())?;
         std::fs::create_dir_all("/run/sshd")?;
