@@ -31,7 +31,8 @@ fn bench_ssh(c: &mut Criterion) {
         .build()
         .expect("runtime");
     // Connect once (and pin the host key) before measuring.
-    rt.block_on(runner.run(&CommandSpec::new("true"))).expect("first command");
+    rt.block_on(runner.run(&CommandSpec::new("true")))
+        .expect("first command");
     let config = runner.config_file();
 
     let mut group = c.benchmark_group("ssh_100_commands");

@@ -6,11 +6,16 @@
 //! the [`Cluster`] and [`Workspace`] traits of the operations users run, and one [`Error`]
 //! type with kinds and retryability.
 //!
+//! Nodes are set up by the [`updater::NodeUpdater`] through a [`command::CommandRunner`]:
+//! over SSH (one ControlMaster per node, host keys pinned in the cluster's known-hosts
+//! file), in the node's container (`docker exec`), or on this machine.
+//!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.
 //!
 //! The cargo feature `testing` adds the module `testing`: an in-memory fake cloud with failure
-//! injection, and the conformance suite every provider must pass.
+//! injection, the conformance suite every provider must pass, and harnesses that start
+//! real sshd servers (also in network namespaces) and build a local Docker image.
 #![warn(missing_docs)]
 
 pub mod command;

@@ -104,6 +104,23 @@ async fn every_command_and_rsync_share_one_connection() {
 }
 
 #[tokio::test]
+async fn a_dead_master_is_replaced_by_the_next_command() {
+    let Some(f) = Fixture::new() else { return };
+    let r = f.runner();
+    let socket = r.connect().await.unwrap();
+    assert_eq!(r.run_output("echo before").await.unwrap(), "before\n");
+    let stopped = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(&socket)
+        .args(["-O", "exit", "node"])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(r.run_output("echo after").await.unwrap(), "after\n");
+    assert_eq!(f.accepted_logins(), 2);
+}
+
+#[tokio::test]
 async fn secrets_are_masked_in_errors_and_output() {
     let Some(f) = Fixture::new() else { return };
     let r = f.runner();

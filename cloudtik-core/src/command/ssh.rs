@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
+use openssh::{ControlPersist, ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 use openssh_sftp_client::{Sftp, SftpOptions};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
@@ -331,6 +331,9 @@ impl SshRunner {
             .connect_timeout(o.connect_timeout)
             .server_alive_interval(o.keepalive_interval)
             .control_directory(self.config_dir.path())
+            // A master nobody uses exits after 10 minutes (a leaked one too); the next
+            // command reconnects.
+            .control_persist(ControlPersist::IdleFor(MASTER_IDLE_EXIT))
             .config_file(self.config_file());
         if let Some(j) = &o.jump {
             b.jump_hosts([format!("{}@{}:{}", j.user, j.host, j.port)]);
@@ -372,6 +375,94 @@ impl SshRunner {
         {
             *guard = None;
         }
+    }
+
+    /// Runs a command once on the current connection (connecting first if needed).
+    async fn run_once(&self, spec: &CommandSpec) -> Result<CommandOutput> {
+        let conn = self.connection().await?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Unexpected, "the channel semaphore was closed"))?;
+        tracing::debug!(target: "cloudtik::command", runner = %self.describe(), command = %spec.masked_command(), "run");
+        let script = shell_quote(&spec.script());
+        let remote = match spec.timeout {
+            // The local timeout fires first; the remote one kills what is left behind.
+            Some(t) => format!(
+                "if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL {} sh -c {script}; else exec sh -c {script}; fi",
+                t.as_secs() + 2
+            ),
+            None => format!("exec sh -c {script}"),
+        };
+        let mut cmd = conn.session.raw_command(remote);
+        cmd.stdin(openssh::Stdio::null())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        // sshd counts a session until its close handshake is done, a little after the
+        // command ended here: a new channel can be refused for `MaxSessions` although
+        // fewer than `max_channels` run. Such refusals are retried after a short wait.
+        let mut refusals = 0u32;
+        let mut child = loop {
+            match cmd.spawn().await {
+                Ok(c) => break c,
+                Err(e) if is_session_refusal(&e) && refusals < MAX_SESSION_REFUSALS => {
+                    refusals += 1;
+                    tracing::debug!(target: "cloudtik::command", runner = %self.describe(), refusals, "session refused; retrying");
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(refusals.min(10)))).await;
+                }
+                Err(e) => {
+                    drop(conn);
+                    self.drop_if_dead().await;
+                    return Err(self
+                        .channel_error("cannot start a command", e)
+                        .with_context("ssh_stage", "start"));
+                }
+            }
+        };
+        let stdout = child.stdout().take();
+        let stderr = child.stderr().take();
+        let work = async {
+            let (out, err) = collect_output(stdout, stderr, spec).await;
+            (out, err, child.wait().await)
+        };
+        let result = match spec.timeout {
+            Some(t) => match tokio::time::timeout(t, work).await {
+                Ok(r) => r,
+                Err(_) => return Err(command_timed_out(&self.describe(), spec, t)),
+            },
+            None => work.await,
+        };
+        let (stdout, stderr, status) = result;
+        let exit_code = match status {
+            Ok(status) => status.code(),
+            Err(openssh::Error::RemoteProcessTerminated) => {
+                // Killed by a signal, or the connection dropped: tell them apart.
+                drop(conn);
+                self.drop_if_dead().await;
+                if self.connection.lock().await.is_none() {
+                    return Err(Error::new(
+                        ErrorKind::Transient,
+                        format!(
+                            "SSH to {}: the connection dropped while `{}` ran",
+                            self.describe(),
+                            spec.masked_command()
+                        ),
+                    ));
+                }
+                None
+            }
+            Err(e) => {
+                drop(conn);
+                self.drop_if_dead().await;
+                return Err(self.channel_error("waiting for a command", e));
+            }
+        };
+        Ok(CommandOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
     }
 
     fn connect_error(&self, e: openssh::Error) -> Error {
@@ -519,77 +610,18 @@ impl CommandRunner for SshRunner {
     }
 
     async fn run(&self, spec: &CommandSpec) -> Result<CommandOutput> {
-        let conn = self.connection().await?;
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::new(ErrorKind::Unexpected, "the channel semaphore was closed"))?;
-        tracing::debug!(target: "cloudtik::command", runner = %self.describe(), command = %spec.masked_command(), "run");
-        let script = shell_quote(&spec.script());
-        let remote = match spec.timeout {
-            // The local timeout fires first; the remote one kills what is left behind.
-            Some(t) => format!(
-                "if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL {} sh -c {script}; else exec sh -c {script}; fi",
-                t.as_secs() + 2
-            ),
-            None => format!("exec sh -c {script}"),
-        };
-        let mut cmd = conn.session.raw_command(remote);
-        cmd.stdin(openssh::Stdio::null())
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::piped());
-        let mut child = match cmd.spawn().await {
-            Ok(c) => c,
-            Err(e) => {
-                drop(conn);
-                self.drop_if_dead().await;
-                return Err(self.channel_error("cannot start a command", e));
+        match self.run_once(spec).await {
+            // The master was gone before the command started (idle exit, killed):
+            // reconnect once and run it.
+            Err(e)
+                if e.context_value("ssh_stage") == Some("start")
+                    && self.connection.lock().await.is_none() =>
+            {
+                tracing::debug!(target: "cloudtik::command", runner = %self.describe(), error = %e, "reconnecting");
+                self.run_once(spec).await
             }
-        };
-        let stdout = child.stdout().take();
-        let stderr = child.stderr().take();
-        let work = async {
-            let (out, err) = collect_output(stdout, stderr, spec).await;
-            (out, err, child.wait().await)
-        };
-        let result = match spec.timeout {
-            Some(t) => match tokio::time::timeout(t, work).await {
-                Ok(r) => r,
-                Err(_) => return Err(command_timed_out(&self.describe(), spec, t)),
-            },
-            None => work.await,
-        };
-        let (stdout, stderr, status) = result;
-        let exit_code = match status {
-            Ok(status) => status.code(),
-            Err(openssh::Error::RemoteProcessTerminated) => {
-                // Killed by a signal, or the connection dropped: tell them apart.
-                drop(conn);
-                self.drop_if_dead().await;
-                if self.connection.lock().await.is_none() {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!(
-                            "SSH to {}: the connection dropped while `{}` ran",
-                            self.describe(),
-                            spec.masked_command()
-                        ),
-                    ));
-                }
-                None
-            }
-            Err(e) => {
-                drop(conn);
-                self.drop_if_dead().await;
-                return Err(self.channel_error("waiting for a command", e));
-            }
-        };
-        Ok(CommandOutput {
-            exit_code,
-            stdout,
-            stderr,
-        })
+            other => other,
+        }
     }
 
     async fn upload(&self, local: &Path, remote: &str, options: &SyncOptions) -> Result<()> {
@@ -705,6 +737,17 @@ impl CommandRunner for SshRunner {
         // A connection still used by a running command closes when that command ends.
         Ok(())
     }
+}
+
+/// Seconds an idle ControlMaster lives.
+const MASTER_IDLE_EXIT: std::num::NonZeroUsize = std::num::NonZeroUsize::new(600).unwrap();
+
+/// How often a refused session open is retried before the refusal is an error.
+const MAX_SESSION_REFUSALS: u32 = 50;
+
+/// True when the server refused to open a session (sshd's `MaxSessions`).
+fn is_session_refusal(e: &openssh::Error) -> bool {
+    error_chain(e).contains("open refused")
 }
 
 /// An error and its sources, joined with `: ` (skipping a source that repeats its parent).
@@ -934,6 +977,22 @@ mod tests {
         assert_eq!(remote_parent("c"), ".");
         assert_eq!(SshRunner::shell_path("~/x y"), "\"$HOME\"/'x y'");
         assert_eq!(sftp_path("~/a/b"), PathBuf::from("a/b"));
+    }
+
+    #[test]
+    fn options_from_the_auth_section() {
+        let auth = AuthConfig {
+            ssh_user: Some("ubuntu".into()),
+            ssh_private_key: Some("/keys/id".into()),
+            ssh_port: Some(2222),
+            ..Default::default()
+        };
+        let o = SshOptions::from_auth(&auth, "/c/kh").unwrap();
+        assert_eq!((o.user.as_str(), o.port), ("ubuntu", 2222));
+        assert_eq!(o.private_key, PathBuf::from("/keys/id"));
+        assert_eq!(o.max_channels, 8);
+        let err = SshOptions::from_auth(&AuthConfig::default(), "/c/kh").unwrap_err();
+        assert_eq!(err.location().unwrap().path, "auth.ssh_user");
     }
 
     #[test]

@@ -221,7 +221,11 @@ impl SshdBuilder {
             dir = dir.path().display(),
             ms = self.max_sessions,
             sftp = SFTP_SERVER,
-            setenv = if self.hermetic_shell { "SetEnv SHLVL=1\n" } else { "" },
+            setenv = if self.hermetic_shell {
+                "SetEnv SHLVL=1\n"
+            } else {
+                ""
+            },
         );
         std::fs::File::create(dir.path().join("sshd_config"))?.write_all(config.as_bytes())?;
         std::fs::create_dir_all("/run/sshd")?;
