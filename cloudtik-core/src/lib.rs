@@ -8,14 +8,20 @@
 //! ([`agent::NodeAgent`]) that heartbeats into it, and one [`Error`] type with
 //! kinds and retryability.
 //!
+//! Nodes are set up by the [`updater::NodeUpdater`] through a [`command::CommandRunner`]:
+//! over SSH (one ControlMaster per node, host keys pinned in the cluster's known-hosts
+//! file), in the node's container (`docker exec`), or on this machine.
+//!
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.
 //!
 //! The cargo feature `testing` adds the module `testing`: an in-memory fake cloud with failure
-//! injection, and the conformance suite every provider must pass.
+//! injection, the conformance suite every provider must pass, and harnesses that start
+//! real sshd servers (also in network namespaces) and build a local Docker image.
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod node;
@@ -27,6 +33,7 @@ pub mod scaler;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod updater;
 
 pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};

@@ -96,7 +96,7 @@ pub fn hash_value(v: &Value) -> String {
     hex::encode(Sha1::digest(canonical_json(v).as_bytes()))
 }
 
-fn expand_home(p: &str) -> PathBuf {
+pub(crate) fn expand_home(p: &str) -> PathBuf {
     if let Some(rest) = p.strip_prefix("~/")
         && let Some(home) = dirs::home_dir()
     {

@@ -7,6 +7,8 @@
 //!   workspace. Handles are cheap to clone and share their cloud, so a test can keep one
 //!   handle to inject failures while a controller works with another, and a restarted
 //!   controller sees the nodes its predecessor launched.
+//! * [`sshd`] starts real sshd servers (loopback and network namespaces) and
+//!   [`docker`] builds a tiny local image, for the command runner and updater tests.
 //! * [`conformance`] holds the checks every provider must pass; it runs against
 //!   [`FakeProvider`] in every `cargo test` and against each real provider's test peer.
 //!
@@ -31,8 +33,10 @@
 //! ```
 
 pub mod conformance;
+pub mod docker;
 mod fake;
 mod fake_workspace;
+pub mod sshd;
 
 pub use fake::{CallCounts, FakeCloud, FakeProvider, GateStage};
 pub use fake_workspace::{DEFAULT_RESOURCES, FakeWorkspaceProvider};
