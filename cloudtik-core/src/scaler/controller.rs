@@ -11,7 +11,7 @@
 //!    any other, and its record is removed once they are being set up; a worker that is
 //!    still `uninitialized`, carries a launch token nobody recorded and is older than
 //!    [`ControllerConfig::untracked_grace`] is a leak and is terminated;
-//! 4. **plans** with the pure [`plan`](super::plan) (backed-off node types are capped at
+//! 4. **plans** with the pure [`plan`](super::plan()) (backed-off node types are capped at
 //!    what they have, so demand goes to other types);
 //! 5. **applies**: terminations in batches, launches (each recorded in the state store
 //!    *before* the provider call, with a fresh token the provider uses for
