@@ -1,0 +1,355 @@
+//! The AWS node provider against moto's EC2 server.
+//!
+//! The harness needs `python3` with the `venv` module (and network access to PyPI, or a
+//! pip mirror, the first time): it creates a virtual environment in
+//! `$CLOUDTIK_MOTO_VENV`, or else `$XDG_CACHE_HOME/cloudtik-moto-venv`, or else
+//! `~/.cache/cloudtik-moto-venv`, pip-installs `moto[server]` into it when its
+//! `moto_server` is missing, and reuses it afterwards. Each test starts its own
+//! `moto_server` on a free loopback port and kills it when done.
+//!
+//! Without python3, venv or pip the tests are skipped with a message, unless `CI=true`:
+//! then they fail.
+#![cfg(feature = "aws")]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::Credentials;
+use aws_sdk_ec2::types::Tag;
+use cloudtik_core::node::tags;
+use cloudtik_core::provider::new_launch_token;
+use cloudtik_core::testing::conformance::{CheckOutcome, ConformanceConfig, run_all};
+use cloudtik_core::{ErrorKind, ErrorStatus, LaunchRequest, NodeKind, NodeProvider, Tags};
+use cloudtik_providers::aws::{AwsNodeProvider, AwsSettings, RetryPolicy};
+use serde_json::json;
+
+/// Only one test at a time creates the virtual environment.
+static VENV_LOCK: Mutex<()> = Mutex::new(());
+
+/// A running moto server, killed on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn venv_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CLOUDTIK_MOTO_VENV") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("cloudtik-moto-venv")
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed with {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The `moto_server` of the venv, creating the venv and installing moto when missing.
+fn moto_server_binary() -> Result<PathBuf, String> {
+    let _guard = VENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = venv_dir();
+    let server = venv.join("bin").join("moto_server");
+    if server.exists() {
+        return Ok(server);
+    }
+    if !venv.join("bin").join("pip").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).map_err(|e| {
+            format!(
+                "creating a Python venv at {} (needs python3 with venv): {e}",
+                venv.display()
+            )
+        })?;
+    }
+    run(Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", "moto[server]"]))
+        .map_err(|e| format!("installing moto[server] into {}: {e}", venv.display()))?;
+    if server.exists() {
+        Ok(server)
+    } else {
+        Err(format!(
+            "pip installed moto[server] but {} is missing",
+            server.display()
+        ))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// True when the server answers an HTTP request on `port`.
+fn answers(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
+fn start_moto_at(server: &Path) -> Result<Moto, String> {
+    let port = free_port();
+    let mut child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", server.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("moto_server exited with {status} before answering"));
+        }
+        if answers(port) {
+            return Ok(Moto {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("moto_server did not answer on port {port} within 60 s"))
+}
+
+/// A fresh moto server, or `None` (with a message) when moto cannot be set up outside CI.
+fn start_moto() -> Option<Moto> {
+    let started = moto_server_binary().and_then(|server| start_moto_at(&server));
+    match started {
+        Ok(moto) => Some(moto),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("moto is required when CI=true: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: moto is not available: {e}");
+            None
+        }
+    }
+}
+
+async fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .endpoint_url(url)
+        .load()
+        .await
+}
+
+fn settings(url: &str) -> AwsSettings {
+    AwsSettings::new("us-east-1").with_endpoint_url(url).with_retry(
+        RetryPolicy::default()
+            .with_max_retries(3)
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(100)),
+    )
+}
+
+async fn provider(moto: &Moto, cluster: &str) -> AwsNodeProvider {
+    AwsNodeProvider::from_sdk_config(cluster, &sdk_config(&moto.url).await, settings(&moto.url)).unwrap()
+}
+
+/// A raw EC2 client on moto, for what the provider does not do.
+async fn raw_client(moto: &Moto) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(&moto.url).await)
+}
+
+/// A node config with an AMI moto knows.
+async fn node_config(moto: &Moto) -> serde_json::Value {
+    let images = raw_client(moto)
+        .await
+        .describe_images()
+        .send()
+        .await
+        .expect("DescribeImages on moto");
+    let image = images
+        .images()
+        .iter()
+        .find_map(|i| i.image_id())
+        .expect("moto lists at least one AMI")
+        .to_string();
+    json!({"InstanceType": "t3.micro", "ImageId": image})
+}
+
+fn worker_request(config: &serde_json::Value, count: usize) -> LaunchRequest {
+    let mut t = Tags::new();
+    t.insert(tags::NODE_KIND.into(), NodeKind::Worker.as_str().into());
+    t.insert(tags::USER_NODE_TYPE.into(), "worker.default".into());
+    LaunchRequest::new("worker.default", config.clone(), t, count)
+}
+
+fn ids(nodes: &[cloudtik_core::NodeInfo]) -> BTreeSet<String> {
+    nodes.iter().map(|n| n.id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_suite_passes_on_moto() {
+    let Some(moto) = start_moto() else { return };
+    let ours = provider(&moto, "conformance-a").await;
+    let other = ours.for_cluster("conformance-b").unwrap();
+    // No partial-launch hook: moto always creates MaxCount instances (it has no
+    // capacity or quota simulation), so a partial launch cannot be forced there.
+    let config = ConformanceConfig::new("worker.default", node_config(&moto).await)
+        .with_missing_node_id("i-0123456789abcdef0");
+    let report = run_all(&ours, Some(&other), &config).await;
+    report.assert_passed();
+    for check in &report.checks {
+        if check.name != "partial_launch" {
+            assert_eq!(check.outcome, CheckOutcome::Passed, "{report}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_client_token_creates_no_duplicates() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "client-token").await;
+    let config = node_config(&moto).await;
+    let request = worker_request(&config, 2);
+    let first = p.create_nodes(&request).await.unwrap();
+    assert_eq!(first.nodes.len(), 2);
+    assert!(first.shortfall.is_none());
+
+    // Hide the nodes from the provider's lookup by token, as when a listing does not
+    // show them yet: only EC2's ClientToken can keep the repeat from launching again.
+    raw_client(&moto)
+        .await
+        .delete_tags()
+        .set_resources(Some(ids(&first.nodes).into_iter().collect()))
+        .tags(Tag::builder().key(tags::LAUNCH_TOKEN).build())
+        .send()
+        .await
+        .unwrap();
+    let mut by_token = Tags::new();
+    by_token.insert(tags::LAUNCH_TOKEN.into(), request.token.clone());
+    assert!(p.list_nodes(&by_token).await.unwrap().is_empty());
+
+    let again = p.create_nodes(&request).await.unwrap();
+    assert_eq!(ids(&again.nodes), ids(&first.nodes));
+    let all = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(ids(&all), ids(&first.nodes), "the repeat launched more instances");
+
+    // A new token launches new instances.
+    let other = p
+        .create_nodes(&request.clone().with_token(new_launch_token()))
+        .await
+        .unwrap();
+    assert_eq!(other.nodes.len(), 2);
+    assert!(ids(&other.nodes).is_disjoint(&ids(&first.nodes)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_twice_succeeds_and_spares_other_clusters() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "terminate-a").await;
+    let other = p.for_cluster("terminate-b").unwrap();
+    let config = node_config(&moto).await;
+    let ours = p.create_nodes(&worker_request(&config, 3)).await.unwrap().nodes;
+    let theirs = other
+        .create_nodes(&worker_request(&config, 1))
+        .await
+        .unwrap()
+        .nodes;
+    let mut targets: Vec<String> = ids(&ours).into_iter().collect();
+    targets.push(theirs[0].id.clone());
+    p.terminate_nodes(&targets).await.unwrap();
+    p.terminate_nodes(&targets).await.unwrap();
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&other.list_nodes(&Tags::new()).await.unwrap()),
+        ids(&theirs),
+        "terminate on one cluster touched another cluster's instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_nodes_list_over_several_pages() {
+    let Some(moto) = start_moto() else { return };
+    let url = moto.url.clone();
+    let p =
+        AwsNodeProvider::from_sdk_config("paged", &sdk_config(&url).await, settings(&url).with_page_size(5))
+            .unwrap();
+    let config = node_config(&moto).await;
+    let launched = p.create_nodes(&worker_request(&config, 30)).await.unwrap();
+    assert_eq!(launched.nodes.len(), 30);
+    assert!(launched.shortfall.is_none());
+
+    // moto pages as EC2 does, so one page of 5 cannot hold them.
+    let first_page = raw_client(&moto)
+        .await
+        .describe_instances()
+        .max_results(5)
+        .send()
+        .await
+        .unwrap();
+    assert!(first_page.next_token().is_some(), "moto did not paginate");
+
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(listed.len(), 30);
+    assert_eq!(ids(&listed), ids(&launched.nodes));
+    let mut workers = Tags::new();
+    workers.insert(tags::NODE_KIND.into(), "worker".into());
+    assert_eq!(p.list_nodes(&workers).await.unwrap().len(), 30);
+    let ids: Vec<String> = ids(&listed).into_iter().collect();
+    p.terminate_nodes(&ids).await.unwrap();
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_node_config_fails_before_any_call() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "bad-config").await;
+    let e = p
+        .create_nodes(&worker_request(&json!({"InstanceType": "t3.micro"}), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(e.to_string().contains("ImageId"), "{e}");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// No moto needed: a closed port gives connection failures, which are transient,
+/// retried a bounded number of times, and then reported as persistent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_endpoint_fails_transient_after_bounded_retries() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let p = AwsNodeProvider::from_sdk_config("unreachable", &sdk_config(&url).await, settings(&url)).unwrap();
+    let e = p.list_nodes(&Tags::new()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert_eq!(e.status(), ErrorStatus::Persistent, "{e}");
+    assert_eq!(e.operation(), Some("list_nodes"));
+    assert!(e.to_string().contains("DescribeInstances"), "{e}");
+    assert!(e.to_string().contains("unreachable"), "{e}");
+}
