@@ -16,11 +16,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::config::Credentials;
-use aws_sdk_ec2::types::Tag;
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_ec2::config::{ConfigBag, Credentials, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::BoxError;
 use cloudtik_core::node::tags;
 use cloudtik_core::provider::new_launch_token;
 use cloudtik_core::testing::conformance::{CheckOutcome, ConformanceConfig, run_all};
@@ -214,26 +216,84 @@ fn ids(nodes: &[cloudtik_core::NodeInfo]) -> BTreeSet<String> {
     nodes.iter().map(|n| n.id.clone()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn conformance_suite_passes_on_moto() {
-    let Some(moto) = start_moto() else { return };
-    let ours = provider(&moto, "conformance-a").await;
-    let other = ours.for_cluster("conformance-b").unwrap();
-    // No partial-launch hook: moto always creates MaxCount instances (it has no
-    // capacity or quota simulation), so a partial launch cannot be forced there.
-    let config = ConformanceConfig::new("worker.default", node_config(&moto).await)
-        .with_missing_node_id("i-0123456789abcdef0");
-    let report = run_all(&ours, Some(&other), &config).await;
-    report.assert_passed();
-    for check in &report.checks {
-        if check.name != "partial_launch" {
-            assert_eq!(check.outcome, CheckOutcome::Passed, "{report}");
+/// A fault for the partial-launch check. moto has no capacity or quota simulation, but
+/// it creates only `MinCount` (1) instances per `RunInstances`, so the provider asks
+/// again for the rest; once armed, this interceptor lets one `RunInstances` through and
+/// sends every later one to a closed port (a transient failure the provider retries,
+/// then reports as the shortfall).
+#[derive(Debug)]
+struct LaunchFault {
+    armed: AtomicBool,
+    launches: AtomicUsize,
+    dead_url: String,
+}
+
+#[derive(Debug, Clone)]
+struct FailLaterLaunches(Arc<LaunchFault>);
+
+impl Intercept for FailLaterLaunches {
+    fn name(&self) -> &'static str {
+        "FailLaterLaunches"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let is_launch = context
+            .request()
+            .body()
+            .bytes()
+            .is_some_and(|b| b.windows(19).any(|w| w == b"Action=RunInstances"));
+        if is_launch
+            && self.0.armed.load(Ordering::SeqCst)
+            && self.0.launches.fetch_add(1, Ordering::SeqCst) >= 1
+        {
+            context
+                .request_mut()
+                .set_uri(self.0.dead_url.as_str())
+                .map_err(|e| BoxError::from(format!("bad URI: {e}")))?;
         }
+        Ok(())
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_same_client_token_creates_no_duplicates() {
+async fn conformance_suite_passes_on_moto() {
+    let Some(moto) = start_moto() else { return };
+    let fault = Arc::new(LaunchFault {
+        armed: AtomicBool::new(false),
+        launches: AtomicUsize::new(0),
+        dead_url: format!("http://127.0.0.1:{}/", free_port()),
+    });
+    let ec2_config = aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await)
+        .interceptor(FailLaterLaunches(fault.clone()));
+    let ours = AwsNodeProvider::from_ec2_config("conformance-a", ec2_config, settings(&moto.url)).unwrap();
+    let other = ours.for_cluster("conformance-b").unwrap();
+    let config = ConformanceConfig::new("worker.default", node_config(&moto).await)
+        .with_missing_node_id("i-0123456789abcdef0")
+        .with_partial_launch(move || {
+            let fault = fault.clone();
+            Box::pin(async move {
+                fault.launches.store(0, Ordering::SeqCst);
+                fault.armed.store(true, Ordering::SeqCst);
+            })
+        });
+    let report = run_all(&ours, Some(&other), &config).await;
+    report.assert_passed();
+    for check in &report.checks {
+        assert_eq!(check.outcome, CheckOutcome::Passed, "{report}");
+    }
+}
+
+/// A repeated launch with the same token creates nothing, and every `RunInstances` call
+/// carried a `ClientToken` derived from the launch token and the number of instances
+/// that existed. (moto ignores `ClientToken` for deduplication, so EC2's side of the
+/// idempotency cannot be shown here; moto does record the token sent.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_launch_creates_no_duplicates_and_sends_client_tokens() {
     let Some(moto) = start_moto() else { return };
     let p = provider(&moto, "client-token").await;
     let config = node_config(&moto).await;
@@ -241,25 +301,34 @@ async fn the_same_client_token_creates_no_duplicates() {
     let first = p.create_nodes(&request).await.unwrap();
     assert_eq!(first.nodes.len(), 2);
     assert!(first.shortfall.is_none());
+    for _ in 0..2 {
+        let again = p.create_nodes(&request).await.unwrap();
+        assert!(again.shortfall.is_none());
+        assert_eq!(ids(&again.nodes), ids(&first.nodes));
+    }
+    let all = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(ids(&all), ids(&first.nodes), "the repeat launched more instances");
 
-    // Hide the nodes from the provider's lookup by token, as when a listing does not
-    // show them yet: only EC2's ClientToken can keep the repeat from launching again.
-    raw_client(&moto)
+    let described = raw_client(&moto)
         .await
-        .delete_tags()
-        .set_resources(Some(ids(&first.nodes).into_iter().collect()))
-        .tags(Tag::builder().key(tags::LAUNCH_TOKEN).build())
+        .describe_instances()
+        .set_instance_ids(Some(ids(&first.nodes).into_iter().collect()))
         .send()
         .await
         .unwrap();
-    let mut by_token = Tags::new();
-    by_token.insert(tags::LAUNCH_TOKEN.into(), request.token.clone());
-    assert!(p.list_nodes(&by_token).await.unwrap().is_empty());
-
-    let again = p.create_nodes(&request).await.unwrap();
-    assert_eq!(ids(&again.nodes), ids(&first.nodes));
-    let all = p.list_nodes(&Tags::new()).await.unwrap();
-    assert_eq!(ids(&all), ids(&first.nodes), "the repeat launched more instances");
+    let client_tokens: BTreeSet<String> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| i.client_token().unwrap_or_default().to_string())
+        .collect();
+    // One call per created instance on moto (it creates MinCount instances): the first
+    // with 0 instances existing, the second with 1.
+    let expected: BTreeSet<String> = [0, 1]
+        .iter()
+        .map(|n| format!("{}-{n}-0", request.token))
+        .collect();
+    assert_eq!(client_tokens, expected);
 
     // A new token launches new instances.
     let other = p
@@ -306,7 +375,8 @@ async fn thirty_nodes_list_over_several_pages() {
     assert_eq!(launched.nodes.len(), 30);
     assert!(launched.shortfall.is_none());
 
-    // moto pages as EC2 does, so one page of 5 cannot hold them.
+    // moto creates MinCount (1) instances per RunInstances, so the launch made 30
+    // reservations; moto pages by reservation as EC2 does, so a page of 5 holds 5.
     let first_page = raw_client(&moto)
         .await
         .describe_instances()

@@ -4,10 +4,13 @@
 //! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
 //!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;
 //!   all pages are read (page size [`AwsSettings::page_size`]).
-//! * **Launch**: one `RunInstances` with `MinCount` 1 and `MaxCount` the missing count,
+//! * **Launch**: `RunInstances` with `MinCount` 1 and `MaxCount` the missing count,
 //!   every tag (the request's, the cluster name, the launch token, and `Name` from
-//!   `cloudtik-node-name`) in `TagSpecifications`, so no instance is ever untagged. Fewer
-//!   instances than asked is a partial launch: `Ok` with a shortfall.
+//!   `cloudtik-node-name`) in `TagSpecifications`, so no instance is ever untagged. When
+//!   EC2 creates fewer instances than `MaxCount` without an error, the rest is asked for
+//!   again; when a call fails after some instances exist, the launch is partial: `Ok`
+//!   with a shortfall. An `Insufficient*Capacity` error moves on to the next of
+//!   `node_config.SubnetIds`.
 //! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
 //!   batch, in chunks of 1,000 instances.
 //! * **Terminate**: `TerminateInstances` in chunks of 1,000 ids; ids that are gone are
@@ -16,11 +19,13 @@
 //! # Launch tokens and `ClientToken`
 //!
 //! A launch first lists the cluster's instances tagged with the request's token and
-//! creates only the missing ones. The `RunInstances` call carries the `ClientToken`
-//! `<token>-<number of instances that existed>`: a call repeated after a lost answer (or
-//! after a crash, before the new instances show in the list) is answered by EC2 with the
-//! instances of the first call instead of creating more, while a retry after a partial
-//! launch (more instances exist, so a new client token) can create the rest.
+//! creates only the missing ones. Each `RunInstances` call carries the `ClientToken`
+//! `<token>-<number of instances of the token that exist>-<subnet index>`: a call
+//! repeated after a lost answer (or after a crash, before the new instances show in the
+//! list) is answered by EC2 with the instances of the first call instead of creating
+//! more, while a call after a partial launch (more instances exist, so a new client
+//! token) can create the rest. (moto 5.2 ignores `ClientToken`; the tests check the
+//! tokens sent, not EC2's deduplication.)
 //!
 //! # Errors and retries
 //!

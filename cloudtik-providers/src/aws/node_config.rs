@@ -71,16 +71,16 @@ impl Ec2NodeConfig {
             ));
         }
         let mut subnet_ids = string_list(map, "SubnetIds")?;
-        if let Some(id) = string(map, "SubnetId")? {
-            if !subnet_ids.contains(&id) {
-                subnet_ids.insert(0, id);
-            }
+        if let Some(id) = string(map, "SubnetId")?
+            && !subnet_ids.contains(&id)
+        {
+            subnet_ids.insert(0, id);
         }
         let (arn, name) = match map.get("IamInstanceProfile") {
             None => (None, None),
             Some(Value::Object(p)) => {
-                let arn = string(p, "Arn").map_err(|e| rename(e, "IamInstanceProfile.Arn"))?;
-                let name = string(p, "Name").map_err(|e| rename(e, "IamInstanceProfile.Name"))?;
+                let arn = string(p, "Arn").map_err(|_| not_a_string("IamInstanceProfile.Arn"))?;
+                let name = string(p, "Name").map_err(|_| not_a_string("IamInstanceProfile.Name"))?;
                 (arn, name)
             }
             Some(other) => {
@@ -114,8 +114,8 @@ impl Ec2NodeConfig {
     }
 }
 
-fn rename(_e: Error, key: &str) -> Error {
-    Error::config(format!("node_config.{key}"), "expected a string")
+fn not_a_string(key: &str) -> Error {
+    Error::config(format!("node_config.{key}"), "expected a non-empty string")
 }
 
 fn string(map: &Map<String, Value>, key: &str) -> Result<Option<String>> {

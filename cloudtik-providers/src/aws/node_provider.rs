@@ -80,16 +80,35 @@ impl AwsNodeProvider {
         Self::from_sdk_config(cluster, &sdk_config, settings)
     }
 
+    /// A provider for the cluster of a cluster config (`cluster_name`, and
+    /// `provider.region` / `provider.endpoint_url`).
+    pub async fn from_cluster_config(config: &cloudtik_core::config::ClusterConfig) -> Result<Self> {
+        let aws: crate::provider_config::AwsProviderConfig = config.provider.parse()?;
+        Self::new(&config.cluster_name, AwsSettings::from_provider_config(&aws)).await
+    }
+
     /// A provider for `cluster` from an SDK config the caller loaded (credentials,
-    /// HTTP client). The region and endpoint of `settings` win over the config's; the
-    /// SDK's retries are switched off in favour of `settings.retry`.
+    /// HTTP client). See [`from_ec2_config`](Self::from_ec2_config) for what `settings`
+    /// overrides.
     pub fn from_sdk_config(
         cluster: &str,
         sdk_config: &aws_config::SdkConfig,
         settings: AwsSettings,
     ) -> Result<Self> {
+        Self::from_ec2_config(cluster, aws_sdk_ec2::config::Builder::from(sdk_config), settings)
+    }
+
+    /// A provider for `cluster` from an EC2 client config (e.g. with interceptors). The
+    /// region and endpoint of `settings` win over the config's; the SDK's retries are
+    /// switched off in favour of `settings.retry`, and time-outs are set (10 s to
+    /// connect, 60 s per attempt).
+    pub fn from_ec2_config(
+        cluster: &str,
+        builder: aws_sdk_ec2::config::Builder,
+        settings: AwsSettings,
+    ) -> Result<Self> {
         check_cluster_name(cluster)?;
-        let mut builder = aws_sdk_ec2::config::Builder::from(sdk_config)
+        let mut builder = builder
             .region(aws_config::Region::new(settings.region.clone()))
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -350,41 +369,62 @@ impl NodeProvider for AwsNodeProvider {
                 shortfall: None,
             });
         }
-        let missing = request.count - nodes.len();
-        let existing = nodes.len();
-
         let subnets: Vec<Option<&str>> = if config.subnet_ids.is_empty() {
             vec![None]
         } else {
             config.subnet_ids.iter().map(|s| Some(s.as_str())).collect()
         };
+        // EC2 may create fewer than MaxCount instances without an error; the rest is
+        // asked for again until an error stops it (each call creates at least one
+        // instance or fails, so this ends). A capacity error moves on to the next subnet.
+        let mut subnet_index = 0;
         let mut failure = None;
-        let mut created = Vec::new();
-        for (i, subnet) in subnets.iter().enumerate() {
-            let client_token = format!("{}-{existing}-{i}", request.token);
+        while nodes.len() < request.count {
+            let have = nodes.len();
+            let client_token = format!("{}-{have}-{subnet_index}", request.token);
             match self
-                .run_instances(&config, *subnet, missing, &client_token, &launch_tags)
+                .run_instances(
+                    &config,
+                    subnets[subnet_index],
+                    request.count - have,
+                    &client_token,
+                    &launch_tags,
+                )
                 .await
             {
                 Ok(instances) => {
-                    created = instances;
                     failure = None;
-                    break;
+                    for instance in &instances {
+                        if let Some(mut node) = node_info(instance) {
+                            // RunInstances need not answer the tags; they are the ones sent.
+                            node.tags = launch_tags.clone();
+                            if !nodes.iter().any(|n| n.id == node.id) {
+                                nodes.push(node);
+                            }
+                        }
+                    }
+                    if nodes.len() == have {
+                        failure = Some(with_request(
+                            Error::new(
+                                ErrorKind::Capacity,
+                                format!(
+                                    "EC2 RunInstances created no new instance of the {} missing",
+                                    request.count - have
+                                ),
+                            )
+                            .with_context("call", "RunInstances")
+                            .with_context("instance_type", &config.instance_type),
+                        ));
+                        break;
+                    }
                 }
-                // Another subnet (zone) may have capacity.
-                Err(e) if e.kind() == ErrorKind::Capacity => failure = Some(with_request(e)),
+                Err(e) if e.kind() == ErrorKind::Capacity && subnet_index + 1 < subnets.len() => {
+                    tracing::debug!(error = %e, "no capacity in a subnet; trying the next one");
+                    subnet_index += 1;
+                }
                 Err(e) => {
                     failure = Some(with_request(e));
                     break;
-                }
-            }
-        }
-        for instance in &created {
-            if let Some(mut node) = node_info(instance) {
-                // The answer of RunInstances need not carry the tags; they are the ones sent.
-                node.tags = launch_tags.clone();
-                if !nodes.iter().any(|n| n.id == node.id) {
-                    nodes.push(node);
                 }
             }
         }
@@ -399,19 +439,7 @@ impl NodeProvider for AwsNodeProvider {
         let shortfall = if nodes.len() >= request.count {
             None
         } else {
-            Some(failure.unwrap_or_else(|| {
-                with_request(
-                    Error::new(
-                        ErrorKind::Capacity,
-                        format!(
-                            "EC2 RunInstances created {} of {missing} instances",
-                            created.len()
-                        ),
-                    )
-                    .with_context("call", "RunInstances")
-                    .with_context("instance_type", &config.instance_type),
-                )
-            }))
+            failure
         };
         Ok(LaunchOutcome { nodes, shortfall })
     }
@@ -443,7 +471,10 @@ impl NodeProvider for AwsNodeProvider {
         let mut groups: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for update in updates.iter().filter(|u| existing.contains(&u.node_id)) {
             for (k, v) in &update.tags {
-                groups.entry((k.as_str(), v.as_str())).or_default().push(update.node_id.clone());
+                groups
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(update.node_id.clone());
                 if k == tags::NODE_NAME {
                     groups
                         .entry((NAME_TAG, v.as_str()))
