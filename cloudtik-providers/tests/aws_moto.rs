@@ -26,7 +26,7 @@ use aws_sdk_ec2::error::BoxError;
 use cloudtik_core::node::tags;
 use cloudtik_core::provider::new_launch_token;
 use cloudtik_core::testing::conformance::{CheckOutcome, ConformanceConfig, run_all};
-use cloudtik_core::{ErrorKind, ErrorStatus, LaunchRequest, NodeKind, NodeProvider, Tags};
+use cloudtik_core::{ErrorKind, ErrorStatus, LaunchRequest, NodeKind, NodeProvider, TagUpdate, Tags};
 use cloudtik_providers::aws::{AwsNodeProvider, AwsSettings, RetryPolicy};
 use serde_json::json;
 
@@ -258,6 +258,98 @@ impl Intercept for FailLaterLaunches {
         }
         Ok(())
     }
+}
+
+/// Records the `Action` of every EC2 request.
+#[derive(Debug, Clone, Default)]
+struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl CallLog {
+    fn count(&self, action: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|a| *a == action).count()
+    }
+}
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "CallLog"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let body = String::from_utf8_lossy(body);
+        if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
+            self.0.lock().unwrap().push(action.to_string());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_updates_make_one_create_tags_per_distinct_tag() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(log.clone());
+    let p = AwsNodeProvider::from_ec2_config("tag-batches", ec2_config, settings(&moto.url)).unwrap();
+    let nodes = p
+        .create_nodes(&worker_request(&node_config(&moto).await, 3))
+        .await
+        .unwrap()
+        .nodes;
+    let update = |node: &cloudtik_core::NodeInfo, status: &str| {
+        let mut t = Tags::new();
+        t.insert(tags::NODE_STATUS.into(), status.into());
+        t.insert(tags::RUNTIME_CONFIG.into(), "hash-1".into());
+        TagUpdate {
+            node_id: node.id.clone(),
+            tags: t,
+        }
+    };
+    let updates = vec![
+        update(&nodes[0], "up-to-date"),
+        update(&nodes[1], "up-to-date"),
+        update(&nodes[2], "update-failed"),
+    ];
+    let before = log.count("CreateTags");
+    p.set_node_tags(&updates).await.unwrap();
+    // (status, up-to-date), (status, update-failed), (runtime hash, hash-1).
+    assert_eq!(log.count("CreateTags") - before, 3);
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    for u in &updates {
+        let node = listed.iter().find(|n| n.id == u.node_id).unwrap();
+        assert!(node.matches(&u.tags), "{node:?} lacks {:?}", u.tags);
+    }
+
+    // The node name also sets EC2's Name tag.
+    let mut renamed = Tags::new();
+    renamed.insert(tags::NODE_NAME.into(), "cloudtik-tag-batches-worker-x".into());
+    p.set_node_tags(&[TagUpdate {
+        node_id: nodes[0].id.clone(),
+        tags: renamed,
+    }])
+    .await
+    .unwrap();
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    let node = listed.iter().find(|n| n.id == nodes[0].id).unwrap();
+    assert_eq!(node.tag("Name"), Some("cloudtik-tag-batches-worker-x"));
+
+    // The identity tags cannot change.
+    let mut moved = Tags::new();
+    moved.insert(tags::CLUSTER_NAME.into(), "elsewhere".into());
+    let e = p
+        .set_node_tags(&[TagUpdate {
+            node_id: nodes[1].id.clone(),
+            tags: moved,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
 }
 
 #[tokio::test(flavor = "multi_thread")]
