@@ -489,6 +489,28 @@ async fn thirty_nodes_list_over_several_pages() {
     assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
 }
 
+/// An EC2 error that stops a launch before anything exists is an `Err` with the kind
+/// of the error code, naming the operation, the call and the subnet, and is not retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_ec2_refuses_fails_with_a_classified_error() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(log.clone());
+    let p = AwsNodeProvider::from_ec2_config("refused", ec2_config, settings(&moto.url)).unwrap();
+    let mut config = node_config(&moto).await;
+    config["SubnetId"] = json!("subnet-00000000");
+    let e = p.create_nodes(&worker_request(&config, 2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(e.operation(), Some("create_nodes"));
+    assert_eq!(e.context_value("call"), Some("RunInstances"));
+    assert_eq!(e.context_value("subnet"), Some("subnet-00000000"));
+    let text = e.to_string();
+    assert!(text.contains("InvalidSubnetID.NotFound"), "{text}");
+    assert_eq!(log.count("RunInstances"), 1, "a permanent error was retried");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_node_config_fails_before_any_call() {
     let Some(moto) = start_moto() else { return };
