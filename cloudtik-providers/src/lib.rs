@@ -10,6 +10,8 @@
 //! [`ConfigLoader`] with all of them registered.
 #![warn(missing_docs)]
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod provider_config;
 #[cfg(feature = "virtual")]
 pub mod virtual_provider;

@@ -1,0 +1,302 @@
+//! EC2 errors as [`cloudtik_core::Error`]s, and the bounded retry of the temporary ones.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use backon::{ExponentialBuilder, Retryable};
+use cloudtik_core::{Error, ErrorKind};
+
+/// How the provider retries EC2 calls that failed with a rate limit or a transient
+/// failure: exponential backoff with jitter, a bounded number of times.
+///
+/// The SDK's own retries are switched off for clients the provider builds, so this
+/// policy is the only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries after the first try (0 = no retry).
+    pub max_retries: usize,
+    /// The delay before the first retry; it doubles with each retry.
+    pub min_delay: Duration,
+    /// The largest delay between two tries.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Sets `max_retries`.
+    #[must_use]
+    pub fn with_max_retries(mut self, v: usize) -> Self {
+        self.max_retries = v;
+        self
+    }
+
+    /// Sets `min_delay`.
+    #[must_use]
+    pub fn with_min_delay(mut self, v: Duration) -> Self {
+        self.min_delay = v;
+        self
+    }
+
+    /// Sets `max_delay`.
+    #[must_use]
+    pub fn with_max_delay(mut self, v: Duration) -> Self {
+        self.max_delay = v;
+        self
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay.max(self.min_delay))
+            .with_max_times(self.max_retries)
+    }
+
+    /// Runs `call` until it succeeds, fails with an error that is not rate-limited or
+    /// transient, or the retries ran out (the error is then marked persistent).
+    pub(crate) async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        call.retry(self.backoff())
+            .when(is_retried)
+            .notify(|e: &Error, delay: Duration| {
+                tracing::debug!(error = %e, ?delay, "retrying an EC2 call");
+            })
+            .await
+            .map_err(|e| if is_retried(&e) { e.set_persistent() } else { e })
+    }
+}
+
+/// The kinds the provider retries itself.
+fn is_retried(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::RateLimited | ErrorKind::Transient)
+}
+
+/// The kind of an EC2 error code (and HTTP status, for codes nobody lists).
+pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
+    match code {
+        "RequestLimitExceeded"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestThrottled"
+        | "TooManyRequestsException"
+        | "SlowDown" => ErrorKind::RateLimited,
+        "InsufficientInstanceCapacity"
+        | "InsufficientHostCapacity"
+        | "InsufficientReservedInstanceCapacity"
+        | "InsufficientCapacity"
+        | "InsufficientAddressCapacity"
+        | "InsufficientFreeAddressesInSubnet"
+        | "SpotMaxPriceTooLow" => ErrorKind::Capacity,
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" | "OptInRequired" | "Blocked" => {
+            ErrorKind::PermissionDenied
+        }
+        "AuthFailure"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "MissingAuthenticationToken"
+        | "UnrecognizedClientException" => ErrorKind::Unauthenticated,
+        "IdempotentParameterMismatch" | "IncorrectInstanceState" | "IncorrectState" => ErrorKind::Conflict,
+        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Transient,
+        "MissingParameter" | "UnknownParameter" | "ValidationError" => ErrorKind::InvalidConfig,
+        c if c.ends_with("LimitExceeded") || c.ends_with("QuotaExceeded") => ErrorKind::Quota,
+        c if c.ends_with(".NotFound") => ErrorKind::NotFound,
+        c if c.starts_with("Invalid") => ErrorKind::InvalidConfig,
+        _ => match http_status {
+            Some(s) if s >= 500 => ErrorKind::Transient,
+            Some(429) => ErrorKind::RateLimited,
+            _ => ErrorKind::Unexpected,
+        },
+    }
+}
+
+/// An SDK error of the EC2 call `call` as an [`Error`] of operation `operation`: the
+/// kind from the error code (see [`classify_code`]), time-outs and connection failures
+/// transient, and a message naming the call, the code and EC2's message.
+pub fn classify_sdk_error<E>(
+    err: SdkError<E, HttpResponse>,
+    operation: &'static str,
+    call: &'static str,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, detail) = match &err {
+        SdkError::ServiceError(service) => {
+            let status = u16::from(service.raw().status());
+            let code = service.err().code().unwrap_or("");
+            let message = service.err().message().unwrap_or("");
+            let kind = classify_code(code, Some(status));
+            let code = if code.is_empty() { "no error code" } else { code };
+            (kind, format!("{code} (HTTP {status}): {message}"))
+        }
+        SdkError::TimeoutError(_) => (ErrorKind::Transient, "the call timed out".to_string()),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() || failure.is_io() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Unexpected
+            };
+            (kind, "the request could not be sent".to_string())
+        }
+        SdkError::ResponseError(_) => (ErrorKind::Transient, "the response could not be read".to_string()),
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::InvalidConfig,
+            "the request could not be built".to_string(),
+        ),
+        _ => (ErrorKind::Unexpected, "an unknown SDK failure".to_string()),
+    };
+    let error_source = aws_sdk_ec2::error::DisplayErrorContext(err).to_string();
+    Error::new(kind, format!("EC2 {call} failed: {detail}"))
+        .with_operation(operation)
+        .with_context("call", call)
+        .with_source(error_source)
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+    use aws_sdk_ec2::operation::terminate_instances::TerminateInstancesError;
+
+    use super::*;
+
+    fn service_error(code: &str, status: u16) -> SdkError<RunInstancesError, HttpResponse> {
+        let meta = ErrorMetadata::builder()
+            .code(code)
+            .message(format!("message of {code}"))
+            .build();
+        SdkError::service_error(
+            RunInstancesError::generic(meta),
+            HttpResponse::new(status.try_into().unwrap(), "".into()),
+        )
+    }
+
+    #[test]
+    fn service_errors_map_to_kinds_and_name_the_call() {
+        let cases = [
+            ("RequestLimitExceeded", 503, ErrorKind::RateLimited),
+            ("Throttling", 400, ErrorKind::RateLimited),
+            ("InsufficientInstanceCapacity", 500, ErrorKind::Capacity),
+            ("InstanceLimitExceeded", 400, ErrorKind::Quota),
+            ("VcpuLimitExceeded", 400, ErrorKind::Quota),
+            ("UnauthorizedOperation", 403, ErrorKind::PermissionDenied),
+            ("AuthFailure", 401, ErrorKind::Unauthenticated),
+            ("InvalidInstanceID.NotFound", 400, ErrorKind::NotFound),
+            ("InvalidAMIID.Malformed", 400, ErrorKind::InvalidConfig),
+            ("IdempotentParameterMismatch", 400, ErrorKind::Conflict),
+            ("InternalError", 500, ErrorKind::Transient),
+            ("SomethingNew", 503, ErrorKind::Transient),
+            ("SomethingNew", 400, ErrorKind::Unexpected),
+        ];
+        for (code, status, kind) in cases {
+            let e = classify_sdk_error(service_error(code, status), "create_nodes", "RunInstances");
+            assert_eq!(e.kind(), kind, "{code} {status}: {e}");
+            assert_eq!(e.operation(), Some("create_nodes"));
+            let text = e.to_string();
+            assert!(text.contains("RunInstances"), "{text}");
+            assert!(text.contains(code), "{text}");
+            assert!(text.contains(&format!("message of {code}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn retried_kinds_are_temporary_and_quota_is_not() {
+        let rate = classify_sdk_error(
+            service_error("RequestLimitExceeded", 503),
+            "list_nodes",
+            "DescribeInstances",
+        );
+        assert!(rate.is_retryable());
+        let quota = classify_sdk_error(
+            service_error("VcpuLimitExceeded", 400),
+            "create_nodes",
+            "RunInstances",
+        );
+        assert!(!quota.is_retryable());
+        assert!(quota.is_capacity_or_quota());
+    }
+
+    #[test]
+    fn timeouts_and_connection_failures_are_transient() {
+        let timeout: SdkError<TerminateInstancesError, HttpResponse> =
+            SdkError::timeout_error("operation timed out");
+        let e = classify_sdk_error(timeout, "terminate_nodes", "TerminateInstances");
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert!(e.to_string().contains("TerminateInstances"), "{e}");
+
+        let io: SdkError<TerminateInstancesError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        assert_eq!(
+            classify_sdk_error(io, "terminate_nodes", "TerminateInstances").kind(),
+            ErrorKind::Transient
+        );
+        let connect_timeout: SdkError<TerminateInstancesError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::timeout("connect timed out".into()));
+        assert_eq!(
+            classify_sdk_error(connect_timeout, "terminate_nodes", "TerminateInstances").kind(),
+            ErrorKind::Transient
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_stops_on_permanent_errors_and_is_bounded_on_temporary_ones() {
+        let policy = RetryPolicy::default()
+            .with_max_retries(3)
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(2));
+        let mut tries = 0;
+        let e = policy
+            .run(|| {
+                tries += 1;
+                async { Err::<(), _>(Error::new(ErrorKind::Transient, "flaky")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(tries, 4);
+        assert_eq!(e.status(), cloudtik_core::ErrorStatus::Persistent);
+
+        let mut tries = 0;
+        let e = policy
+            .run(|| {
+                tries += 1;
+                async { Err::<(), _>(Error::new(ErrorKind::Quota, "vcpu")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(tries, 1);
+        assert_eq!(e.kind(), ErrorKind::Quota);
+
+        let mut tries = 0;
+        let v = policy
+            .run(|| {
+                tries += 1;
+                let t = tries;
+                async move {
+                    if t < 3 {
+                        Err(Error::new(ErrorKind::RateLimited, "slow down"))
+                    } else {
+                        Ok(t)
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 3);
+    }
+}

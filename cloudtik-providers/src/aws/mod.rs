@@ -1,0 +1,110 @@
+//! The `aws` provider: the nodes of a cluster as EC2 instances (CloudTik's AWS node
+//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2).
+//!
+//! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
+//!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;
+//!   all pages are read (page size [`AwsSettings::page_size`]).
+//! * **Launch**: `RunInstances` with `MinCount` 1 and `MaxCount` the missing count,
+//!   every tag (the request's, the cluster name, the launch token, and `Name` from
+//!   `cloudtik-node-name`) in `TagSpecifications`, so no instance is ever untagged. When
+//!   EC2 creates fewer instances than `MaxCount` without an error, the rest is asked for
+//!   again; when a call fails after some instances exist, the launch is partial: `Ok`
+//!   with a shortfall. An `Insufficient*Capacity` error moves on to the next of
+//!   `node_config.SubnetIds`.
+//! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
+//!   batch, in chunks of 1,000 instances.
+//! * **Terminate**: `TerminateInstances` in chunks of 1,000 ids; ids that are gone are
+//!   skipped, so terminating twice succeeds.
+//!
+//! # Launch tokens and `ClientToken`
+//!
+//! A launch first lists the cluster's instances tagged with the request's token and
+//! creates only the missing ones. Each `RunInstances` call carries the `ClientToken`
+//! `<token>-<number of instances of the token that exist>-<subnet index>`: a call
+//! repeated after a lost answer (or after a crash, before the new instances show in the
+//! list) is answered by EC2 with the instances of the first call instead of creating
+//! more, while a call after a partial launch (more instances exist, so a new client
+//! token) can create the rest. (moto 5.2 ignores `ClientToken`; the tests check the
+//! tokens sent, not EC2's deduplication.)
+//!
+//! # Errors and retries
+//!
+//! EC2 error codes become [`ErrorKind`](cloudtik_core::ErrorKind)s (see
+//! [`classify_code`]); every error names the provider operation and the EC2 call.
+//! Rate-limited and transient failures are retried inside the provider with jittered
+//! exponential backoff, a bounded number of times ([`RetryPolicy`]); the SDK's own
+//! retries are switched off so there is one policy only.
+//!
+//! # Credentials and endpoint
+//!
+//! Credentials come from the standard AWS chain (environment, profile, SSO, instance
+//! role). The region is `provider.region`; `provider.endpoint_url` points the client at
+//! an EC2-compatible server such as moto.
+
+mod errors;
+mod node_config;
+mod node_provider;
+
+pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
+pub use node_config::{Ec2NodeConfig, SUPPORTED_KEYS};
+pub use node_provider::AwsNodeProvider;
+
+/// The provider type name, as in `provider.type`.
+pub const PROVIDER_TYPE: &str = "aws";
+
+/// Most instances one `TerminateInstances` or `CreateTags` call takes.
+pub const EC2_BATCH: usize = 1000;
+
+/// How the AWS node provider talks to EC2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AwsSettings {
+    /// The region, e.g. `us-east-1`.
+    pub region: String,
+    /// An EC2-compatible endpoint (moto) instead of AWS's.
+    pub endpoint_url: Option<String>,
+    /// The page size of `DescribeInstances` (EC2 takes 5 to 1,000).
+    pub page_size: i32,
+    /// Retries of rate-limited and transient failures.
+    pub retry: RetryPolicy,
+}
+
+impl AwsSettings {
+    /// Settings for `region` with AWS's endpoint, pages of 1,000 and the default retries.
+    pub fn new(region: impl Into<String>) -> Self {
+        AwsSettings {
+            region: region.into(),
+            endpoint_url: None,
+            page_size: 1000,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Settings from the `provider` section of a config.
+    pub fn from_provider_config(config: &crate::provider_config::AwsProviderConfig) -> Self {
+        let mut settings = AwsSettings::new(config.region.clone());
+        settings.endpoint_url = config.endpoint_url.clone();
+        settings
+    }
+
+    /// Sets the endpoint.
+    #[must_use]
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Sets the `DescribeInstances` page size, clamped to EC2's 5..=1000.
+    #[must_use]
+    pub fn with_page_size(mut self, size: i32) -> Self {
+        self.page_size = size.clamp(5, 1000);
+        self
+    }
+
+    /// Sets the retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}

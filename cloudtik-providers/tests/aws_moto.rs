@@ -1,0 +1,539 @@
+//! The AWS node provider against moto's EC2 server.
+//!
+//! The harness needs `python3` with the `venv` module (and network access to PyPI, or a
+//! pip mirror, the first time): it creates a virtual environment in
+//! `$CLOUDTIK_MOTO_VENV`, or else `$XDG_CACHE_HOME/cloudtik-moto-venv`, or else
+//! `~/.cache/cloudtik-moto-venv`, pip-installs `moto[server]` into it when its
+//! `moto_server` is missing, and reuses it afterwards. Each test starts its own
+//! `moto_server` on a free loopback port and kills it when done.
+//!
+//! Without python3, venv or pip the tests are skipped with a message, unless `CI=true`:
+//! then they fail.
+#![cfg(feature = "aws")]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_ec2::config::{ConfigBag, Credentials, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::BoxError;
+use cloudtik_core::node::tags;
+use cloudtik_core::provider::new_launch_token;
+use cloudtik_core::testing::conformance::{CheckOutcome, ConformanceConfig, run_all};
+use cloudtik_core::{ErrorKind, ErrorStatus, LaunchRequest, NodeKind, NodeProvider, TagUpdate, Tags};
+use cloudtik_providers::aws::{AwsNodeProvider, AwsSettings, RetryPolicy};
+use serde_json::json;
+
+/// Only one test at a time creates the virtual environment.
+static VENV_LOCK: Mutex<()> = Mutex::new(());
+
+/// A running moto server, killed on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn venv_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CLOUDTIK_MOTO_VENV") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("cloudtik-moto-venv")
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed with {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The `moto_server` of the venv, creating the venv and installing moto when missing.
+fn moto_server_binary() -> Result<PathBuf, String> {
+    let _guard = VENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = venv_dir();
+    let server = venv.join("bin").join("moto_server");
+    if server.exists() {
+        return Ok(server);
+    }
+    if !venv.join("bin").join("pip").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).map_err(|e| {
+            format!(
+                "creating a Python venv at {} (needs python3 with venv): {e}",
+                venv.display()
+            )
+        })?;
+    }
+    run(Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", "moto[server]"]))
+        .map_err(|e| format!("installing moto[server] into {}: {e}", venv.display()))?;
+    if server.exists() {
+        Ok(server)
+    } else {
+        Err(format!(
+            "pip installed moto[server] but {} is missing",
+            server.display()
+        ))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// True when the server answers an HTTP request on `port`.
+fn answers(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
+fn start_moto_at(server: &Path) -> Result<Moto, String> {
+    let port = free_port();
+    let mut child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", server.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("moto_server exited with {status} before answering"));
+        }
+        if answers(port) {
+            return Ok(Moto {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("moto_server did not answer on port {port} within 60 s"))
+}
+
+/// A fresh moto server, or `None` (with a message) when moto cannot be set up outside CI.
+fn start_moto() -> Option<Moto> {
+    let started = moto_server_binary().and_then(|server| start_moto_at(&server));
+    match started {
+        Ok(moto) => Some(moto),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("moto is required when CI=true: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: moto is not available: {e}");
+            None
+        }
+    }
+}
+
+async fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .endpoint_url(url)
+        .load()
+        .await
+}
+
+fn settings(url: &str) -> AwsSettings {
+    AwsSettings::new("us-east-1").with_endpoint_url(url).with_retry(
+        RetryPolicy::default()
+            .with_max_retries(3)
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(100)),
+    )
+}
+
+async fn provider(moto: &Moto, cluster: &str) -> AwsNodeProvider {
+    AwsNodeProvider::from_sdk_config(cluster, &sdk_config(&moto.url).await, settings(&moto.url)).unwrap()
+}
+
+/// A raw EC2 client on moto, for what the provider does not do.
+async fn raw_client(moto: &Moto) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(&moto.url).await)
+}
+
+/// A node config with an AMI moto knows.
+async fn node_config(moto: &Moto) -> serde_json::Value {
+    let images = raw_client(moto)
+        .await
+        .describe_images()
+        .send()
+        .await
+        .expect("DescribeImages on moto");
+    let image = images
+        .images()
+        .iter()
+        .find_map(|i| i.image_id())
+        .expect("moto lists at least one AMI")
+        .to_string();
+    json!({"InstanceType": "t3.micro", "ImageId": image})
+}
+
+fn worker_request(config: &serde_json::Value, count: usize) -> LaunchRequest {
+    let mut t = Tags::new();
+    t.insert(tags::NODE_KIND.into(), NodeKind::Worker.as_str().into());
+    t.insert(tags::USER_NODE_TYPE.into(), "worker.default".into());
+    LaunchRequest::new("worker.default", config.clone(), t, count)
+}
+
+fn ids(nodes: &[cloudtik_core::NodeInfo]) -> BTreeSet<String> {
+    nodes.iter().map(|n| n.id.clone()).collect()
+}
+
+/// A fault for the partial-launch check. moto has no capacity or quota simulation, but
+/// it creates only `MinCount` (1) instances per `RunInstances`, so the provider asks
+/// again for the rest; once armed, this interceptor lets one `RunInstances` through and
+/// sends every later one to a closed port (a transient failure the provider retries,
+/// then reports as the shortfall).
+#[derive(Debug)]
+struct LaunchFault {
+    armed: AtomicBool,
+    launches: AtomicUsize,
+    dead_url: String,
+}
+
+#[derive(Debug, Clone)]
+struct FailLaterLaunches(Arc<LaunchFault>);
+
+impl Intercept for FailLaterLaunches {
+    fn name(&self) -> &'static str {
+        "FailLaterLaunches"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let is_launch = context
+            .request()
+            .body()
+            .bytes()
+            .is_some_and(|b| b.windows(19).any(|w| w == b"Action=RunInstances"));
+        if is_launch
+            && self.0.armed.load(Ordering::SeqCst)
+            && self.0.launches.fetch_add(1, Ordering::SeqCst) >= 1
+        {
+            context
+                .request_mut()
+                .set_uri(self.0.dead_url.as_str())
+                .map_err(|e| BoxError::from(format!("bad URI: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Records the `Action` of every EC2 request.
+#[derive(Debug, Clone, Default)]
+struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl CallLog {
+    fn count(&self, action: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|a| *a == action).count()
+    }
+}
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "CallLog"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let body = String::from_utf8_lossy(body);
+        if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
+            self.0.lock().unwrap().push(action.to_string());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_updates_make_one_create_tags_per_distinct_tag() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(log.clone());
+    let p = AwsNodeProvider::from_ec2_config("tag-batches", ec2_config, settings(&moto.url)).unwrap();
+    let nodes = p
+        .create_nodes(&worker_request(&node_config(&moto).await, 3))
+        .await
+        .unwrap()
+        .nodes;
+    let update = |node: &cloudtik_core::NodeInfo, status: &str| {
+        let mut t = Tags::new();
+        t.insert(tags::NODE_STATUS.into(), status.into());
+        t.insert(tags::RUNTIME_CONFIG.into(), "hash-1".into());
+        TagUpdate {
+            node_id: node.id.clone(),
+            tags: t,
+        }
+    };
+    let updates = vec![
+        update(&nodes[0], "up-to-date"),
+        update(&nodes[1], "up-to-date"),
+        update(&nodes[2], "update-failed"),
+    ];
+    let before = log.count("CreateTags");
+    p.set_node_tags(&updates).await.unwrap();
+    // (status, up-to-date), (status, update-failed), (runtime hash, hash-1).
+    assert_eq!(log.count("CreateTags") - before, 3);
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    for u in &updates {
+        let node = listed.iter().find(|n| n.id == u.node_id).unwrap();
+        assert!(node.matches(&u.tags), "{node:?} lacks {:?}", u.tags);
+    }
+
+    // The node name also sets EC2's Name tag.
+    let mut renamed = Tags::new();
+    renamed.insert(tags::NODE_NAME.into(), "cloudtik-tag-batches-worker-x".into());
+    p.set_node_tags(&[TagUpdate {
+        node_id: nodes[0].id.clone(),
+        tags: renamed,
+    }])
+    .await
+    .unwrap();
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    let node = listed.iter().find(|n| n.id == nodes[0].id).unwrap();
+    assert_eq!(node.tag("Name"), Some("cloudtik-tag-batches-worker-x"));
+
+    // The identity tags cannot change.
+    let mut moved = Tags::new();
+    moved.insert(tags::CLUSTER_NAME.into(), "elsewhere".into());
+    let e = p
+        .set_node_tags(&[TagUpdate {
+            node_id: nodes[1].id.clone(),
+            tags: moved,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_suite_passes_on_moto() {
+    let Some(moto) = start_moto() else { return };
+    let fault = Arc::new(LaunchFault {
+        armed: AtomicBool::new(false),
+        launches: AtomicUsize::new(0),
+        dead_url: format!("http://127.0.0.1:{}/", free_port()),
+    });
+    let ec2_config = aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await)
+        .interceptor(FailLaterLaunches(fault.clone()));
+    let ours = AwsNodeProvider::from_ec2_config("conformance-a", ec2_config, settings(&moto.url)).unwrap();
+    let other = ours.for_cluster("conformance-b").unwrap();
+    let config = ConformanceConfig::new("worker.default", node_config(&moto).await)
+        .with_missing_node_id("i-0123456789abcdef0")
+        .with_partial_launch(move || {
+            let fault = fault.clone();
+            Box::pin(async move {
+                fault.launches.store(0, Ordering::SeqCst);
+                fault.armed.store(true, Ordering::SeqCst);
+            })
+        });
+    let report = run_all(&ours, Some(&other), &config).await;
+    report.assert_passed();
+    for check in &report.checks {
+        assert_eq!(check.outcome, CheckOutcome::Passed, "{report}");
+    }
+}
+
+/// A repeated launch with the same token creates nothing, and every `RunInstances` call
+/// carried a `ClientToken` derived from the launch token and the number of instances
+/// that existed. (moto ignores `ClientToken` for deduplication, so EC2's side of the
+/// idempotency cannot be shown here; moto does record the token sent.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_launch_creates_no_duplicates_and_sends_client_tokens() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "client-token").await;
+    let config = node_config(&moto).await;
+    let request = worker_request(&config, 2);
+    let first = p.create_nodes(&request).await.unwrap();
+    assert_eq!(first.nodes.len(), 2);
+    assert!(first.shortfall.is_none());
+    for _ in 0..2 {
+        let again = p.create_nodes(&request).await.unwrap();
+        assert!(again.shortfall.is_none());
+        assert_eq!(ids(&again.nodes), ids(&first.nodes));
+    }
+    let all = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(ids(&all), ids(&first.nodes), "the repeat launched more instances");
+
+    let described = raw_client(&moto)
+        .await
+        .describe_instances()
+        .set_instance_ids(Some(ids(&first.nodes).into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+    let client_tokens: BTreeSet<String> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| i.client_token().unwrap_or_default().to_string())
+        .collect();
+    // One call per created instance on moto (it creates MinCount instances): the first
+    // with 0 instances existing, the second with 1.
+    let expected: BTreeSet<String> = [0, 1]
+        .iter()
+        .map(|n| format!("{}-{n}-0", request.token))
+        .collect();
+    assert_eq!(client_tokens, expected);
+
+    // A new token launches new instances.
+    let other = p
+        .create_nodes(&request.clone().with_token(new_launch_token()))
+        .await
+        .unwrap();
+    assert_eq!(other.nodes.len(), 2);
+    assert!(ids(&other.nodes).is_disjoint(&ids(&first.nodes)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_twice_succeeds_and_spares_other_clusters() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "terminate-a").await;
+    let other = p.for_cluster("terminate-b").unwrap();
+    let config = node_config(&moto).await;
+    let ours = p.create_nodes(&worker_request(&config, 3)).await.unwrap().nodes;
+    let theirs = other
+        .create_nodes(&worker_request(&config, 1))
+        .await
+        .unwrap()
+        .nodes;
+    let mut targets: Vec<String> = ids(&ours).into_iter().collect();
+    targets.push(theirs[0].id.clone());
+    p.terminate_nodes(&targets).await.unwrap();
+    p.terminate_nodes(&targets).await.unwrap();
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&other.list_nodes(&Tags::new()).await.unwrap()),
+        ids(&theirs),
+        "terminate on one cluster touched another cluster's instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_nodes_list_over_several_pages() {
+    let Some(moto) = start_moto() else { return };
+    let url = moto.url.clone();
+    let p =
+        AwsNodeProvider::from_sdk_config("paged", &sdk_config(&url).await, settings(&url).with_page_size(5))
+            .unwrap();
+    let config = node_config(&moto).await;
+    let launched = p.create_nodes(&worker_request(&config, 30)).await.unwrap();
+    assert_eq!(launched.nodes.len(), 30);
+    assert!(launched.shortfall.is_none());
+
+    // moto creates MinCount (1) instances per RunInstances, so the launch made 30
+    // reservations; moto pages by reservation as EC2 does, so a page of 5 holds 5.
+    let first_page = raw_client(&moto)
+        .await
+        .describe_instances()
+        .max_results(5)
+        .send()
+        .await
+        .unwrap();
+    assert!(first_page.next_token().is_some(), "moto did not paginate");
+
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(listed.len(), 30);
+    assert_eq!(ids(&listed), ids(&launched.nodes));
+    let mut workers = Tags::new();
+    workers.insert(tags::NODE_KIND.into(), "worker".into());
+    assert_eq!(p.list_nodes(&workers).await.unwrap().len(), 30);
+    let ids: Vec<String> = ids(&listed).into_iter().collect();
+    p.terminate_nodes(&ids).await.unwrap();
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// An EC2 error that stops a launch before anything exists is an `Err` with the kind
+/// of the error code, naming the operation, the call and the subnet, and is not retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_ec2_refuses_fails_with_a_classified_error() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(log.clone());
+    let p = AwsNodeProvider::from_ec2_config("refused", ec2_config, settings(&moto.url)).unwrap();
+    let mut config = node_config(&moto).await;
+    config["SubnetId"] = json!("subnet-00000000");
+    let e = p.create_nodes(&worker_request(&config, 2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(e.operation(), Some("create_nodes"));
+    assert_eq!(e.context_value("call"), Some("RunInstances"));
+    assert_eq!(e.context_value("subnet"), Some("subnet-00000000"));
+    let text = e.to_string();
+    assert!(text.contains("InvalidSubnetID.NotFound"), "{text}");
+    assert_eq!(log.count("RunInstances"), 1, "a permanent error was retried");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_node_config_fails_before_any_call() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "bad-config").await;
+    let e = p
+        .create_nodes(&worker_request(&json!({"InstanceType": "t3.micro"}), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(e.to_string().contains("ImageId"), "{e}");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// No moto needed: a closed port gives connection failures, which are transient,
+/// retried a bounded number of times, and then reported as persistent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_endpoint_fails_transient_after_bounded_retries() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let p = AwsNodeProvider::from_sdk_config("unreachable", &sdk_config(&url).await, settings(&url)).unwrap();
+    let e = p.list_nodes(&Tags::new()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert_eq!(e.status(), ErrorStatus::Persistent, "{e}");
+    assert_eq!(e.operation(), Some("list_nodes"));
+    assert!(e.to_string().contains("DescribeInstances"), "{e}");
+    assert!(e.to_string().contains("unreachable"), "{e}");
+}
