@@ -259,6 +259,16 @@ impl fmt::Debug for SshRunner {
 }
 
 impl SshRunner {
+    /// The `host:path` argument of rsync for a remote path (a folder gets a trailing `/`).
+    fn rsync_remote(&self, remote: &str, is_dir: bool) -> String {
+        let path = if is_dir {
+            dir_arg(remote)
+        } else {
+            remote.to_string()
+        };
+        format!("{}:{}", self.host, path)
+    }
+
     /// A runner for `host` (an address or name). Connects lazily, on the first command.
     pub fn new(host: impl Into<String>, options: SshOptions) -> Result<Self> {
         std::fs::create_dir_all(&options.control_dir)
@@ -641,15 +651,7 @@ impl CommandRunner for SshRunner {
         if self.remote_has_rsync().await? {
             let conn = self.connection().await?;
             let _permit = self.permits.acquire().await.map_err(|_| closed())?;
-            let dst = format!(
-                "{}:{}",
-                self.host,
-                if is_dir {
-                    dir_arg(remote)
-                } else {
-                    remote.to_string()
-                }
-            );
+            let dst = self.rsync_remote(remote, is_dir);
             rsync(Some(&conn.rsh), options, &local_arg(local), &dst).await
         } else {
             let sftp = self.sftp().await?;
@@ -671,15 +673,7 @@ impl CommandRunner for SshRunner {
         if self.remote_has_rsync().await? {
             let conn = self.connection().await?;
             let _permit = self.permits.acquire().await.map_err(|_| closed())?;
-            let src = format!(
-                "{}:{}",
-                self.host,
-                if is_dir {
-                    dir_arg(remote)
-                } else {
-                    remote.to_string()
-                }
-            );
+            let src = self.rsync_remote(remote, is_dir);
             let local = local.display().to_string();
             rsync(
                 Some(&conn.rsh),
