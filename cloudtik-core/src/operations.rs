@@ -56,7 +56,7 @@ pub enum NodeTarget {
 }
 
 /// How to run a command with [`Cluster::exec`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ExecOptions {
     /// The nodes to run on.
@@ -67,6 +67,8 @@ pub struct ExecOptions {
     pub screen: bool,
     /// Give up after this long.
     pub timeout: Option<Duration>,
+    /// Also stream every node's output here as it comes.
+    pub output: Option<tokio::sync::mpsc::UnboundedSender<crate::command::OutputLine>>,
 }
 
 /// The outcome of a command on one node.
@@ -159,6 +161,9 @@ pub struct ClusterStatus {
     pub demands: Vec<Resources>,
     /// Demands that no node type can hold.
     pub infeasible: Vec<Resources>,
+    /// What could not be read or went wrong (e.g. the state store not reachable, the
+    /// controller's last launch error).
+    pub notes: Vec<String>,
 }
 
 /// A cluster: the operations of `cloudtik start|stop|status|exec|...`.

@@ -13,10 +13,16 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod provider_config;
+pub mod providers;
 #[cfg(feature = "virtual")]
 pub mod virtual_provider;
 
 use cloudtik_core::config::ConfigLoader;
+
+pub use providers::{
+    ProviderPlace, bootstrap_cluster_config, head_cluster_config, node_binary_on_nodes, node_provider,
+    workspace_provider,
+};
 
 /// A config loader that knows every provider's keys.
 pub fn config_loader() -> ConfigLoader {

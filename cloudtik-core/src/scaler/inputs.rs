@@ -10,6 +10,14 @@ use super::planner::{NodeTypeConfig, ScalingConfig};
 use crate::config::{ClusterConfig, launch_hash};
 use crate::error::{Error, Result};
 
+/// The resource every worker of `node_type` holds one of, so that `scale --workers N
+/// --worker-type T` is a request of `N` bundles `{"node-type:T": 1}`: exactly `N` workers
+/// of that type, never the head. Agents do not report it; only the planner's view of a
+/// type's full resources (where requests are packed) carries it.
+pub fn node_type_marker(node_type: &str) -> String {
+    format!("node-type:{node_type}")
+}
+
 /// Launch parameters of one node type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchSpec {
@@ -45,7 +53,7 @@ impl ScalingInputs {
                     launch_hash: hash,
                 },
             );
-            let resources = match &t.resources {
+            let mut resources = match &t.resources {
                 Some(r) => r.clone(),
                 None if *name == config.head_node_type => Default::default(),
                 None => {
@@ -59,6 +67,9 @@ impl ScalingInputs {
                     ));
                 }
             };
+            if *name != config.head_node_type {
+                resources.set(&node_type_marker(name), 1.0);
+            }
             node_types.insert(
                 name.clone(),
                 NodeTypeConfig {

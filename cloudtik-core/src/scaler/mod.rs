@@ -35,7 +35,7 @@ pub mod setup;
 
 pub use clock::{Clock, TokioClock};
 pub use controller::{Controller, ControllerConfig, ControllerCounters, PassReport, ScalingStatus};
-pub use inputs::{LaunchSpec, ScalingInputs};
+pub use inputs::{LaunchSpec, ScalingInputs, node_type_marker};
 pub use launcher::LauncherConfig;
 pub use planner::{
     ClusterSnapshot, DemandShape, NodeSnapshot, NodeTypeConfig, ScalingConfig, ScalingPlan, Termination,

@@ -102,6 +102,7 @@ use crate::resources::Resources;
 pub use crypto::EncryptionKey;
 pub use liveness::{DEFAULT_HEARTBEAT_TIMEOUT, NodeLiveness, classify_nodes, read_node_liveness};
 pub use memory::InMemoryStore;
+pub(crate) use model::resource_id;
 pub use model::{
     ClusterEvent, EventSeverity, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ProcessState,
     RequestBundle, ResourceDemands, ResourceRequest, StandingRequests, unix_now,

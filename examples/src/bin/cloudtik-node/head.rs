@@ -10,9 +10,14 @@ use anyhow::Context;
 use async_trait::async_trait;
 use cloudtik_core::NodeKind;
 use cloudtik_core::agent::NodeAgent;
+use cloudtik_core::cluster::{NodeLayout, SshNodeSetup};
+use cloudtik_core::command::SshOptions;
+use cloudtik_core::config::ClusterConfig;
+use cloudtik_core::scaler::{Controller, ControllerConfig, ScalingInputs};
 use cloudtik_core::state::{
     EncryptionKey, RedisAddress, RedisServerConfig, RedisStoreConfig, StateStore, generate_password,
 };
+use cloudtik_providers::ProviderPlace;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -21,15 +26,114 @@ use crate::bootstrap::{BootstrapConfig, DEFAULT_REDIS_PORT};
 use crate::{HeadArgs, Shutdown, agent_config, connect_store, wait_shutdown};
 
 /// The cluster controller of the autoscaler, run by the head next to its agent on the
-/// state store the head supervises.
-///
-/// This is where the autoscaler's controller loop plugs in: [`run`] takes an
-/// `Option<Box<dyn HeadController>>`, and `main` passes `None` until the controller
-/// exists. The controller must return once `shutdown` flips to true.
+/// state store the head supervises. [`run`] takes an `Option<Box<dyn HeadController>>`:
+/// `main` passes [`ClusterController`] when the bootstrap config names a cluster config,
+/// else `None` (the head then runs the state store and its agent only). The controller
+/// must return once `shutdown` flips to true.
 #[async_trait]
 pub(crate) trait HeadController: Send {
     /// Runs the controller loop until shutdown.
     async fn run(self: Box<Self>, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()>;
+}
+
+/// The autoscaler's controller for the cluster config the bootstrap file names: the
+/// provider inside the head ([`ProviderPlace::Head`]), workers set up over SSH with the
+/// cluster's key ([`SshNodeSetup`]), state in the head's store.
+pub(crate) struct ClusterController {
+    config: ClusterConfig,
+    boot: BootstrapConfig,
+    head_ip: String,
+    redis_port: u16,
+}
+
+impl ClusterController {
+    /// The controller of the bootstrap config's cluster, or `None` when it names none.
+    pub(crate) fn from_bootstrap(args: &HeadArgs) -> anyhow::Result<Option<Self>> {
+        let boot = BootstrapConfig::load(args.node.bootstrap_config.as_deref())?;
+        let Some(path) = boot.cluster_config.clone() else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the cluster config {}", path.display()))?;
+        let mut config: ClusterConfig = serde_json::from_str(&text)
+            .with_context(|| format!("invalid cluster config {}", path.display()))?;
+        cloudtik_providers::bootstrap_cluster_config(&mut config)?;
+        let head_ip = args
+            .node
+            .node_ip
+            .clone()
+            .or_else(|| boot.head_ip.clone())
+            .context("the controller needs the head's IP: --node-ip or head_ip in the bootstrap config")?;
+        let redis_port = args.redis_port.or(boot.redis_port).unwrap_or(DEFAULT_REDIS_PORT);
+        Ok(Some(ClusterController {
+            config,
+            boot,
+            head_ip,
+            redis_port,
+        }))
+    }
+}
+
+#[async_trait]
+impl HeadController for ClusterController {
+    async fn run(self: Box<Self>, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()> {
+        let ClusterController {
+            config,
+            boot,
+            head_ip,
+            redis_port,
+        } = *self;
+        let authorized_key = match &boot.ssh_public_key {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the public key {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let provider =
+            cloudtik_providers::node_provider(&config, ProviderPlace::Head { authorized_key }).await?;
+        let inputs = ScalingInputs::from_cluster_config(&config)?;
+        let known_hosts = boot
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("known_hosts"));
+        let mut ssh = SshOptions::from_auth(&config.auth, known_hosts)?;
+        if let Some(key) = &boot.ssh_private_key {
+            ssh.private_key = key.clone();
+        }
+        let layout = NodeLayout::new(
+            &ssh.user,
+            boot.node_binary.clone().unwrap_or_else(|| "cloudtik-node".into()),
+        );
+        let password = boot.redis_password.clone().unwrap_or_default();
+        let setup = SshNodeSetup::new(
+            provider.clone(),
+            Arc::new(config),
+            ssh,
+            layout,
+            head_ip,
+            redis_port,
+            password,
+        );
+        let mut cc = ControllerConfig::default();
+        if let Some(s) = boot.controller_interval_s.filter(|s| *s > 0.0) {
+            cc = cc.with_update_interval(Duration::from_secs_f64(s));
+        }
+        if let Some(s) = boot.heartbeat_timeout_s.filter(|s| *s > 0.0) {
+            cc = cc.with_heartbeat_timeout(Duration::from_secs_f64(s));
+        }
+        info!(cluster = %provider.cluster_name(), "starting the cluster controller");
+        let controller = Controller::new(inputs, cc, Arc::new(provider), Arc::new(store), Arc::new(setup));
+        let counters = controller.run(wait_shutdown(shutdown)).await?;
+        info!(
+            passes = counters.passes,
+            launched = counters.nodes_launched,
+            "the cluster controller stopped"
+        );
+        Ok(())
+    }
 }
 
 /// Where the head keeps its files.

@@ -5,8 +5,10 @@
 //! * `cloudtik-node head` runs the head's services: it writes the redis-server config
 //!   (random password kept in `--dir`, bound to the head's internal address and loopback,
 //!   protected mode, append-only file), starts and supervises redis-server (restarted with
-//!   backoff if it dies), and runs the agent of the head in the same process. The cluster
-//!   controller of the autoscaler plugs in at `head::HeadController`.
+//!   backoff if it dies), and runs the agent of the head in the same process, and, when
+//!   the bootstrap config names a `cluster_config`, the cluster controller of the
+//!   autoscaler (workers launched through the provider inside the head and set up over
+//!   SSH with the key the bootstrap config names).
 //!
 //! Both read defaults from the bootstrap config file (`--bootstrap-config FILE`), and
 //! flags override it. The file is YAML or JSON; every field is optional and unknown
@@ -25,6 +27,14 @@
 //! report_interval_s: 5          # seconds between metrics and process-health reports
 //! resources: {GPU: 1}           # replace or add to the detected CPU and memory
 //! processes: [spark-worker]     # processes whose health to report, besides the core ones
+//! # The head's controller (all set by `cloudtik start`):
+//! cluster_config: /root/cloudtik/cluster.json     # run the autoscaler for this cluster config
+//! ssh_private_key: /root/cloudtik/keys/cluster_key # reach workers with this key
+//! ssh_public_key: /root/cloudtik/keys/cluster_key.pub
+//! known_hosts: /root/cloudtik/known_hosts         # pin workers' host keys here
+//! node_binary: /cloudtik/bin/cloudtik-node        # the program on workers
+//! controller_interval_s: 5                        # seconds between controller passes
+//! heartbeat_timeout_s: 30                         # a node silent this long is lost
 //! ```
 //!
 //! The head keeps in `--dir`: `redis-password` and `encryption-key` (mode 0600, made on
@@ -157,7 +167,11 @@ fn main() -> ExitCode {
         let shutdown = shutdown_on_signals()?;
         match cli.command {
             Command::Agent(args) => run_agent(args, shutdown).await,
-            Command::Head(args) => head::run(args, shutdown, None).await,
+            Command::Head(args) => {
+                let controller = head::ClusterController::from_bootstrap(&args)?
+                    .map(|c| Box::new(c) as Box<dyn head::HeadController>);
+                head::run(args, shutdown, controller).await
+            }
         }
     });
     match result {

@@ -1,0 +1,820 @@
+//! The cluster commands: `cloudtik start|stop|status|info|exec|attach|rsync-up|rsync-down|
+//! submit|scale|head-ip|worker-ips|kill-node|monitor|wait-for-ready FILE`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use cloudtik_core::cluster::{ClusterDir, ClusterSettings, ManagedCluster};
+use cloudtik_core::command::OutputStream;
+use cloudtik_core::config::ClusterConfig;
+use cloudtik_core::operations::{ExecOptions, NodeTarget, ScaleRequest, StartOptions, StopOptions};
+use cloudtik_core::{Cluster, Error, ErrorKind, NodeKind, Resources, Result};
+use cloudtik_providers::ProviderPlace;
+
+use crate::ui::{self, Progress};
+
+/// Which node(s) a command addresses.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct TargetArgs {
+    /// The node with this IP (default: the head).
+    #[arg(long, value_name = "IP", conflicts_with = "all_nodes")]
+    node_ip: Option<String>,
+    /// Every node, head first.
+    #[arg(long)]
+    all_nodes: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> NodeTarget {
+        match (&self.node_ip, self.all_nodes) {
+            (Some(ip), _) => NodeTarget::Ip(ip.clone()),
+            (None, true) => NodeTarget::All,
+            (None, false) => NodeTarget::Head,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Create or update a cluster: launch and set up the head; its controller brings the workers.
+    Start {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+        /// Override min_workers of every worker type.
+        #[arg(long)]
+        min_workers: Option<u32>,
+        /// Override the global max_workers.
+        #[arg(long)]
+        max_workers: Option<u32>,
+        /// Do not restart the head's services (setup only).
+        #[arg(long)]
+        no_restart: bool,
+        /// Only restart the head's services (no setup commands).
+        #[arg(long, conflicts_with = "no_restart")]
+        restart_only: bool,
+        /// After the head is up, wait until this many workers are up to date and heartbeating.
+        #[arg(long, value_name = "N")]
+        wait_for_workers: Option<u32>,
+        /// Seconds to wait for --wait-for-workers.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Show the output of the head's setup commands.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Stop commands, then terminate the cluster's nodes.
+    Stop {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+        /// Terminate workers only; keep the head.
+        #[arg(long)]
+        workers_only: bool,
+        /// Keep min_workers workers of each type.
+        #[arg(long)]
+        keep_min_workers: bool,
+        /// Skip stop commands.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Nodes, their status and last error, resources and demands.
+    Status {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cluster in short: state, head, worker counts, resources.
+    Info {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a shell command on the head or other nodes; exits with its exit code.
+    Exec {
+        /// The cluster config file.
+        file: PathBuf,
+        /// The command line.
+        cmd: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Run detached in a tmux session.
+        #[arg(long, conflicts_with = "screen")]
+        tmux: bool,
+        /// Run detached in a screen session.
+        #[arg(long)]
+        screen: bool,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a shell on the head (or --node-ip).
+    Attach {
+        /// The cluster config file.
+        file: PathBuf,
+        /// The node with this IP (default: the head).
+        #[arg(long, value_name = "IP")]
+        node_ip: Option<String>,
+        /// Forward this local port to the same port on the node (repeatable).
+        #[arg(short = 'p', long = "port-forward", value_name = "PORT")]
+        port_forward: Vec<u16>,
+    },
+    /// Copy a local file or folder to the nodes.
+    RsyncUp {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Local source.
+        source: PathBuf,
+        /// Target path on the nodes.
+        target: String,
+        #[command(flatten)]
+        nodes: TargetArgs,
+    },
+    /// Copy a file or folder from a node (default: the head).
+    RsyncDown {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Source path on the node.
+        source: String,
+        /// Local target.
+        target: PathBuf,
+        /// The node with this IP (default: the head).
+        #[arg(long, value_name = "IP")]
+        node_ip: Option<String>,
+    },
+    /// Upload a script to the head and run it (.py with python3, .sh with bash, else as is).
+    Submit {
+        /// The cluster config file.
+        file: PathBuf,
+        /// The script.
+        script: PathBuf,
+        /// Arguments of the script.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        script_args: Vec<String>,
+        /// Run detached in a tmux session.
+        #[arg(long, conflicts_with = "screen")]
+        tmux: bool,
+        /// Run detached in a screen session.
+        #[arg(long)]
+        screen: bool,
+    },
+    /// Ask the autoscaler to keep resources or workers (a persistent request).
+    Scale {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Keep this many workers (of --worker-type).
+        #[arg(long)]
+        workers: Option<u32>,
+        /// The worker type of --workers (required when there are several).
+        #[arg(long)]
+        worker_type: Option<String>,
+        /// Keep this many CPUs.
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Keep this many GPUs.
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Keep these resources, as JSON: '{"CPU": 8, "memory": 34359738368}'.
+        #[arg(long, value_name = "JSON")]
+        resources: Option<String>,
+        /// Keep room for these bundles, as a JSON list: '[{"CPU": 4}, {"GPU": 1}]'.
+        #[arg(long, value_name = "JSON")]
+        bundles: Option<String>,
+        /// Only scale up: never lower what is requested now.
+        #[arg(long)]
+        up_only: bool,
+        /// Replace every earlier request instead of merging.
+        #[arg(long = "override")]
+        override_previous: bool,
+    },
+    /// Print the head's IP.
+    HeadIp {
+        /// The cluster config file.
+        file: PathBuf,
+    },
+    /// Print the workers' IPs, one per line.
+    WorkerIps {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Terminate a worker (the autoscaler replaces it if needed).
+    KillNode {
+        /// The cluster config file.
+        file: PathBuf,
+        /// The worker's IP.
+        #[arg(long, value_name = "IP")]
+        node_ip: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Follow the head's log (the controller's decisions, launches, setups).
+    Monitor {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Lines of history to show first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+        /// Print the history and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Wait until the head and N workers are up to date and heartbeating.
+    WaitForReady {
+        /// The cluster config file.
+        file: PathBuf,
+        /// Workers to wait for (default: the sum of min_workers).
+        #[arg(long)]
+        min_workers: Option<u32>,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+/// Loads a cluster config and prepares what every cluster command needs: the key pair,
+/// provider resources, the `cloudtik-node` program for virtual nodes.
+pub(crate) async fn open_cluster(file: &Path, progress: Option<&Progress>) -> Result<ManagedCluster> {
+    let loader = cloudtik_providers::config_loader();
+    let mut config: ClusterConfig = loader.load_cluster_file(file)?;
+    let dir = ClusterDir::new(ClusterDir::default_base(), &config);
+    dir.prepare_auth(&mut config)?;
+    if config.provider.provider_type == "virtual" && !config.provider.extra.contains_key("node_binary") {
+        let binary = sibling_node_binary()?;
+        config
+            .provider
+            .extra
+            .insert("node_binary".into(), binary.display().to_string().into());
+    }
+    cloudtik_providers::bootstrap_cluster_config(&mut config)?;
+    let head_config = cloudtik_providers::head_cluster_config(&config)?;
+    let provider = cloudtik_providers::node_provider(&config, ProviderPlace::Client).await?;
+    let mut settings = ClusterSettings::new(dir, cloudtik_providers::node_binary_on_nodes(&config))
+        .with_head_config(head_config);
+    if let Some(p) = progress {
+        settings = settings.with_progress(p.sender()).with_output(p.output());
+    }
+    Ok(ManagedCluster::new(config, provider, settings))
+}
+
+/// The `cloudtik-node` next to this program (what `cargo build` puts there).
+fn sibling_node_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(ErrorKind::Unexpected, "cannot find this program's path").with_source(e))?;
+    let candidate = exe.with_file_name("cloudtik-node");
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    Err(Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "`cloudtik-node` is not next to this program ({}): build it with `cargo build --bin cloudtik-node`, \
+             or set provider.node_binary to a cloudtik-node program for Linux",
+            candidate.display()
+        ),
+    ))
+}
+
+fn node_target(node_ip: Option<String>) -> NodeTarget {
+    node_ip.map_or(NodeTarget::Head, NodeTarget::Ip)
+}
+
+/// Runs a cluster command; the exit code on success (exec passes its command's on).
+pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
+    match cmd {
+        ClusterCommand::Start {
+            file,
+            yes,
+            min_workers,
+            max_workers,
+            no_restart,
+            restart_only,
+            wait_for_workers,
+            timeout,
+            verbose,
+        } => {
+            let progress = Progress::start(verbose);
+            let result = async {
+                let cluster = open_cluster(&file, Some(&progress)).await?;
+                let c = cluster.config();
+                let existing = cluster.head().await?;
+                let question = match &existing {
+                    Some(h) => format!("Update the cluster {} (head {})?", c.cluster_name, h.id),
+                    None => format!(
+                        "Start the cluster {} ({} provider, workspace {}, {} to {} workers)?",
+                        c.cluster_name,
+                        c.provider.provider_type,
+                        c.workspace_name,
+                        c.sum_min_workers(),
+                        c.max_workers()
+                    ),
+                };
+                ui::confirm(&question, yes)?;
+                let mut options = StartOptions::default();
+                options.min_workers = min_workers;
+                options.max_workers = max_workers;
+                options.no_restart = no_restart;
+                options.restart_only = restart_only;
+                cluster.start(&options).await?;
+                if let Some(n) = wait_for_workers {
+                    progress.say(format!("waiting for {n} workers to be up to date"));
+                    cluster.wait_for_ready(n, Duration::from_secs(timeout)).await?;
+                }
+                Ok::<_, Error>(cluster)
+            }
+            .await;
+            progress.finish().await;
+            let cluster = result?;
+            let head_ip = cluster.head_ip().await?.unwrap_or_default();
+            let name = &cluster.config().cluster_name;
+            println!("Cluster {name} is up; its head is at {head_ip}.");
+            println!("  status:    cloudtik status {}", file.display());
+            println!("  a shell:   cloudtik attach {}", file.display());
+            println!(
+                "  run:       cloudtik exec {} 'uptime' --all-nodes",
+                file.display()
+            );
+            println!("  stop:      cloudtik stop {} --yes", file.display());
+            Ok(0)
+        }
+        ClusterCommand::Stop {
+            file,
+            yes,
+            workers_only,
+            keep_min_workers,
+            hard,
+        } => {
+            let progress = Progress::start(false);
+            let result = async {
+                let cluster = open_cluster(&file, Some(&progress)).await?;
+                let nodes = cluster.nodes().await?;
+                if nodes.is_empty() {
+                    progress.say(format!("cluster {} has no nodes", cluster.config().cluster_name));
+                    return Ok(());
+                }
+                let what = if workers_only { "the workers of" } else { "" };
+                ui::confirm(
+                    &format!(
+                        "Stop {what} the cluster {} ({} node(s))?",
+                        cluster.config().cluster_name,
+                        nodes.len()
+                    ),
+                    yes,
+                )?;
+                let mut options = StopOptions::default();
+                options.workers_only = workers_only;
+                options.keep_min_workers = keep_min_workers;
+                options.hard = hard;
+                cluster.stop(&options).await
+            }
+            .await;
+            progress.finish().await;
+            result?;
+            println!("Stopped.");
+            Ok(0)
+        }
+        ClusterCommand::Status { file, json } => {
+            let cluster = open_cluster(&file, None).await?;
+            let status = cluster.status().await?;
+            if json {
+                ui::print_json(&status)?;
+                return Ok(0);
+            }
+            println!(
+                "Cluster {}: {}",
+                status.cluster_name,
+                serde_json::to_value(status.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            );
+            let rows = status
+                .nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.id.clone(),
+                        n.kind.as_str().to_string(),
+                        n.node_type.clone(),
+                        n.status
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        n.internal_ip.clone().unwrap_or_else(|| "-".into()),
+                        resources_cell(&n.resources, n.available.as_ref()),
+                        n.heartbeat_age_secs
+                            .map(|a| format!("{a:.0}s ago"))
+                            .unwrap_or_else(|| "-".into()),
+                        n.last_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                ui::table(
+                    &[
+                        "NODE",
+                        "KIND",
+                        "TYPE",
+                        "STATUS",
+                        "IP",
+                        "RESOURCES (free/total)",
+                        "HEARTBEAT",
+                        "LAST ERROR"
+                    ],
+                    rows
+                )
+            );
+            if !status.pending_launches.is_empty() {
+                let l: Vec<String> = status
+                    .pending_launches
+                    .iter()
+                    .map(|(t, n)| format!("{n} x {t}"))
+                    .collect();
+                println!("Launching: {}", l.join(", "));
+            }
+            if !status.demands.is_empty() {
+                println!("Demands waiting: {}", shapes(&status.demands));
+            }
+            if !status.infeasible.is_empty() {
+                println!(
+                    "Infeasible demands (no node type fits): {}",
+                    shapes(&status.infeasible)
+                );
+            }
+            for note in &status.notes {
+                println!("Note: {note}");
+            }
+            Ok(0)
+        }
+        ClusterCommand::Info { file, json } => {
+            let cluster = open_cluster(&file, None).await?;
+            let status = cluster.status().await?;
+            let workers: Vec<_> = status.nodes.iter().filter(|n| n.kind != NodeKind::Head).collect();
+            let ready = workers
+                .iter()
+                .filter(|n| n.status == Some(cloudtik_core::NodeStatus::UpToDate))
+                .count();
+            let mut total = Resources::new();
+            let mut free = Resources::new();
+            for n in &status.nodes {
+                total.add(&n.resources);
+                if let Some(a) = &n.available {
+                    free.add(a);
+                }
+            }
+            let head = status.nodes.iter().find(|n| n.kind == NodeKind::Head);
+            let info = serde_json::json!({
+                "cluster_name": status.cluster_name,
+                "state": status.state,
+                "head_ip": head.and_then(|h| h.internal_ip.clone()),
+                "workers": workers.len(),
+                "workers_ready": ready,
+                "resources_total": total,
+                "resources_available": free,
+                "pending_launches": status.pending_launches,
+            });
+            if json {
+                ui::print_json(&info)?;
+            } else {
+                println!("Cluster:   {}", status.cluster_name);
+                println!("State:     {}", info["state"].as_str().unwrap_or("-"));
+                println!("Head:      {}", info["head_ip"].as_str().unwrap_or("-"));
+                println!("Workers:   {ready} ready of {}", workers.len());
+                println!("Resources: {}", resources_cell(&total, Some(&free)));
+            }
+            Ok(0)
+        }
+        ClusterCommand::Exec {
+            file,
+            cmd,
+            target,
+            tmux,
+            screen,
+            timeout,
+            json,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            let target = target.target();
+            let single = target != NodeTarget::All;
+            let mut options = ExecOptions::default();
+            options.target = target;
+            options.tmux = tmux;
+            options.screen = screen;
+            options.timeout = timeout.map(Duration::from_secs);
+            // One node: stream its output as it comes.
+            let printer = if single && !json {
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::unbounded_channel::<cloudtik_core::command::OutputLine>();
+                options.output = Some(tx);
+                Some(tokio::spawn(async move {
+                    while let Some(l) = rx.recv().await {
+                        match l.stream {
+                            OutputStream::Stdout => println!("{}", l.line),
+                            OutputStream::Stderr => eprintln!("{}", l.line),
+                        }
+                    }
+                }))
+            } else {
+                None
+            };
+            let results = cluster.exec(&cmd, &options).await;
+            drop(options);
+            if let Some(p) = printer {
+                let _ = p.await;
+            }
+            let results = results?;
+            if json {
+                ui::print_json(&results)?;
+            } else if !single {
+                for r in &results {
+                    println!(
+                        "--- {} ({}) exit {}",
+                        r.node_id,
+                        r.node_ip.as_deref().unwrap_or("-"),
+                        r.exit_code.map_or_else(|| "-".to_string(), |c| c.to_string())
+                    );
+                    print!("{}", r.stdout);
+                    eprint!("{}", r.stderr);
+                }
+            }
+            let worst = results
+                .iter()
+                .map(|r| r.exit_code.unwrap_or(1))
+                .find(|c| *c != 0)
+                .unwrap_or(0);
+            Ok(u8::try_from(worst).unwrap_or(1))
+        }
+        ClusterCommand::Attach {
+            file,
+            node_ip,
+            port_forward,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            let nodes = cluster.nodes().await?;
+            let head = nodes.iter().find(|n| n.kind() == Some(NodeKind::Head)).cloned();
+            let node = match &node_ip {
+                None => head.clone(),
+                Some(ip) => nodes
+                    .iter()
+                    .find(|n| n.internal_ip.as_deref() == Some(ip.as_str()))
+                    .cloned(),
+            }
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such node: see `cloudtik status`"))?;
+            let runner = cluster.runner_for(&node, head.as_ref()).await?;
+            let rsh = runner.ssh_command().await?;
+            let mut line = format!("{rsh} -tt");
+            for p in port_forward {
+                line.push_str(&format!(" -L {p}:localhost:{p}"));
+            }
+            line.push(' ');
+            line.push_str(runner.host());
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&line)
+                .status()
+                .await
+                .map_err(|e| Error::new(ErrorKind::Unexpected, "cannot run ssh").with_source(e))?;
+            Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+        }
+        ClusterCommand::RsyncUp {
+            file,
+            source,
+            target,
+            nodes,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            cluster.rsync_up(&source, &target, &nodes.target()).await?;
+            Ok(0)
+        }
+        ClusterCommand::RsyncDown {
+            file,
+            source,
+            target,
+            node_ip,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            cluster
+                .rsync_down(&source, &target, &node_target(node_ip))
+                .await?;
+            Ok(0)
+        }
+        ClusterCommand::Submit {
+            file,
+            script,
+            script_args,
+            tmux,
+            screen,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            let name = script
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "the script needs a file name"))?
+                .to_string();
+            if !script.is_file() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("the script {} does not exist", script.display()),
+                ));
+            }
+            let remote = format!("{}/jobs/{name}", cluster.layout().dir());
+            cluster.rsync_up(&script, &remote, &NodeTarget::Head).await?;
+            let quoted = cloudtik_core::command::shell_quote(&remote);
+            let runner = if name.ends_with(".py") {
+                format!("python3 {quoted}")
+            } else if name.ends_with(".sh") {
+                format!("bash {quoted}")
+            } else {
+                format!("chmod +x {quoted} && {quoted}")
+            };
+            let args: Vec<String> = script_args
+                .iter()
+                .map(|a| cloudtik_core::command::shell_quote(a))
+                .collect();
+            let cmd = format!(
+                "cd {}/jobs && {runner} {}",
+                cluster.layout().dir(),
+                args.join(" ")
+            );
+            Box::pin(run(ClusterCommand::Exec {
+                file,
+                cmd,
+                target: TargetArgs {
+                    node_ip: None,
+                    all_nodes: false,
+                },
+                tmux,
+                screen,
+                timeout: None,
+                json: false,
+            }))
+            .await
+        }
+        ClusterCommand::Scale {
+            file,
+            workers,
+            worker_type,
+            cpus,
+            gpus,
+            resources,
+            bundles,
+            up_only,
+            override_previous,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            let mut r = ScaleRequest::default();
+            r.workers = workers;
+            r.worker_type = worker_type;
+            r.cpus = cpus;
+            r.gpus = gpus;
+            r.resources = resources
+                .map(|j| {
+                    serde_json::from_str::<Resources>(&j).map_err(|e| {
+                        Error::new(
+                            ErrorKind::InvalidConfig,
+                            format!("--resources is not a JSON object of amounts: {e}"),
+                        )
+                    })
+                })
+                .transpose()?;
+            r.bundles = bundles
+                .map(|j| {
+                    serde_json::from_str::<Vec<Resources>>(&j).map_err(|e| {
+                        Error::new(
+                            ErrorKind::InvalidConfig,
+                            format!("--bundles is not a JSON list of objects of amounts: {e}"),
+                        )
+                    })
+                })
+                .transpose()?
+                .unwrap_or_default();
+            r.up_only = up_only;
+            r.override_previous = override_previous;
+            cluster.scale(&r).await?;
+            println!(
+                "Requested; the controller acts on it within its next pass (`cloudtik status` shows it)."
+            );
+            Ok(0)
+        }
+        ClusterCommand::HeadIp { file } => {
+            let cluster = open_cluster(&file, None).await?;
+            println!("{}", cluster.head_ip().await?.unwrap_or_default());
+            Ok(0)
+        }
+        ClusterCommand::WorkerIps { file, json } => {
+            let cluster = open_cluster(&file, None).await?;
+            let ips = cluster.worker_ips().await?;
+            if json {
+                ui::print_json(&ips)?;
+            } else {
+                for ip in ips {
+                    println!("{ip}");
+                }
+            }
+            Ok(0)
+        }
+        ClusterCommand::KillNode { file, node_ip, yes } => {
+            let cluster = open_cluster(&file, None).await?;
+            ui::confirm(&format!("Terminate the node {node_ip}?"), yes)?;
+            cluster.kill_node(&NodeTarget::Ip(node_ip.clone())).await?;
+            println!("Terminated {node_ip}.");
+            Ok(0)
+        }
+        ClusterCommand::Monitor {
+            file,
+            lines,
+            no_follow,
+        } => {
+            let log = open_cluster(&file, None).await?.layout().head_log();
+            let quoted = cloudtik_core::command::shell_quote(&log);
+            let cmd = if no_follow {
+                format!("tail -n {lines} {quoted}")
+            } else {
+                format!("tail -n {lines} -F {quoted}")
+            };
+            Box::pin(run(ClusterCommand::Exec {
+                file,
+                cmd,
+                target: TargetArgs {
+                    node_ip: None,
+                    all_nodes: false,
+                },
+                tmux: false,
+                screen: false,
+                timeout: None,
+                json: false,
+            }))
+            .await
+        }
+        ClusterCommand::WaitForReady {
+            file,
+            min_workers,
+            timeout,
+        } => {
+            let cluster = open_cluster(&file, None).await?;
+            let n = min_workers.unwrap_or_else(|| cluster.config().sum_min_workers());
+            cluster.wait_for_ready(n, Duration::from_secs(timeout)).await?;
+            println!("Ready: the head and {n} worker(s) are up to date and heartbeating.");
+            Ok(0)
+        }
+    }
+}
+
+fn resources_cell(total: &Resources, free: Option<&Resources>) -> String {
+    let mut parts = Vec::new();
+    for (name, amount) in total.iter() {
+        if name.starts_with("node-type:") {
+            continue;
+        }
+        let fmt = |v: f64| {
+            if name == "memory" {
+                ui::bytes(v)
+            } else {
+                format!("{v}")
+            }
+        };
+        match free {
+            Some(f) => parts.push(format!("{name} {}/{}", fmt(f.get(name)), fmt(amount))),
+            None => parts.push(format!("{name} {}", fmt(amount))),
+        }
+    }
+    parts.join(", ")
+}
+
+fn shapes(list: &[Resources]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for r in list {
+        let s = r.to_string();
+        match counts.iter_mut().find(|(k, _)| *k == s) {
+            Some(c) => c.1 += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(s, n)| format!("{n} x {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Unused in some builds.
+#[allow(dead_code)]
+fn _assert_send(c: Arc<ManagedCluster>) -> Arc<dyn Cluster> {
+    c
+}

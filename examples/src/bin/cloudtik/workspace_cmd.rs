@@ -1,0 +1,146 @@
+//! `cloudtik workspace create|delete|update|info FILE`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use cloudtik_core::cluster::ManagedWorkspace;
+use cloudtik_core::{DeleteWorkspaceOptions, Result, Workspace, WorkspaceExistence};
+
+use crate::ui::{self, Progress};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkspaceCommand {
+    /// Create the workspace's shared resources (what is missing of them).
+    Create {
+        /// The workspace config file.
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Delete the workspace; refused while clusters run in it.
+    Delete {
+        /// The workspace config file.
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+        /// Also delete the managed cloud storage.
+        #[arg(long)]
+        delete_managed_storage: bool,
+    },
+    /// Re-apply firewall rules and managed storage.
+    Update {
+        /// The workspace config file.
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// How complete the workspace is, its resources and clusters.
+    Info {
+        /// The workspace config file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open(file: &std::path::Path) -> Result<ManagedWorkspace> {
+    let config = cloudtik_providers::config_loader().load_workspace_file(file)?;
+    let provider = cloudtik_providers::workspace_provider(&config)?;
+    Ok(ManagedWorkspace::new(config.workspace_name.clone(), provider))
+}
+
+fn existence_text(e: &WorkspaceExistence) -> String {
+    match e {
+        WorkspaceExistence::NotExist => "does not exist".into(),
+        WorkspaceExistence::Completed => "exists".into(),
+        WorkspaceExistence::Incomplete { missing } => format!("incomplete (missing: {})", missing.join(", ")),
+    }
+}
+
+pub(crate) async fn run(cmd: WorkspaceCommand) -> Result<u8> {
+    match cmd {
+        WorkspaceCommand::Create { file, yes } => {
+            let ws = open(&file)?;
+            if ws.existence().await? == WorkspaceExistence::Completed {
+                println!("Workspace {} exists already.", ws.name());
+                return Ok(0);
+            }
+            ui::confirm(&format!("Create the workspace {}?", ws.name()), yes)?;
+            let progress = Progress::start(false);
+            progress.say(format!("creating the workspace {}", ws.name()));
+            let r = ws.create().await;
+            progress.finish().await;
+            r?;
+            println!("Workspace {} created.", ws.name());
+            Ok(0)
+        }
+        WorkspaceCommand::Delete {
+            file,
+            yes,
+            delete_managed_storage,
+        } => {
+            let ws = open(&file)?;
+            if ws.existence().await? == WorkspaceExistence::NotExist {
+                println!("Workspace {} does not exist.", ws.name());
+                return Ok(0);
+            }
+            ui::confirm(&format!("Delete the workspace {}?", ws.name()), yes)?;
+            let progress = Progress::start(false);
+            progress.say(format!("deleting the workspace {}", ws.name()));
+            let r = ws
+                .delete(DeleteWorkspaceOptions::default().with_delete_managed_storage(delete_managed_storage))
+                .await;
+            progress.finish().await;
+            r?;
+            println!("Workspace {} deleted.", ws.name());
+            Ok(0)
+        }
+        WorkspaceCommand::Update { file, yes } => {
+            let ws = open(&file)?;
+            ui::confirm(&format!("Update the workspace {}?", ws.name()), yes)?;
+            ws.update().await?;
+            println!("Workspace {} updated.", ws.name());
+            Ok(0)
+        }
+        WorkspaceCommand::Info { file, json } => {
+            let ws = open(&file)?;
+            let existence = ws.existence().await?;
+            let info = if existence == WorkspaceExistence::NotExist {
+                serde_json::Value::Null
+            } else {
+                ws.info().await?
+            };
+            let clusters = if existence == WorkspaceExistence::NotExist {
+                Vec::new()
+            } else {
+                ws.list_clusters().await?
+            };
+            if json {
+                ui::print_json(&serde_json::json!({
+                    "workspace_name": ws.name(),
+                    "existence": existence,
+                    "info": info,
+                    "clusters": clusters,
+                }))?;
+            } else {
+                println!("Workspace {}: {}", ws.name(), existence_text(&existence));
+                if let Some(obj) = info.as_object() {
+                    for (k, v) in obj {
+                        println!(
+                            "  {k}: {}",
+                            v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                        );
+                    }
+                }
+                if !clusters.is_empty() {
+                    println!("Clusters: {}", clusters.join(", "));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
