@@ -272,16 +272,17 @@ impl ManagedCluster {
         if let Some(r) = runners.get(&node.id) {
             return Ok(r.clone());
         }
-        let mut options = self.ssh_options()?;
-        if node.kind() != Some(NodeKind::Head) && !self.use_internal_ips() {
-            if let Some(ext) = head.and_then(|h| h.external_ip.clone()) {
-                let jump = JumpHost {
-                    host: ext,
-                    port: options.port,
-                    user: options.user.clone(),
-                };
-                options = options.with_jump(jump);
-            }
+        let mut options = self.ssh_options()?.with_host_key_alias(node.id.clone());
+        if node.kind() != Some(NodeKind::Head)
+            && !self.use_internal_ips()
+            && let Some(ext) = head.and_then(|h| h.external_ip.clone())
+        {
+            let jump = JumpHost {
+                host: ext,
+                port: options.port,
+                user: options.user.clone(),
+            };
+            options = options.with_jump(jump);
         }
         let runner = Arc::new(SshRunner::new(self.ssh_address(node)?, options)?);
         runners.insert(node.id.clone(), runner.clone());
@@ -438,6 +439,16 @@ impl ManagedCluster {
         if let Some(max) = options.max_workers {
             c.max_workers = Some(max);
         }
+        // Paths as the head has them: the key pair it receives, and the file mounts at
+        // the paths they were synced to on the head (CloudTik's rule: workers get their
+        // file mounts from the head). The launch hash hashes key contents, not paths,
+        // so the head computes the same hashes.
+        let layout = self.layout();
+        c.auth.ssh_private_key = Some(layout.private_key_file());
+        if c.auth.ssh_public_key.is_some() {
+            c.auth.ssh_public_key = Some(layout.public_key_file());
+        }
+        c.file_mounts = c.file_mounts.keys().map(|r| (r.clone(), r.clone())).collect();
         c
     }
 
@@ -550,7 +561,7 @@ impl ManagedCluster {
             .insert(env::REDIS_PORT.into(), DEFAULT_REDIS_PORT.to_string());
 
         let address = self.ssh_address(head)?;
-        let ssh = self.ssh_options()?;
+        let ssh = self.ssh_options()?.with_host_key_alias(head.id.clone());
         let factory = move |_: &NodeInfo| -> Result<NodeRunners> {
             Ok(NodeRunners::host(Arc::new(SshRunner::new(
                 address.clone(),
@@ -754,16 +765,16 @@ impl Cluster for ManagedCluster {
     async fn stop(&self, options: &StopOptions) -> Result<()> {
         let nodes = self.nodes().await?;
         let head = nodes.iter().find(|n| n.kind() == Some(NodeKind::Head)).cloned();
-        if !options.workers_only {
-            if let Some(h) = &head {
-                // The controller first, so it replaces no worker we terminate.
-                self.progress("stopping the head's services");
-                if let Ok(r) = self.runner_for(h, Some(h)).await {
-                    let spec = CommandSpec::new(self.layout().stop_service_command("head"))
-                        .timeout(Some(Duration::from_secs(40)));
-                    if let Err(e) = r.run(&spec).await {
-                        tracing::warn!(error = %e, "stopping the head's services failed; terminating anyway");
-                    }
+        if !options.workers_only
+            && let Some(h) = &head
+        {
+            // The controller first, so it replaces no worker we terminate.
+            self.progress("stopping the head's services");
+            if let Ok(r) = self.runner_for(h, Some(h)).await {
+                let spec = CommandSpec::new(self.layout().stop_service_command("head"))
+                    .timeout(Some(Duration::from_secs(40)));
+                if let Err(e) = r.run(&spec).await {
+                    tracing::warn!(error = %e, "stopping the head's services failed; terminating anyway");
                 }
             }
         }

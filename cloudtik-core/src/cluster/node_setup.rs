@@ -116,7 +116,8 @@ impl NodeSetup for SshNodeSetup {
                     format!("node {} has no internal IP yet", n.id),
                 )
             })?;
-            Ok(NodeRunners::host(Arc::new(SshRunner::new(ip, ssh.clone())?)))
+            let options = ssh.clone().with_host_key_alias(n.id.clone());
+            Ok(NodeRunners::host(Arc::new(SshRunner::new(ip, options)?)))
         };
         let options = self.options.clone().with_mode(match mode {
             SetupMode::Full => UpdateMode::Full,

@@ -74,6 +74,10 @@ pub struct SshOptions {
     pub control_dir: PathBuf,
     /// How files move.
     pub transfer: TransferMode,
+    /// The name the node's host key is pinned under instead of its address
+    /// (`HostKeyAlias`): the node's id, so a new node that reuses an old node's address
+    /// is a new host, while a node whose key changed is still refused.
+    pub host_key_alias: Option<String>,
 }
 
 impl SshOptions {
@@ -97,6 +101,7 @@ impl SshOptions {
             proxy_command: None,
             control_dir: std::env::temp_dir(),
             transfer: TransferMode::Auto,
+            host_key_alias: None,
         }
     }
 
@@ -118,6 +123,13 @@ impl SshOptions {
         }
         o.proxy_command = auth.ssh_proxy_command.clone();
         Ok(o)
+    }
+
+    /// Pins the node's host key under `alias` (see [`SshOptions::host_key_alias`]).
+    #[must_use]
+    pub fn with_host_key_alias(mut self, alias: impl Into<String>) -> Self {
+        self.host_key_alias = Some(alias.into());
+        self
     }
 
     /// Sets the port.
@@ -281,14 +293,19 @@ impl SshRunner {
             .prefix("ctk-ssh")
             .tempdir_in(&options.control_dir)
             .map_err(|e| io_error("cannot create the ssh config directory", e))?;
+        let host: String = host.into();
         let mut config = options.ssh_config();
         if let Some(proxy) = &options.proxy_command {
             config = format!("Host *\n  ProxyCommand {proxy}\n{config}");
         }
+        if let Some(alias) = &options.host_key_alias {
+            // Only for the node itself, not for a jump host on the way.
+            config = format!("Host {}\n  HostKeyAlias {}\n{config}", quote_config(&host), quote_config(alias));
+        }
         std::fs::write(config_dir.path().join("config"), config)
             .map_err(|e| io_error("cannot write the ssh config", e))?;
         Ok(SshRunner {
-            host: host.into(),
+            host,
             permits: Arc::new(Semaphore::new(options.max_channels.max(1))),
             options,
             config_dir,
@@ -485,7 +502,9 @@ impl SshRunner {
         if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
             || text.contains("Host key verification failed")
         {
-            let entry = if self.options.port == 22 {
+            let entry = if let Some(alias) = &self.options.host_key_alias {
+                alias.clone()
+            } else if self.options.port == 22 {
                 self.host.clone()
             } else {
                 format!("[{}]:{}", self.host, self.options.port)

@@ -538,6 +538,38 @@ pub(crate) fn data_disk_bases(node_config: &Value, cluster_state_dir: &Path) -> 
     }
 }
 
+/// Fills each node type's `resources` from its `node_config.instance_type` (CPU, memory in
+/// bytes); a limit the type does not set is this machine's. Types that already set
+/// `resources` keep them. Errors name the YAML path of a bad `instance_type`.
+pub fn bootstrap_resources(config: &mut ClusterConfig) -> Result<()> {
+    for (name, t) in config.available_node_types.iter_mut() {
+        if t.resources.is_some() {
+            continue;
+        }
+        let it = InstanceType::from_node_config(&Value::Object(t.node_config.clone()))
+            .map_err(|e| e.with_context("node_type", name))?;
+        let cpus = it.cpus.unwrap_or_else(host_cpus);
+        let mut r = cloudtik_core::Resources::new();
+        r.set("CPU", cpus);
+        if let Some(m) = it.memory_bytes.or_else(host_memory_bytes) {
+            r.set("memory", m as f64);
+        }
+        t.resources = Some(r);
+    }
+    Ok(())
+}
+
+fn host_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+fn host_memory_bytes() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,34 +719,3 @@ mod tests {
     }
 }
 
-/// Fills each node type's `resources` from its `node_config.instance_type` (CPU, memory in
-/// bytes); a limit the type does not set is this machine's. Types that already set
-/// `resources` keep them. Errors name the YAML path of a bad `instance_type`.
-pub fn bootstrap_resources(config: &mut ClusterConfig) -> Result<()> {
-    for (name, t) in config.available_node_types.iter_mut() {
-        if t.resources.is_some() {
-            continue;
-        }
-        let it = InstanceType::from_node_config(&Value::Object(t.node_config.clone()))
-            .map_err(|e| e.with_context("node_type", name))?;
-        let cpus = it.cpus.unwrap_or_else(host_cpus);
-        let mut r = cloudtik_core::Resources::new();
-        r.set("CPU", cpus);
-        if let Some(m) = it.memory_bytes.or_else(host_memory_bytes) {
-            r.set("memory", m as f64);
-        }
-        t.resources = Some(r);
-    }
-    Ok(())
-}
-
-fn host_cpus() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
-fn host_memory_bytes() -> Option<i64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}

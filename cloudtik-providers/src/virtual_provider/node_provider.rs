@@ -431,7 +431,7 @@ impl VirtualNodeProvider {
                 binds.push(format!("{0}:{0}", state.display()));
             }
             if let Some(binary) = &settings.node_binary {
-                binds.push(format!("{}:{NODE_BINARY_IN_NODE}:ro", binary.display()));
+                binds.push(node_binary_bind(binary));
             }
             let mut env = vec![
                 format!("CLOUDTIK_NODE_NAME={name}"),
@@ -803,6 +803,19 @@ impl NodeProvider for VirtualNodeProvider {
     }
 }
 
+/// The bind mount of the `cloudtik-node` program: its folder when the file is named
+/// `cloudtik-node` (so a rebuilt binary, which `cargo` writes as a new file, shows in
+/// running nodes: a file bind mount would keep the old one), else the file itself.
+fn node_binary_bind(binary: &std::path::Path) -> String {
+    let in_node = std::path::Path::new(NODE_BINARY_IN_NODE);
+    match (binary.file_name(), binary.parent(), in_node.parent()) {
+        (Some(name), Some(dir), Some(node_dir)) if name == "cloudtik-node" && !dir.as_os_str().is_empty() => {
+            format!("{}:{}:ro", dir.display(), node_dir.display())
+        }
+        _ => format!("{}:{NODE_BINARY_IN_NODE}:ro", binary.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -884,3 +897,4 @@ mod tests {
         );
     }
 }
+

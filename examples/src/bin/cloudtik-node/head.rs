@@ -33,7 +33,22 @@ use crate::{HeadArgs, Shutdown, agent_config, connect_store, wait_shutdown};
 #[async_trait]
 pub(crate) trait HeadController: Send {
     /// Runs the controller loop until shutdown.
-    async fn run(self: Box<Self>, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()>;
+    async fn run(&self, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()>;
+}
+
+/// Runs `controller` until shutdown; when it fails, logs why and runs it again after
+/// 10 s (the state store and the head's agent keep running meanwhile).
+async fn supervise_controller(controller: Box<dyn HeadController>, store: Arc<dyn StateStore>, shutdown: Shutdown) {
+    loop {
+        match controller.run(store.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => error!(error = %format!("{e:#}"), "the cluster controller failed; restarting it in 10 s"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            () = wait_shutdown(shutdown.clone()) => return,
+        }
+    }
 }
 
 /// The autoscaler's controller for the cluster config the bootstrap file names: the
@@ -76,13 +91,11 @@ impl ClusterController {
 
 #[async_trait]
 impl HeadController for ClusterController {
-    async fn run(self: Box<Self>, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()> {
-        let ClusterController {
-            config,
-            boot,
-            head_ip,
-            redis_port,
-        } = *self;
+    async fn run(&self, store: Arc<dyn StateStore>, shutdown: Shutdown) -> anyhow::Result<()> {
+        let config = self.config.clone();
+        let boot = &self.boot;
+        let head_ip = self.head_ip.clone();
+        let redis_port = self.redis_port;
         let authorized_key = match &boot.ssh_public_key {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -99,10 +112,12 @@ impl HeadController for ClusterController {
             .known_hosts
             .clone()
             .unwrap_or_else(|| PathBuf::from("known_hosts"));
-        let mut ssh = SshOptions::from_auth(&config.auth, known_hosts)?;
+        // The key as the head has it (the config names the path on the user's machine).
+        let mut auth = config.auth.clone();
         if let Some(key) = &boot.ssh_private_key {
-            ssh.private_key = key.clone();
+            auth.ssh_private_key = Some(key.display().to_string());
         }
+        let ssh = SshOptions::from_auth(&auth, known_hosts)?;
         let layout = NodeLayout::new(
             &ssh.user,
             boot.node_binary.clone().unwrap_or_else(|| "cloudtik-node".into()),
@@ -245,8 +260,8 @@ pub(crate) async fn run(
         let agent_run = agent.run(wait_shutdown(shutdown.clone()));
         match controller {
             Some(c) => {
-                let (_, c) = tokio::join!(agent_run, c.run(store, shutdown.clone()));
-                c
+                tokio::join!(agent_run, supervise_controller(c, store, shutdown.clone()));
+                Ok(())
             }
             None => {
                 agent_run.await;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 pub(crate) struct Progress {
     tx: mpsc::UnboundedSender<String>,
     output_tx: mpsc::UnboundedSender<OutputLine>,
+    done: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -20,6 +21,7 @@ impl Progress {
     pub(crate) fn start(verbose: bool) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let (output_tx, mut output_rx) = mpsc::unbounded_channel::<OutputLine>();
+        let (done, mut done_rx) = tokio::sync::oneshot::channel::<()>();
         let tty = std::io::stderr().is_terminal();
         let task = tokio::spawn(async move {
             let bar = tty.then(|| {
@@ -32,8 +34,21 @@ impl Progress {
                 b
             });
             let started = std::time::Instant::now();
+            let mut finishing = false;
             loop {
+                if finishing {
+                    // Show what was sent before `finish`, then stop: senders held
+                    // elsewhere (by the cluster) may outlive this.
+                    while let Ok(m) = rx.try_recv() {
+                        match &bar {
+                            Some(b) => b.println(format!("==> {m}")),
+                            None => eprintln!("==> [{:>5.1}s] {m}", started.elapsed().as_secs_f64()),
+                        }
+                    }
+                    break;
+                }
                 tokio::select! {
+                    _ = &mut done_rx => finishing = true,
                     msg = rx.recv() => match msg {
                         Some(m) => match &bar {
                             Some(b) => { b.println(format!("==> {m}")); b.set_message(m); }
@@ -41,13 +56,11 @@ impl Progress {
                         },
                         None => break,
                     },
-                    line = output_rx.recv() => if let Some(l) = line {
-                        if verbose {
-                            let prefix = if l.stream == OutputStream::Stderr { "    ! " } else { "    | " };
-                            match &bar {
-                                Some(b) => b.println(format!("{prefix}{}", l.line)),
-                                None => eprintln!("{prefix}{}", l.line),
-                            }
+                    line = output_rx.recv() => if let Some(l) = line.filter(|_| verbose) {
+                        let prefix = if l.stream == OutputStream::Stderr { "    ! " } else { "    | " };
+                        match &bar {
+                            Some(b) => b.println(format!("{prefix}{}", l.line)),
+                            None => eprintln!("{prefix}{}", l.line),
                         }
                     },
                 }
@@ -56,7 +69,12 @@ impl Progress {
                 b.finish_and_clear();
             }
         });
-        Progress { tx, output_tx, task }
+        Progress {
+            tx,
+            output_tx,
+            done,
+            task,
+        }
     }
 
     /// The sender of progress messages.
@@ -76,9 +94,15 @@ impl Progress {
 
     /// Stops showing progress (waits until everything sent is shown).
     pub(crate) async fn finish(self) {
-        let Progress { tx, output_tx, task } = self;
+        let Progress {
+            tx,
+            output_tx,
+            done,
+            task,
+        } = self;
         drop(tx);
         drop(output_tx);
+        let _ = done.send(());
         let _ = task.await;
     }
 }
