@@ -78,6 +78,9 @@
 //! * An instance type larger than the machine (CPUs or memory): [`ErrorKind::Capacity`],
 //!   marked permanent, checked before anything is created; no free address on the
 //!   network or no memory: [`ErrorKind::Capacity`] (temporary).
+//! * With `provider.enable_port_mapping`, the head's SSH port is published on the host
+//!   port `provider.port_mapping_base` (default 60022); that port in use:
+//!   [`ErrorKind::Conflict`], permanent, checked before anything is created.
 //!
 //! # The node image and the `cloudtik-node` binary
 //!
@@ -130,6 +133,10 @@ pub const NODE_IMAGE_BUILD_COMMAND: &str = "scripts/build-node-image.sh";
 
 /// Where the head container sees the host's Docker socket.
 pub const DOCKER_SOCKET_IN_HEAD: &str = "/var/run/docker.sock";
+
+/// The host port the head's SSH port is published on with `provider.enable_port_mapping`
+/// when `provider.port_mapping_base` is not set.
+pub const DEFAULT_PORT_MAPPING_BASE: u16 = 60022;
 
 /// Where the `cloudtik-node` binary is mounted in every node when `provider.node_binary` is set.
 pub const NODE_BINARY_IN_NODE: &str = "/cloudtik/bin/cloudtik-node";
@@ -191,6 +198,10 @@ pub struct VirtualSettings {
     pub authorized_key: Option<String>,
     /// How many containers are created or removed at once (`provider.max_concurrency`, default 8).
     pub max_concurrency: usize,
+    /// `provider.enable_port_mapping`: the host port the head's SSH port (22) is
+    /// published on (`provider.port_mapping_base`, default 60022); `None`: nothing is
+    /// published.
+    pub port_mapping_base: Option<u16>,
 }
 
 impl Default for VirtualSettings {
@@ -206,6 +217,7 @@ impl Default for VirtualSettings {
             node_binary: None,
             authorized_key: None,
             max_concurrency: 8,
+            port_mapping_base: None,
         }
     }
 }
@@ -237,6 +249,9 @@ impl VirtualSettings {
         s.node_binary = config.node_binary.as_deref().map(expand_home);
         if let Some(n) = config.max_concurrency {
             s.max_concurrency = n.max(1);
+        }
+        if config.enable_port_mapping.unwrap_or(false) {
+            s.port_mapping_base = Some(config.port_mapping_base.unwrap_or(DEFAULT_PORT_MAPPING_BASE));
         }
         Ok(s)
     }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
-    NetworkingConfig,
+    NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -349,6 +349,19 @@ impl VirtualNodeProvider {
             }
             return Err(self.err(e, OP));
         }
+        if let (true, Some(port)) = (spec.is_head, self.inner.settings.port_mapping_base)
+            && let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port))
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "port {port} of this machine, where the head's SSH port would be published                      (provider.enable_port_mapping), is in use ({e}): free it, or set                      provider.port_mapping_base to a free port"
+                ),
+            )
+            .set_permanent()
+            .with_operation(OP)
+            .with_context("port", port.to_string()));
+        }
         if spec.instance.cpus.is_some() || spec.instance.memory_bytes.is_some() {
             let info = docker.info().await.map_err(|e| self.err(e, OP))?;
             if let (Some(want), Some(have)) = (spec.instance.cpus, info.ncpu)
@@ -441,7 +454,12 @@ impl VirtualNodeProvider {
             if let Some(key) = &settings.authorized_key {
                 env.push(format!("CLOUDTIK_AUTHORIZED_KEY={key}"));
             }
+            let published = match (spec.is_head, settings.port_mapping_base) {
+                (true, Some(port)) => Some(port),
+                _ => None,
+            };
             let body = ContainerCreateBody {
+                exposed_ports: published.map(|_| vec!["22/tcp".to_string()]),
                 image: Some(spec.image.clone()),
                 hostname: Some(name.chars().take(63).collect()),
                 labels: Some(spec.labels.clone()),
@@ -450,6 +468,15 @@ impl VirtualNodeProvider {
                     nano_cpus: spec.instance.cpus.map(|c| (c * 1e9) as i64),
                     memory: spec.instance.memory_bytes,
                     binds: (!binds.is_empty()).then_some(binds),
+                    port_bindings: published.map(|port| {
+                        HashMap::from([(
+                            "22/tcp".to_string(),
+                            Some(vec![PortBinding {
+                                host_ip: Some("0.0.0.0".into()),
+                                host_port: Some(port.to_string()),
+                            }]),
+                        )])
+                    }),
                     network_mode: Some(network.clone()),
                     auto_remove: Some(true),
                     cap_add: Some(vec!["NET_ADMIN".into(), "SYS_NICE".into()]),
