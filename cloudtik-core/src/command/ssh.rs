@@ -300,7 +300,11 @@ impl SshRunner {
         }
         if let Some(alias) = &options.host_key_alias {
             // Only for the node itself, not for a jump host on the way.
-            config = format!("Host {}\n  HostKeyAlias {}\n{config}", quote_config(&host), quote_config(alias));
+            config = format!(
+                "Host {}\n  HostKeyAlias {}\n{config}",
+                quote_config(&host),
+                quote_config(alias)
+            );
         }
         std::fs::write(config_dir.path().join("config"), config)
             .map_err(|e| io_error("cannot write the ssh config", e))?;

@@ -733,4 +733,3 @@ mod tests {
         assert_eq!(VirtualSettings::default().image, node_image_name());
     }
 }
-

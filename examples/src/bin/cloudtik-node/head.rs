@@ -38,11 +38,17 @@ pub(crate) trait HeadController: Send {
 
 /// Runs `controller` until shutdown; when it fails, logs why and runs it again after
 /// 10 s (the state store and the head's agent keep running meanwhile).
-async fn supervise_controller(controller: Box<dyn HeadController>, store: Arc<dyn StateStore>, shutdown: Shutdown) {
+async fn supervise_controller(
+    controller: Box<dyn HeadController>,
+    store: Arc<dyn StateStore>,
+    shutdown: Shutdown,
+) {
     loop {
         match controller.run(store.clone(), shutdown.clone()).await {
             Ok(()) => return,
-            Err(e) => error!(error = %format!("{e:#}"), "the cluster controller failed; restarting it in 10 s"),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "the cluster controller failed; restarting it in 10 s")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(10)) => {}
