@@ -55,7 +55,10 @@ impl SshNodeSetup {
         redis_port: u16,
         redis_password: impl Into<String>,
     ) -> Self {
-        let options = UpdaterOptions::from_cluster_options(&config.options);
+        let mut options = UpdaterOptions::from_cluster_options(&config.options);
+        // A check is one `uptime` over a new connection: cheap enough to try every
+        // second, which matters for nodes that boot in a second (containers).
+        options.ssh_check_interval = std::time::Duration::from_secs(1);
         SshNodeSetup {
             provider,
             config,
