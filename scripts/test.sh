@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-ensure_apt_packages redis-server openssh-server openssh-client rsync iproute2 procps
+ensure_apt_packages redis-server openssh-server openssh-client rsync iproute2 procps debootstrap
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cloudtik-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 

@@ -310,6 +310,41 @@ fn a_cluster_starts_scales_heals_shrinks_and_leaves_nothing() {
     let (code, _, _) = env.run(&["exec", f, "exit 7"]);
     assert_eq!(code, 7);
 
+    // head-ip, worker-ips, info.
+    let head_ip = env.run_ok(&["head-ip", f]).trim().to_string();
+    assert_eq!(Some(head_ip.as_str()), heads[0]["internal_ip"].as_str());
+    let ips: Vec<String> = serde_json::from_str(&env.run_ok(&["worker-ips", f, "--json"])).unwrap();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    let info: Value = serde_json::from_str(&env.run_ok(&["info", f, "--json"])).unwrap();
+    assert_eq!(info["workers_ready"], 2, "{info}");
+    assert_eq!(info["resources_total"]["CPU"], 3.0, "{info}");
+
+    // rsync-up to every node, rsync-down from a worker, submit a script to the head.
+    let local = env.dir.path().join("up");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("data.txt"), "payload\n").unwrap();
+    env.run_ok(&["rsync-up", f, local.to_str().unwrap(), "/tmp/up", "--all-nodes"]);
+    let down = env.dir.path().join("down");
+    env.run_ok(&[
+        "rsync-down",
+        f,
+        "/tmp/up/data.txt",
+        down.to_str().unwrap(),
+        "--node-ip",
+        &ips[1],
+    ]);
+    assert_eq!(std::fs::read_to_string(&down).unwrap(), "payload\n");
+    let script = env.dir.path().join("job.sh");
+    std::fs::write(&script, "echo \"job $1 on $(hostname)\"\n").unwrap();
+    let out = env.run_ok(&["submit", f, script.to_str().unwrap(), "42"]);
+    assert_eq!(
+        out.trim(),
+        format!("job 42 on {}", heads[0]["id"].as_str().unwrap())
+    );
+    // monitor shows the head's log: the controller runs there.
+    let log = env.run_ok(&["monitor", f, "--no-follow", "-n", "500"]);
+    assert!(log.contains("starting the cluster controller"), "{log}");
+
     // scale --workers 4.
     env.run_ok(&["scale", f, "--workers", "4"]);
     env.run_ok(&["wait-for-ready", f, "--min-workers", "4", "--timeout", "180"]);
@@ -327,6 +362,23 @@ fn a_cluster_starts_scales_heals_shrinks_and_leaves_nothing() {
             .then_some(())
             .map_or_else(|| Some(format!("{w:?}")), |_| None)
     });
+
+    // kill-node terminates a worker by IP; the head's controller replaces it.
+    let w = workers(&env.status(&file));
+    let status = env.status(&file);
+    let victim_ip = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == w[1].0.as_str())
+        .and_then(|n| n["internal_ip"].as_str())
+        .unwrap()
+        .to_string();
+    env.run_ok(&["kill-node", f, "--node-ip", &victim_ip, "--yes"]);
+    assert!(!workers(&env.status(&file)).iter().any(|(id, _, _)| *id == w[1].0));
+    let (code, _, err) = env.run(&["kill-node", f, "--node-ip", &head_ip, "--yes"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is the head"), "{err}");
 
     // The request dropped and the idle timeout passed: back to min_workers.
     env.run_ok(&["scale", f, "--workers", "0"]);
