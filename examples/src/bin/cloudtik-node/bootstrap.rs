@@ -1,5 +1,5 @@
 //! The bootstrap config file: what the head (and every node) is told about its cluster.
-//! Its format is the SDK's [`HeadBootstrap`]; see there for every field.
+//! Its format is the SDK's [`HeadBootstrap`](cloudtik_core::cluster::HeadBootstrap); see there for every field.
 
 pub(crate) use cloudtik_core::cluster::DEFAULT_REDIS_PORT;
 /// The bootstrap config file, YAML or JSON (JSON is YAML). Every field is optional;
