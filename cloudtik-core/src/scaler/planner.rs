@@ -61,8 +61,10 @@
 //!
 //! So no single planned launch can be removed without breaking a min, a request or a demand's
 //! placement, and with the cap and priorities out of the way no single extra launch within the
-//! limits would place one more demand (both by the packing described here; first fit is a
-//! heuristic, so a cleverer packing could sometimes do with fewer nodes).
+//! limits would place one more demand, except a GPU node that would hold no GPU work (rule 4:
+//! the CPU work it would hold waits, even when GPU work stays unplaced because first fit would
+//! give that node's CPUs to larger CPU demands first). Both by the packing described here;
+//! first fit is a heuristic, so a cleverer packing could sometimes do with fewer nodes.
 //!
 //! **Time**: `idle_since` and `now` are wall-clock times ([`SystemTime`]) because idle times
 //! come from heartbeats of other machines.
