@@ -177,6 +177,30 @@ fn gpu_types_are_kept_for_gpu_work() {
 }
 
 #[test]
+fn one_more_node_is_added_when_it_takes_work_off_a_later_type() {
+    let c = config(vec![
+        ("a.cpu", ty(res(&[("CPU", 4.0), ("memory", 8.0)]), 0, 1)),
+        (
+            "c.gpu",
+            ty(res(&[("CPU", 8.0), ("GPU", 1.0), ("memory", 32.0)]), 0, 1),
+        ),
+    ]);
+    let mut d = vec![res(&[("CPU", 2.0), ("memory", 4.0)]); 4];
+    d.push(res(&[("CPU", 1.0), ("GPU", 1.0)]));
+    let s = ClusterSnapshot {
+        demands: d,
+        requests: vec![res(&[("CPU", 2.0), ("GPU", 1.0)])],
+        ..ClusterSnapshot::default()
+    };
+    // The request launches a GPU node; the CPU work fills its CPUs, and what is left (the GPU
+    // demand) fits no type with room. But an a.cpu node, first in the final packing's type
+    // order, takes two of the CPU demands off the GPU node, which then holds the GPU demand.
+    let p = plan(&c, &s, now());
+    assert_eq!(launches(&p), vec![("a.cpu", 1), ("c.gpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 0);
+}
+
+#[test]
 fn the_type_using_more_of_the_demand_kinds_and_better_utilized_wins() {
     let c = config(vec![
         ("big", ty(res(&[("CPU", 16.0), ("memory", 64.0 * GIB)]), 0, 10)),
