@@ -957,10 +957,16 @@ proptest! {
             // would hold GPU work. Whatever else it would hold is CPU work that waits for CPU
             // nodes, even while GPU work stays unplaced for other reasons (say, first fit puts
             // CPU work onto the GPU node first and fills its CPUs).
-            if ty.resources.gpu() > 0.0 && f.gpu_work_placed(&more) == gpu_work_placed {
+            if ty.resources.gpu() > 0.0 && f.gpu_work_placed(&more) <= gpu_work_placed {
                 continue;
             }
-            prop_assert_eq!(f.demands_placed(&more), placed, "one more {} would place more: {:?}", t, p);
+            // At most as many: first fit is not monotone, so one more node early in the
+            // packing's order can make later nodes hold less, and then fewer are placed.
+            let with_more = f.demands_placed(&more);
+            prop_assert!(
+                with_more <= placed,
+                "one more {} would place more: {} > {}: {:?}", t, with_more, placed, p
+            );
             if one_shape {
                 prop_assert!(!ty.resources.fits(&p.unfulfilled[0].shape), "{} has room: {:?}", t, p);
             }
