@@ -201,6 +201,32 @@ fn one_more_node_is_added_when_it_takes_work_off_a_later_type() {
 }
 
 #[test]
+fn a_top_up_node_that_places_nothing_does_not_keep_out_one_that_would() {
+    let mut c = config(vec![
+        ("a.cpu", ty(res(&[("CPU", 4.0), ("memory", 8.0)]), 0, 2)),
+        ("b.big", ty(res(&[("CPU", 16.0), ("memory", 64.0)]), 2, 3)),
+        (
+            "c.gpu",
+            ty(res(&[("CPU", 8.0), ("GPU", 2.0), ("memory", 32.0)]), 0, 1),
+        ),
+        ("d.tiny", ty(res(&[("CPU", 1.5), ("memory", 0.0)]), 0, 3)),
+    ]);
+    c.max_workers = 8;
+    let mut d = vec![res(&[("CPU", 2.0), ("memory", 4.0)]); 8];
+    d.extend(vec![cpu(1.0); 3]);
+    d.extend(vec![cpu(0.5); 5]);
+    d.extend(vec![res(&[("CPU", 1.0), ("GPU", 1.0)]); 2]);
+    d.extend(vec![cpu(3.0); 6]);
+    d.push(res(&[("CPU", 12.0), ("memory", 32.0)]));
+    // The top-up kept choosing a second a.cpu node for a CPU3 demand left over, which filled
+    // the global max, placed nothing more in the final packing and was dropped again, round
+    // after round; the third b.big node that places everything was never tried.
+    let p = plan(&c, &snapshot(vec![], d), now());
+    assert_eq!(launches(&p), vec![("b.big", 3), ("c.gpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 0);
+}
+
+#[test]
 fn the_type_using_more_of_the_demand_kinds_and_better_utilized_wins() {
     let c = config(vec![
         ("big", ty(res(&[("CPU", 16.0), ("memory", 64.0 * GIB)]), 0, 10)),
