@@ -56,13 +56,24 @@
 //!    differ from the greedy order of step 4. What that leaves unplaced gets another round of
 //!    step 4 (requests uncapped; demands chosen and then capped as in step 5, so capped work
 //!    waits instead of spilling onto another type, e.g. CPU work onto GPU nodes; then rule 6
-//!    again). Then a launch is dropped while dropping it keeps every type at its effective min
-//!    and places as many requests and as many demands. At most four such rounds; usually one.
+//!    again). Step 4 only sees what is left, but one more node can also place more demands by
+//!    taking work off the nodes of types after it in that order (a CPU node taking CPU work
+//!    off a GPU node, which then holds a waiting GPU demand): while one more launch of a type
+//!    within the limits, the cap and rule 6 (the priority of what launches) would place more
+//!    demands (and no fewer requests) in that packing, the one that places the most is added
+//!    (ties: type order); a GPU type only if it places more GPU work (rule 4). Then a launch is
+//!    dropped while dropping it keeps every type at its effective min and places as many
+//!    requests and as many demands. Adding and dropping alternate until neither changes
+//!    anything (each addition places more demands, each drop saves a node). Top-up, adding and
+//!    dropping make a round; a round that ends where it started is the last, and there are at
+//!    most four; usually one.
 //!
 //! So no single planned launch can be removed without breaking a min, a request or a demand's
 //! placement, and with the cap and priorities out of the way no single extra launch within the
-//! limits would place one more demand (both by the packing described here; first fit is a
-//! heuristic, so a cleverer packing could sometimes do with fewer nodes).
+//! limits would place one more demand, except a GPU node that would place no more GPU work
+//! (rule 4: the CPU work it would hold waits, even when GPU work stays unplaced because first
+//! fit would give that node's CPUs to larger CPU demands first). Both by the packing described here;
+//! first fit is a heuristic, so a cleverer packing could sometimes do with fewer nodes.
 //!
 //! **Time**: `idle_since` and `now` are wall-clock times ([`SystemTime`]) because idle times
 //! come from heartbeats of other machines.
@@ -405,6 +416,25 @@ impl<'a> Planner<'a> {
         packing::pack(&mut groups, &shapes.vectors, &mut counts)
     }
 
+    /// How many of `residual` the new nodes `launches` hold: in all, and of the shapes marked
+    /// in `gpu_work`.
+    fn placed_on_new_split(
+        &self,
+        launches: &[usize],
+        shapes: &Shapes,
+        residual: &[usize],
+        gpu_work: &[bool],
+    ) -> (usize, usize) {
+        let mut groups = self.new_bins(launches);
+        let mut counts = residual.to_vec();
+        let all = packing::pack(&mut groups, &shapes.vectors, &mut counts);
+        let gpu = (0..counts.len())
+            .filter(|s| gpu_work[*s])
+            .map(|s| residual[s] - counts[s])
+            .sum();
+        (all, gpu)
+    }
+
     fn run(self, now: SystemTime) -> ScalingPlan {
         let nodes = &self.snapshot.nodes;
         let nt = self.types.len();
@@ -654,13 +684,15 @@ impl<'a> Planner<'a> {
 
         // 7. The new nodes, in type order, are what requests and demands are finally packed
         // on. That packing can differ from the greedy one's: top up what it leaves unplaced
-        // (chosen as in step 4, then capped and filtered as in steps 5-6), and drop launches
-        // nothing needs, until stable.
+        // (chosen as in step 4, then capped and filtered as in steps 5-6), add single nodes
+        // that place more and drop launches nothing needs, until stable.
         if top.is_none() {
             // Nothing to launch at all.
             return self.finish(plan, &launches, demands, requests, dem_residual);
         }
         let global_base = kept.len() + launching_total;
+        let dem_gpu_work =
+            packing::gpu_work(&self.type_caps(&room), &demands.shapes.vectors, self.space.gpu());
         let mut req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
         let mut dem_placed = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
         for _round in 0..4 {
@@ -700,28 +732,78 @@ impl<'a> Planner<'a> {
             }
             // What the top-up chose for a lower priority waits, as in rule 6.
             self.keep_top_priority(&mut launches);
-            let added_any = launches != start;
-            if added_any {
+            if launches != start {
                 req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
                 dem_placed = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
             }
-            // Drop launches nothing needs.
-            let mut dropped_any = false;
-            for t in 0..nt {
-                while launches[t] > 0 && count_of[t] + launches[t] > self.types[t].eff_min {
-                    launches[t] -= 1;
-                    let r = self.placed_on_new(&launches, &requests.shapes, &req_residual);
-                    let d = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
-                    if r >= req_placed && d >= dem_placed {
-                        (req_placed, dem_placed) = (r, d);
-                        dropped_any = true;
-                    } else {
+            // Then, until neither changes anything: one more node, and drops. Each added node
+            // places more demands and each drop saves a node placing no fewer, so this ends.
+            loop {
+                // One more node of a type can place more demands than step 4 sees in what is
+                // left: in the final packing's type order it can take work off the nodes of
+                // later types (a CPU node taking CPU work off a GPU node, which then holds a
+                // waiting GPU demand). Add the one that places the most while one does.
+                let mut grown = false;
+                let (_, mut gpu_placed) =
+                    self.placed_on_new_split(&launches, &demands.shapes, &dem_residual, &dem_gpu_work);
+                while global_base + launches.iter().sum::<usize>() < self.config.max_workers {
+                    let top = (0..nt)
+                        .filter(|t| launches[*t] > 0)
+                        .map(|t| self.types[t].config.launch_priority)
+                        .max();
+                    let mut best: Option<(usize, usize, usize)> = None;
+                    for t in 0..nt {
+                        let ty = &self.types[t];
+                        if top.is_some_and(|p| ty.config.launch_priority != p)
+                            || count_of[t] + launches[t] >= ty.config.max_workers
+                            || launches[t] >= limit[t]
+                        {
+                            continue;
+                        }
                         launches[t] += 1;
-                        break;
+                        let (d, g) = self.placed_on_new_split(
+                            &launches,
+                            &demands.shapes,
+                            &dem_residual,
+                            &dem_gpu_work,
+                        );
+                        let r = self.placed_on_new(&launches, &requests.shapes, &req_residual);
+                        launches[t] -= 1;
+                        // Rule 4: a GPU node only for more GPU work.
+                        let gpu_ok = !packing::is_gpu(&ty.cap, self.space.gpu()) || g > gpu_placed;
+                        if d > dem_placed && r >= req_placed && gpu_ok && best.is_none_or(|(_, bd, _)| d > bd)
+                        {
+                            best = Some((t, d, g));
+                        }
+                    }
+                    let Some((t, d, g)) = best else { break };
+                    launches[t] += 1;
+                    (dem_placed, gpu_placed) = (d, g);
+                    req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
+                    grown = true;
+                }
+                // Drop launches nothing needs.
+                let mut dropped = false;
+                for t in 0..nt {
+                    while launches[t] > 0 && count_of[t] + launches[t] > self.types[t].eff_min {
+                        launches[t] -= 1;
+                        let r = self.placed_on_new(&launches, &requests.shapes, &req_residual);
+                        let d = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
+                        if r >= req_placed && d >= dem_placed {
+                            (req_placed, dem_placed) = (r, d);
+                            dropped = true;
+                        } else {
+                            launches[t] += 1;
+                            break;
+                        }
                     }
                 }
+                if !grown && !dropped {
+                    break;
+                }
             }
-            if !added_any && !dropped_any {
+            // A top-up that only added what was dropped again would repeat.
+            if launches == start {
                 break;
             }
         }
@@ -778,6 +860,19 @@ impl<'a> Planner<'a> {
         plan
     }
 
+    /// The node types as the greedy choice sees them, with the given rooms.
+    fn type_caps(&self, room: &[usize]) -> Vec<TypeCap> {
+        self.types
+            .iter()
+            .zip(room)
+            .map(|(t, r)| TypeCap {
+                cap: t.cap.clone(),
+                room: *r,
+                usable: t.config.max_workers > 0,
+            })
+            .collect()
+    }
+
     /// Step 4: new nodes for `counts` (updated to what stays unplaced) within the rooms.
     fn choose(
         &self,
@@ -786,16 +881,7 @@ impl<'a> Planner<'a> {
         shapes: &Shapes,
         counts: &mut [usize],
     ) -> Vec<usize> {
-        let mut caps: Vec<TypeCap> = self
-            .types
-            .iter()
-            .zip(room.iter())
-            .map(|(t, r)| TypeCap {
-                cap: t.cap.clone(),
-                room: *r,
-                usable: t.config.max_workers > 0,
-            })
-            .collect();
+        let mut caps = self.type_caps(room);
         let added = packing::choose(&mut caps, *global_room, &shapes.vectors, counts, self.space.gpu());
         for (r, a) in room.iter_mut().zip(&added) {
             *r -= a;

@@ -496,6 +496,26 @@ impl Trial {
     }
 }
 
+/// True for a node capacity with GPUs.
+#[inline]
+pub(crate) fn is_gpu(cap: &[f64], gpu: Option<usize>) -> bool {
+    gpu.is_some_and(|g| cap[g] > 0.0)
+}
+
+/// GPU nodes are kept for GPU work: per shape, whether it is GPU work, i.e. needs a GPU or
+/// fits no usable type without GPUs. Only GPU work may cause a GPU node to be added.
+pub(crate) fn gpu_work(types: &[TypeCap], shapes: &[Box<[f64]>], gpu: Option<usize>) -> Vec<bool> {
+    shapes
+        .iter()
+        .map(|shape| {
+            is_gpu(shape, gpu)
+                || !types
+                    .iter()
+                    .any(|ty| ty.usable && !is_gpu(&ty.cap, gpu) && fit_count(&ty.cap, shape, 1) == 1)
+        })
+        .collect()
+}
+
 /// Greedily adds new nodes for the remaining demands (`counts`, updated to what stays
 /// unplaced): each round scores every type with room by first-fit of the remaining demands onto
 /// one empty node of the type, adds a node of the best type (ties: the lower type index) and
@@ -518,18 +538,7 @@ pub(crate) fn choose(
     let mut takes_by_type: Vec<Vec<usize>> = vec![vec![0; shapes.len()]; types.len()];
     let mut scored = vec![false; types.len()];
     let mut active: Vec<usize> = (0..shapes.len()).filter(|s| counts[*s] > 0).collect();
-    // GPU nodes are kept for GPU work: a GPU type takes a shape that needs no GPU only
-    // when no usable type without GPUs could ever hold it.
-    let is_gpu = |cap: &[f64]| gpu.is_some_and(|g| cap[g] > 0.0);
-    let gpu_allowed: Vec<bool> = shapes
-        .iter()
-        .map(|shape| {
-            gpu.is_some_and(|g| shape[g] > 0.0)
-                || !types
-                    .iter()
-                    .any(|ty| ty.usable && !is_gpu(&ty.cap) && fit_count(&ty.cap, shape, 1) == 1)
-        })
-        .collect();
+    let gpu_allowed = gpu_work(types, shapes, gpu);
     while !active.is_empty() && global_room > 0 {
         let mut best: Option<(usize, Score)> = None;
         for (t, ty) in types.iter().enumerate() {

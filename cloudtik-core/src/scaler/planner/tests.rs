@@ -159,6 +159,71 @@ fn gpu_types_are_kept_for_gpu_work() {
     );
     assert_eq!(launches(&p), vec![("cpu", 1), ("gpu", 1)]);
     assert_eq!(p.unfulfilled_count(), 0);
+    // A GPU demand the new GPU node would not hold, because first fit (larger demands first)
+    // gives the node's CPUs to CPU work, does not earn it: the node would hold only CPU work
+    // that the CPU type at its maximum could hold, so everything waits.
+    let c = config(vec![
+        ("cpu", ty(res(&[("CPU", 8.0), ("memory", 32.0)]), 0, 1)),
+        (
+            "gpu",
+            ty(res(&[("CPU", 8.0), ("GPU", 1.0), ("memory", 32.0)]), 0, 10),
+        ),
+    ]);
+    let mut d = vec![res(&[("CPU", 8.0), ("memory", 1.0)]); 3];
+    d.push(res(&[("CPU", 1.0), ("GPU", 1.0)]));
+    let p = plan(&c, &snapshot(vec![], d), now());
+    assert_eq!(launches(&p), vec![("cpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 3);
+}
+
+#[test]
+fn one_more_node_is_added_when_it_takes_work_off_a_later_type() {
+    let c = config(vec![
+        ("a.cpu", ty(res(&[("CPU", 4.0), ("memory", 8.0)]), 0, 1)),
+        (
+            "c.gpu",
+            ty(res(&[("CPU", 8.0), ("GPU", 1.0), ("memory", 32.0)]), 0, 1),
+        ),
+    ]);
+    let mut d = vec![res(&[("CPU", 2.0), ("memory", 4.0)]); 4];
+    d.push(res(&[("CPU", 1.0), ("GPU", 1.0)]));
+    let s = ClusterSnapshot {
+        demands: d,
+        requests: vec![res(&[("CPU", 2.0), ("GPU", 1.0)])],
+        ..ClusterSnapshot::default()
+    };
+    // The request launches a GPU node; the CPU work fills its CPUs, and what is left (the GPU
+    // demand) fits no type with room. But an a.cpu node, first in the final packing's type
+    // order, takes two of the CPU demands off the GPU node, which then holds the GPU demand.
+    let p = plan(&c, &s, now());
+    assert_eq!(launches(&p), vec![("a.cpu", 1), ("c.gpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 0);
+}
+
+#[test]
+fn a_top_up_node_that_places_nothing_does_not_keep_out_one_that_would() {
+    let mut c = config(vec![
+        ("a.cpu", ty(res(&[("CPU", 4.0), ("memory", 8.0)]), 0, 2)),
+        ("b.big", ty(res(&[("CPU", 16.0), ("memory", 64.0)]), 2, 3)),
+        (
+            "c.gpu",
+            ty(res(&[("CPU", 8.0), ("GPU", 2.0), ("memory", 32.0)]), 0, 1),
+        ),
+        ("d.tiny", ty(res(&[("CPU", 1.5), ("memory", 0.0)]), 0, 3)),
+    ]);
+    c.max_workers = 8;
+    let mut d = vec![res(&[("CPU", 2.0), ("memory", 4.0)]); 8];
+    d.extend(vec![cpu(1.0); 3]);
+    d.extend(vec![cpu(0.5); 5]);
+    d.extend(vec![res(&[("CPU", 1.0), ("GPU", 1.0)]); 2]);
+    d.extend(vec![cpu(3.0); 6]);
+    d.push(res(&[("CPU", 12.0), ("memory", 32.0)]));
+    // The top-up kept choosing a second a.cpu node for a CPU3 demand left over, which filled
+    // the global max, placed nothing more in the final packing and was dropped again, round
+    // after round; the third b.big node that places everything was never tried.
+    let p = plan(&c, &snapshot(vec![], d), now());
+    assert_eq!(launches(&p), vec![("b.big", 3), ("c.gpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 0);
 }
 
 #[test]
@@ -726,6 +791,33 @@ impl<'a> Facts<'a> {
         first_fit(&mut bins, &self.sorted(&self.case.snapshot.demands, None))
     }
 
+    /// Work a GPU node may be added for (rule 4): a demand that needs a GPU, or one that no
+    /// usable type without GPUs could hold.
+    fn gpu_work(&self, d: &Resources) -> bool {
+        d.gpu() > 0.0
+            || !self
+                .case
+                .config
+                .node_types
+                .values()
+                .any(|t| t.max_workers > 0 && t.resources.gpu() == 0.0 && t.resources.fits(d))
+    }
+
+    /// How many of the demands placed (as in [`Facts::demands_placed`]) are GPU work.
+    fn gpu_work_placed(&self, launches: &BTreeMap<String, usize>) -> usize {
+        let mut bins = self.demand_bins();
+        bins.extend(self.new_bins(launches));
+        let items = self.sorted(&self.case.snapshot.demands, None);
+        let mut placed = 0;
+        for d in &items {
+            if let Some(b) = bins.iter_mut().find(|b| b.fits(d)) {
+                b.subtract(d);
+                placed += usize::from(self.gpu_work(d));
+            }
+        }
+        placed
+    }
+
     fn requests_placed(&self, launches: &BTreeMap<String, usize>) -> usize {
         let mut bins = self.request_bins();
         bins.extend(self.new_bins(launches));
@@ -863,7 +955,8 @@ proptest! {
 
     /// "Every feasible demand is placed when limits allow": with the cap out of the way and one
     /// priority, unplaced demands mean that no launch the limits still allow would place one
-    /// more demand (by the planner's first-fit-decreasing packing). A heuristic packing can
+    /// more demand (by the planner's first-fit-decreasing packing), GPU nodes excepted when
+    /// they would hold no GPU work (rule 4). A heuristic packing can
     /// leave demands that a cleverer packing of the same nodes would place; with demands all
     /// of one shape it cannot, and then every unplaced demand fits only full types.
     #[test]
@@ -877,23 +970,29 @@ proptest! {
         let placed = f.demands_placed(&p.to_launch);
         let one_shape = p.unfulfilled.len() == 1
             && case.snapshot.demands.iter().filter(|d| f.feasible_demand(d)).all(|d| *d == p.unfulfilled[0].shape);
-        // GPU nodes are kept for GPU work: an extra GPU node is not owed to demands that
-        // need no GPU and fit a usable type without GPUs.
-        let only_cpu_work = p.unfulfilled.iter().all(|u| {
-            u.shape.gpu() == 0.0
-                && case.config.node_types.values().any(|t| {
-                    t.max_workers > 0 && t.resources.gpu() == 0.0 && t.resources.fits(&u.shape)
-                })
-        });
+        let gpu_work_placed = f.gpu_work_placed(&p.to_launch);
         for t in TYPES {
             let ty = &case.config.node_types[t];
             let have = f.kept_of(t) + f.launching_of(t) + p.to_launch.get(t).copied().unwrap_or(0);
-            if have >= ty.max_workers || (ty.resources.gpu() > 0.0 && only_cpu_work) {
+            if have >= ty.max_workers {
                 continue;
             }
             let mut more = p.to_launch.clone();
             *more.entry(t.to_string()).or_insert(0) += 1;
-            prop_assert_eq!(f.demands_placed(&more), placed, "one more {} would place more: {:?}", t, p);
+            // GPU nodes are kept for GPU work (rule 4): an extra GPU node is owed only if it
+            // would hold GPU work. Whatever else it would hold is CPU work that waits for CPU
+            // nodes, even while GPU work stays unplaced for other reasons (say, first fit puts
+            // CPU work onto the GPU node first and fills its CPUs).
+            if ty.resources.gpu() > 0.0 && f.gpu_work_placed(&more) <= gpu_work_placed {
+                continue;
+            }
+            // At most as many: first fit is not monotone, so one more node early in the
+            // packing's order can make later nodes hold less, and then fewer are placed.
+            let with_more = f.demands_placed(&more);
+            prop_assert!(
+                with_more <= placed,
+                "one more {} would place more: {} > {}: {:?}", t, with_more, placed, p
+            );
             if one_shape {
                 prop_assert!(!ty.resources.fits(&p.unfulfilled[0].shape), "{} has room: {:?}", t, p);
             }
