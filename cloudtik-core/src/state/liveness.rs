@@ -56,7 +56,7 @@ pub fn classify_nodes(
 }
 
 /// Reads every heartbeat with one batched read ([`StateStore::all_heartbeats`]: one
-/// `HGETALL` per shard) and classifies the nodes with [`classify_nodes`].
+/// `HVALS` per shard) and classifies the nodes with [`classify_nodes`].
 pub async fn read_node_liveness(store: &dyn StateStore, now: f64, timeout: Duration) -> Result<NodeLiveness> {
     Ok(classify_nodes(store.all_heartbeats().await?, now, timeout))
 }

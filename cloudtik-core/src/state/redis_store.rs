@@ -20,6 +20,7 @@ use super::model::{
     ClusterEvent, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ResourceDemands, ResourceRequest,
     StandingRequests, check_key,
 };
+use super::row::{decode_heartbeat, encode_heartbeat, heartbeat_node_id};
 use super::{DEFAULT_EVENT_CAPACITY, StateStore, shard_index};
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::NodeId;
@@ -487,6 +488,21 @@ fn decode_hash<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Decodes a heartbeat row: the compact format, or JSON as written by earlier builds.
+fn heartbeat_row(op: &'static str, bytes: &[u8]) -> Result<NodeHeartbeat> {
+    match bytes.first() {
+        Some(b'{') => decode(op, HEARTBEATS, "", bytes),
+        _ => decode_heartbeat(bytes).map_err(|what| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("a stored heartbeat row is not valid: {what}"),
+            )
+            .with_operation(op)
+            .with_context("key", HEARTBEATS)
+        }),
+    }
+}
+
 fn encode<T: Serialize>(op: &'static str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| {
         Error::new(ErrorKind::InvalidConfig, "cannot encode the value as JSON")
@@ -525,8 +541,14 @@ impl StateStore for RedisStore {
     async fn put_heartbeat(&self, heartbeat: &NodeHeartbeat) -> Result<()> {
         check_key("put_heartbeat", "node id", &heartbeat.node_id)?;
         let op = "put_heartbeat";
-        self.put_row(op, HEARTBEATS, &heartbeat.node_id, encode(op, heartbeat)?)
-            .await
+        let row = encode_heartbeat(heartbeat).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cannot encode the heartbeat row: {e}"),
+            )
+            .with_operation(op)
+        })?;
+        self.put_row(op, HEARTBEATS, &heartbeat.node_id, row).await
     }
 
     async fn heartbeats(&self, ids: &[NodeId]) -> Result<BTreeMap<NodeId, NodeHeartbeat>> {
@@ -542,14 +564,57 @@ impl StateStore for RedisStore {
         let mut out = BTreeMap::new();
         for (id, bytes) in parts.into_iter().flatten() {
             if let Some(bytes) = bytes {
-                out.insert(id.to_string(), decode(op, HEARTBEATS, id, &bytes)?);
+                out.insert(id.to_string(), heartbeat_row(op, &bytes)?);
             }
         }
         Ok(out)
     }
 
     async fn all_heartbeats(&self) -> Result<BTreeMap<NodeId, NodeHeartbeat>> {
-        self.all_rows("all_heartbeats", HEARTBEATS).await
+        // The rows carry their node ids, so one `HVALS` per shard reads them all: half
+        // the bulk strings of an `HGETALL`. The rows are sorted by node id before they
+        // are decoded (the id sits at a fixed offset), so the map is built from sorted
+        // input without moving decoded rows around, and each row is decoded straight
+        // from the reply's buffer.
+        let op = "all_heartbeats";
+        let replies = try_join_all(self.data.iter().map(|shard| async move {
+            let mut cmd = redis::cmd("HVALS");
+            cmd.arg(HEARTBEATS);
+            query::<redis::Value>(shard, op, &cmd).await
+        }))
+        .await?;
+        let bad = |what: &str| {
+            Error::new(ErrorKind::Unexpected, format!("unexpected HVALS reply: {what}"))
+                .with_operation(op)
+                .with_context("key", HEARTBEATS)
+        };
+        let mut compact: Vec<&[u8]> = Vec::new();
+        let mut json: Vec<NodeHeartbeat> = Vec::new();
+        for reply in &replies {
+            let redis::Value::Array(values) = reply else {
+                return Err(bad("not an array"));
+            };
+            compact.reserve(values.len());
+            for value in values {
+                let redis::Value::BulkString(bytes) = value else {
+                    return Err(bad("a value is not a string"));
+                };
+                if bytes.first() == Some(&b'{') {
+                    json.push(heartbeat_row(op, bytes)?);
+                } else {
+                    compact.push(bytes);
+                }
+            }
+        }
+        compact.sort_unstable_by(|a, b| heartbeat_node_id(a).cmp(heartbeat_node_id(b)));
+        let mut out = compact
+            .into_iter()
+            .map(|bytes| heartbeat_row(op, bytes).map(|hb| (hb.node_id.clone(), hb)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        for hb in json {
+            out.insert(hb.node_id.clone(), hb);
+        }
+        Ok(out)
     }
 
     async fn put_node_metrics(&self, node_id: &str, metrics: &NodeMetrics) -> Result<()> {

@@ -141,6 +141,60 @@ async fn sharded_store_spreads_node_rows_and_batch_reads_return_all() {
 }
 
 #[tokio::test]
+async fn heartbeat_rows_are_compact_and_json_rows_of_earlier_builds_still_read() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let server = TestRedis::start(&generate_password()).await;
+        let store = RedisStore::connect(config(&server, &EncryptionKey::generate()))
+            .await
+            .unwrap();
+        let mut raw = server.raw().await;
+
+        // The stored row is the compact format, not JSON.
+        let new = suite::heartbeat(1, 100.0);
+        store.put_heartbeat(&new).await.unwrap();
+        let stored: Vec<u8> = raw.hget(HEARTBEATS, &new.node_id).await.unwrap();
+        assert_eq!(stored[0], 0xC1);
+        assert!(stored.len() < 100, "{} bytes", stored.len());
+
+        // A JSON row, as earlier builds wrote it, is read by both batch reads.
+        let old = suite::heartbeat(2, 90.0);
+        let _: () = raw
+            .hset(HEARTBEATS, &old.node_id, serde_json::to_vec(&old).unwrap())
+            .await
+            .unwrap();
+        let all = store.all_heartbeats().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[&new.node_id], new);
+        assert_eq!(all[&old.node_id], old);
+        let some = store
+            .heartbeats(&[old.node_id.clone(), new.node_id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(some, all);
+
+        // A damaged row fails the reads as Unexpected; it does not vanish silently.
+        let mut cut = stored.clone();
+        cut.truncate(stored.len() - 1);
+        let _: () = raw.hset(HEARTBEATS, "i-damaged", cut).await.unwrap();
+        let e = store.all_heartbeats().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unexpected);
+        assert!(e.to_string().contains("cut short"), "{e}");
+        let e = store.heartbeat("i-damaged").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unexpected);
+
+        // A string the row cannot hold is refused before anything is written.
+        let mut huge = suite::heartbeat(3, 100.0);
+        huge.node_type = "t".repeat(70_000);
+        let e = store.put_heartbeat(&huge).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("node_type"), "{e}");
+        assert_eq!(store.heartbeat(&huge.node_id).await.unwrap(), None);
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test]
 async fn runtime_config_and_secrets_are_encrypted_at_rest_and_need_the_key() {
     tokio::time::timeout(TEST_LIMIT, async {
         let server = TestRedis::start(&generate_password()).await;

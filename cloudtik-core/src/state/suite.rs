@@ -127,6 +127,44 @@ pub(crate) async fn heartbeats(store: &dyn StateStore) {
     assert!(store.all_heartbeats().await.unwrap().is_empty());
 }
 
+/// Every field of a heartbeat row comes back exactly as written, in the batch reads of
+/// all and of some: no sequence id, each node kind, no resources, fractional and huge
+/// amounts, non-ASCII names, an IPv6 address.
+pub(crate) async fn heartbeat_rows_keep_every_field(store: &dyn StateStore) {
+    let mut rows = Vec::new();
+    for (i, kind) in [NodeKind::Head, NodeKind::Worker, NodeKind::Unmanaged]
+        .into_iter()
+        .enumerate()
+    {
+        let mut hb = heartbeat(i, 1_764_000_000.123_456_7 + i as f64);
+        hb.node_kind = kind;
+        rows.push(hb);
+    }
+    rows[0].seq_id = None;
+    rows[1].total_resources = Resources::new();
+    rows[1].available_resources = Resources::new();
+    rows[2].node_id = "projects/p/zones/z/instances/ñode-2".into();
+    rows[2].node_ip = "fd00::2".into();
+    rows[2].node_type = "wörker.gpu".into();
+    rows[2].seq_id = Some(u32::MAX);
+    rows[2].total_resources = Resources::from_pairs([
+        ("CPU", 0.25),
+        ("GPU", 8.0),
+        ("memory", 1.5e15),
+        ("accelerator_type:A100", 1.0),
+        ("node:10.0.0.3", 1e-3),
+    ]);
+    for hb in &rows {
+        store.put_heartbeat(hb).await.unwrap();
+    }
+    let ids: Vec<NodeId> = rows.iter().map(|hb| hb.node_id.clone()).collect();
+    let want: BTreeMap<NodeId, NodeHeartbeat> = rows.into_iter().map(|hb| (hb.node_id.clone(), hb)).collect();
+    assert_eq!(store.all_heartbeats().await.unwrap(), want);
+    assert_eq!(store.heartbeats(&ids).await.unwrap(), want);
+    store.remove_nodes(&ids).await.unwrap();
+    assert!(store.all_heartbeats().await.unwrap().is_empty());
+}
+
 /// Metrics and process health rows, read together with heartbeats; removal of a node
 /// removes its rows from every node table.
 pub(crate) async fn node_metrics_and_processes(store: &dyn StateStore) {
@@ -364,6 +402,7 @@ pub(crate) async fn events(store: &dyn StateStore) {
 pub(crate) async fn run_all(store: &dyn StateStore) {
     store.ping().await.unwrap();
     heartbeats(store).await;
+    heartbeat_rows_keep_every_field(store).await;
     node_metrics_and_processes(store).await;
     resource_demands(store).await;
     resource_requests(store).await;
