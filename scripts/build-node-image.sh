@@ -30,7 +30,7 @@
 set -euo pipefail
 
 SUITE=bookworm
-PACKAGES=openssh-server,redis-server,rsync,procps,iproute2,sudo,python3,ca-certificates
+PACKAGES=openssh-server,redis-server,rsync,procps,iproute2,sudo,python3,ca-certificates,tmux,screen
 IMAGE_REPO=${IMAGE_REPO:-cloudtik-node}
 
 self="${BASH_SOURCE[0]}"
