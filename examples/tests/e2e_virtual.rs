@@ -310,6 +310,37 @@ fn a_cluster_starts_scales_heals_shrinks_and_leaves_nothing() {
     let (code, _, _) = env.run(&["exec", f, "exit 7"]);
     assert_eq!(code, 7);
 
+    // Detached in tmux and screen sessions.
+    env.run_ok(&["exec", f, "echo t > /tmp/tmux-ran", "--tmux"]);
+    env.run_ok(&["exec", f, "echo s > /tmp/screen-ran", "--screen"]);
+    wait_until(
+        "the tmux and screen commands ran",
+        Duration::from_secs(20),
+        || {
+            let (code, out, _) = env.run(&["exec", f, "cat /tmp/tmux-ran /tmp/screen-ran"]);
+            (code == 0 && out == "t\ns\n")
+                .then_some(())
+                .map_or_else(|| Some(out), |_| None)
+        },
+    );
+    // attach: a shell on the head (fed from a pipe here).
+    let mut attach = env
+        .cloudtik()
+        .args(["attach", f])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = attach.stdin.take().unwrap();
+        stdin.write_all(b"echo attached-$(hostname)\nexit\n").unwrap();
+    }
+    let out = attach.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("attached-{}", first_head[0])), "{text}");
+
     // head-ip, worker-ips, info.
     let head_ip = env.run_ok(&["head-ip", f]).trim().to_string();
     assert_eq!(Some(head_ip.as_str()), heads[0]["internal_ip"].as_str());
