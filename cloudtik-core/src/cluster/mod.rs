@@ -585,6 +585,155 @@ impl ManagedCluster {
         Ok(())
     }
 
+    async fn start_head(&self, options: &StartOptions) -> Result<()> {
+        let head_type = self
+            .config
+            .available_node_types
+            .get(&self.config.head_node_type)
+            .ok_or_else(|| Error::config("head_node_type", "names no entry of available_node_types"))?;
+        let node_config = Value::Object(head_type.node_config.clone());
+        let hash = launch_hash(&node_config, &self.config.auth)?;
+        self.progress("looking for the head node");
+        let heads = self.provider.list_nodes_of_kind(NodeKind::Head).await?;
+        let mut head = None;
+        for h in heads {
+            if head.is_none() && h.tag(tags::LAUNCH_CONFIG) == Some(hash.as_str()) {
+                head = Some(h);
+            } else {
+                self.progress(format!(
+                    "terminating the head {} (its launch config changed or it is a duplicate)",
+                    h.id
+                ));
+                self.provider.terminate_node(&h.id).await?;
+            }
+        }
+        let unfinished = self.settings.dir.head_launch_token();
+        let head = match head {
+            // A launch of ours that was interrupted (the node may be created but not
+            // started): make the same launch again, which finishes it.
+            Some(h) if unfinished.is_some() && h.tag(tags::LAUNCH_TOKEN) == unfinished.as_deref() => {
+                self.progress(format!(
+                    "finishing the interrupted launch of the head node {}",
+                    h.id
+                ));
+                self.launch_head(node_config, &hash).await?
+            }
+            Some(h) => {
+                self.progress(format!("found the head node {}", h.id));
+                h
+            }
+            None => self.launch_head(node_config, &hash).await?,
+        };
+        let head = self.wait_for_ip(head).await?;
+        self.runners.lock().await.remove(&head.id);
+        self.update_head(&head, options).await?;
+        if !options.no_restart {
+            self.wait_for_head_services(&head).await?;
+        }
+        self.settings.dir.clear_head_launch();
+        self.progress(format!(
+            "the head {} is up at {}",
+            head.id,
+            head.internal_ip.as_deref().unwrap_or("?")
+        ));
+        Ok(())
+    }
+
+    async fn stop_nodes(&self, options: &StopOptions) -> Result<()> {
+        let nodes = self.nodes().await?;
+        let head = nodes.iter().find(|n| n.kind() == Some(NodeKind::Head)).cloned();
+        if !options.workers_only
+            && let Some(h) = &head
+        {
+            // The controller first, so it replaces no worker we terminate.
+            self.progress("stopping the head's services");
+            if let Ok(r) = self.runner_for(h, Some(h)).await {
+                let spec = CommandSpec::new(self.layout().stop_service_command("head"))
+                    .timeout(Some(Duration::from_secs(40)));
+                if let Err(e) = r.run(&spec).await {
+                    tracing::warn!(error = %e, "stopping the head's services failed; terminating anyway");
+                }
+            }
+        }
+        let mut workers: Vec<NodeInfo> = nodes
+            .iter()
+            .filter(|n| n.kind() != Some(NodeKind::Head))
+            .cloned()
+            .collect();
+        if options.keep_min_workers {
+            let mut kept: BTreeMap<String, u32> = BTreeMap::new();
+            workers.sort_by_key(|n| n.status() != Some(NodeStatus::UpToDate));
+            workers.retain(|n| {
+                let t = n.node_type().unwrap_or_default().to_string();
+                let min = self.config.min_workers_of(&t);
+                let k = kept.entry(t).or_insert(0);
+                if *k < min {
+                    *k += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let mut doomed = workers.clone();
+        if !options.workers_only {
+            doomed.extend(head.clone());
+        }
+        if !options.hard {
+            let mut runs = tokio::task::JoinSet::new();
+            for n in &doomed {
+                let kind = n.kind().unwrap_or(NodeKind::Worker);
+                let commands =
+                    self.config
+                        .commands(CommandPhase::Stop, kind, n.node_type().unwrap_or_default());
+                if commands.is_empty() {
+                    continue;
+                }
+                let Ok(runner) = self.runner_for(n, head.as_ref()).await else {
+                    continue;
+                };
+                let id = n.id.clone();
+                runs.spawn(async move {
+                    for c in commands {
+                        let spec = CommandSpec::new(c).timeout(Some(Duration::from_secs(60)));
+                        if let Err(e) = runner.run(&spec).await {
+                            tracing::warn!(node = %id, error = %e, "a stop command failed");
+                        }
+                    }
+                });
+            }
+            while runs.join_next().await.is_some() {}
+        }
+        self.runners.lock().await.clear();
+        *self.store.lock().await = None;
+        let ids: Vec<String> = doomed.iter().map(|n| n.id.clone()).collect();
+        if !ids.is_empty() {
+            self.progress(format!("terminating {} node(s)", ids.len()));
+            self.provider.terminate_nodes(&ids).await?;
+        }
+        // Check by listing that none is left.
+        let left: Vec<String> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| ids.contains(&n.id))
+            .map(|n| n.id)
+            .collect();
+        if !left.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                format!(
+                    "nodes still listed after terminate: {}; run stop again",
+                    left.join(", ")
+                ),
+            ));
+        }
+        if !options.workers_only {
+            self.settings.dir.clear_head_launch();
+        }
+        Ok(())
+    }
+
     /// Waits until the head's state store answers and the head's agent heartbeats.
     async fn wait_for_head_services(&self, head: &NodeInfo) -> Result<()> {
         self.progress("waiting for the head's services");
@@ -720,154 +869,12 @@ impl Cluster for ManagedCluster {
 
     async fn start(&self, options: &StartOptions) -> Result<()> {
         let span = tracing::info_span!("cluster_start", cluster = %self.config.cluster_name);
-        let _enter = span.enter();
-        drop(_enter);
-        let head_type = self
-            .config
-            .available_node_types
-            .get(&self.config.head_node_type)
-            .ok_or_else(|| Error::config("head_node_type", "names no entry of available_node_types"))?;
-        let node_config = Value::Object(head_type.node_config.clone());
-        let hash = launch_hash(&node_config, &self.config.auth)?;
-        self.progress("looking for the head node");
-        let heads = self.provider.list_nodes_of_kind(NodeKind::Head).await?;
-        let mut head = None;
-        for h in heads {
-            if head.is_none() && h.tag(tags::LAUNCH_CONFIG) == Some(hash.as_str()) {
-                head = Some(h);
-            } else {
-                self.progress(format!(
-                    "terminating the head {} (its launch config changed or it is a duplicate)",
-                    h.id
-                ));
-                self.provider.terminate_node(&h.id).await?;
-            }
-        }
-        let unfinished = self.settings.dir.head_launch_token();
-        let head = match head {
-            // A launch of ours that was interrupted (the node may be created but not
-            // started): make the same launch again, which finishes it.
-            Some(h) if unfinished.is_some() && h.tag(tags::LAUNCH_TOKEN) == unfinished.as_deref() => {
-                self.progress(format!(
-                    "finishing the interrupted launch of the head node {}",
-                    h.id
-                ));
-                self.launch_head(node_config, &hash).await?
-            }
-            Some(h) => {
-                self.progress(format!("found the head node {}", h.id));
-                h
-            }
-            None => self.launch_head(node_config, &hash).await?,
-        };
-        let head = self.wait_for_ip(head).await?;
-        self.runners.lock().await.remove(&head.id);
-        self.update_head(&head, options).await?;
-        if !options.no_restart {
-            self.wait_for_head_services(&head).await?;
-        }
-        self.settings.dir.clear_head_launch();
-        self.progress(format!(
-            "the head {} is up at {}",
-            head.id,
-            head.internal_ip.as_deref().unwrap_or("?")
-        ));
-        Ok(())
+        tracing::Instrument::instrument(self.start_head(options), span).await
     }
 
     async fn stop(&self, options: &StopOptions) -> Result<()> {
-        let nodes = self.nodes().await?;
-        let head = nodes.iter().find(|n| n.kind() == Some(NodeKind::Head)).cloned();
-        if !options.workers_only
-            && let Some(h) = &head
-        {
-            // The controller first, so it replaces no worker we terminate.
-            self.progress("stopping the head's services");
-            if let Ok(r) = self.runner_for(h, Some(h)).await {
-                let spec = CommandSpec::new(self.layout().stop_service_command("head"))
-                    .timeout(Some(Duration::from_secs(40)));
-                if let Err(e) = r.run(&spec).await {
-                    tracing::warn!(error = %e, "stopping the head's services failed; terminating anyway");
-                }
-            }
-        }
-        let mut workers: Vec<NodeInfo> = nodes
-            .iter()
-            .filter(|n| n.kind() != Some(NodeKind::Head))
-            .cloned()
-            .collect();
-        if options.keep_min_workers {
-            let mut kept: BTreeMap<String, u32> = BTreeMap::new();
-            workers.sort_by_key(|n| n.status() != Some(NodeStatus::UpToDate));
-            workers.retain(|n| {
-                let t = n.node_type().unwrap_or_default().to_string();
-                let min = self.config.min_workers_of(&t);
-                let k = kept.entry(t).or_insert(0);
-                if *k < min {
-                    *k += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        let mut doomed = workers.clone();
-        if !options.workers_only {
-            doomed.extend(head.clone());
-        }
-        if !options.hard {
-            let mut runs = tokio::task::JoinSet::new();
-            for n in &doomed {
-                let kind = n.kind().unwrap_or(NodeKind::Worker);
-                let commands =
-                    self.config
-                        .commands(CommandPhase::Stop, kind, n.node_type().unwrap_or_default());
-                if commands.is_empty() {
-                    continue;
-                }
-                let Ok(runner) = self.runner_for(n, head.as_ref()).await else {
-                    continue;
-                };
-                let id = n.id.clone();
-                runs.spawn(async move {
-                    for c in commands {
-                        let spec = CommandSpec::new(c).timeout(Some(Duration::from_secs(60)));
-                        if let Err(e) = runner.run(&spec).await {
-                            tracing::warn!(node = %id, error = %e, "a stop command failed");
-                        }
-                    }
-                });
-            }
-            while runs.join_next().await.is_some() {}
-        }
-        self.runners.lock().await.clear();
-        *self.store.lock().await = None;
-        let ids: Vec<String> = doomed.iter().map(|n| n.id.clone()).collect();
-        if !ids.is_empty() {
-            self.progress(format!("terminating {} node(s)", ids.len()));
-            self.provider.terminate_nodes(&ids).await?;
-        }
-        // Check by listing that none is left.
-        let left: Vec<String> = self
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| ids.contains(&n.id))
-            .map(|n| n.id)
-            .collect();
-        if !left.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                format!(
-                    "nodes still listed after terminate: {}; run stop again",
-                    left.join(", ")
-                ),
-            ));
-        }
-        if !options.workers_only {
-            self.settings.dir.clear_head_launch();
-        }
-        Ok(())
+        let span = tracing::info_span!("cluster_stop", cluster = %self.config.cluster_name);
+        tracing::Instrument::instrument(self.stop_nodes(options), span).await
     }
 
     async fn status(&self) -> Result<ClusterStatus> {

@@ -2,7 +2,6 @@
 //! submit|scale|head-ip|worker-ips|kill-node|monitor|wait-for-ready FILE`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -811,10 +810,4 @@ fn shapes(list: &[Resources]) -> String {
         .map(|(s, n)| format!("{n} x {s}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Unused in some builds.
-#[allow(dead_code)]
-fn _assert_send(c: Arc<ManagedCluster>) -> Arc<dyn Cluster> {
-    c
 }
