@@ -290,6 +290,22 @@ fn sibling_node_binary() -> Result<PathBuf> {
     ))
 }
 
+/// `exec` of `cmd` on the head, its output streamed.
+fn exec_on_head(file: PathBuf, cmd: String, tmux: bool, screen: bool) -> ClusterCommand {
+    ClusterCommand::Exec {
+        file,
+        cmd,
+        target: TargetArgs {
+            node_ip: None,
+            all_nodes: false,
+        },
+        tmux,
+        screen,
+        timeout: None,
+        json: false,
+    }
+}
+
 fn node_target(node_ip: Option<String>) -> NodeTarget {
     node_ip.map_or(NodeTarget::Head, NodeTarget::Ip)
 }
@@ -651,19 +667,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                 cluster.layout().dir(),
                 args.join(" ")
             );
-            Box::pin(run(ClusterCommand::Exec {
-                file,
-                cmd,
-                target: TargetArgs {
-                    node_ip: None,
-                    all_nodes: false,
-                },
-                tmux,
-                screen,
-                timeout: None,
-                json: false,
-            }))
-            .await
+            Box::pin(run(exec_on_head(file, cmd, tmux, screen))).await
         }
         ClusterCommand::Scale {
             file,
@@ -747,19 +751,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             } else {
                 format!("tail -n {lines} -F {quoted}")
             };
-            Box::pin(run(ClusterCommand::Exec {
-                file,
-                cmd,
-                target: TargetArgs {
-                    node_ip: None,
-                    all_nodes: false,
-                },
-                tmux: false,
-                screen: false,
-                timeout: None,
-                json: false,
-            }))
-            .await
+            Box::pin(run(exec_on_head(file, cmd, false, false))).await
         }
         ClusterCommand::WaitForReady {
             file,
