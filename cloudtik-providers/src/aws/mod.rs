@@ -44,10 +44,17 @@
 mod errors;
 mod node_config;
 mod node_provider;
+mod workspace;
+
+use std::time::Duration;
+
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
 
 pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
 pub use node_config::{Ec2NodeConfig, SUPPORTED_KEYS};
 pub use node_provider::AwsNodeProvider;
+pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, WorkspaceVpc};
 
 /// The provider type name, as in `provider.type`.
 pub const PROVIDER_TYPE: &str = "aws";
@@ -107,4 +114,26 @@ impl AwsSettings {
         self.retry = retry;
         self
     }
+}
+
+/// An EC2 client from `builder` with the region and endpoint of `settings`, the SDK's
+/// retries switched off (the provider retries with `settings.retry`) and time-outs set
+/// (10 s to connect, 60 s per attempt).
+pub(crate) fn ec2_client(
+    builder: aws_sdk_ec2::config::Builder,
+    settings: &AwsSettings,
+) -> aws_sdk_ec2::Client {
+    let mut builder = builder
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &settings.endpoint_url {
+        builder = builder.endpoint_url(url.clone());
+    }
+    aws_sdk_ec2::Client::from_conf(builder.build())
 }

@@ -3,13 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
-use aws_sdk_ec2::config::retry::RetryConfig;
-use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, InstanceType, ResourceType, Tag,
@@ -23,7 +20,7 @@ use cloudtik_core::{
 
 use super::errors::classify_sdk_error;
 use super::node_config::Ec2NodeConfig;
-use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE};
+use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
 /// Tags that name the node's place; `set_node_tags` may not change them.
 const IDENTITY_TAGS: [&str; 2] = [tags::CLUSTER_NAME, tags::LAUNCH_TOKEN];
@@ -108,23 +105,12 @@ impl AwsNodeProvider {
         settings: AwsSettings,
     ) -> Result<Self> {
         check_cluster_name(cluster)?;
-        let mut builder = builder
-            .region(aws_config::Region::new(settings.region.clone()))
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(60))
-                    .build(),
-            );
-        if let Some(url) = &settings.endpoint_url {
-            builder = builder.endpoint_url(url.clone());
-        }
+        let client = ec2_client(builder, &settings);
         Ok(AwsNodeProvider {
             inner: Arc::new(Inner {
                 cluster: cluster.to_string(),
                 settings,
-                client: Client::from_conf(builder.build()),
+                client,
             }),
         })
     }
