@@ -26,11 +26,13 @@ use serde_json::json;
 const WS_TAG: &str = tags::WORKSPACE_NAME;
 
 fn options() -> AwsWorkspaceOptions {
-    AwsWorkspaceOptions::default().with_timeouts(
-        Duration::from_secs(20),
-        Duration::from_secs(2),
-        Duration::from_millis(20),
-    )
+    AwsWorkspaceOptions::default()
+        .with_timeouts(
+            Duration::from_secs(20),
+            Duration::from_secs(2),
+            Duration::from_millis(20),
+        )
+        .with_iam_propagation_wait(Duration::ZERO)
 }
 
 async fn workspace(moto: &Moto, name: &str, options: AwsWorkspaceOptions) -> AwsWorkspaceProvider {
@@ -172,6 +174,29 @@ async fn inventory(ec2: &Client, ws: &str) -> BTreeMap<&'static str, Vec<String>
             .collect(),
     );
     all
+}
+
+/// The workspace's IAM roles and instance profiles that exist, by name.
+async fn iam_inventory(moto: &Moto, ws: &str) -> BTreeSet<String> {
+    let iam = aws_sdk_iam::Client::new(&sdk_config(&moto.url).await);
+    let mut found = BTreeSet::new();
+    for kind in ["head", "worker"] {
+        let role = format!("cloudtik-{ws}-{kind}-role");
+        if iam.get_role().role_name(&role).send().await.is_ok() {
+            found.insert(role);
+        }
+        let profile = format!("cloudtik-{ws}-{kind}-profile");
+        if iam
+            .get_instance_profile()
+            .instance_profile_name(&profile)
+            .send()
+            .await
+            .is_ok()
+        {
+            found.insert(profile);
+        }
+    }
+    found
 }
 
 fn counts(inventory: &BTreeMap<&'static str, Vec<String>>) -> BTreeMap<&'static str, usize> {
@@ -360,6 +385,47 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
         ])
     );
 
+    // The roles, in their instance profiles, with CloudTik's policies.
+    assert_eq!(iam_inventory(&moto, ws).await.len(), 4);
+    let iam = aws_sdk_iam::Client::new(&sdk_config(&moto.url).await);
+    let profile = iam
+        .get_instance_profile()
+        .instance_profile_name("cloudtik-lifecycle-head-profile")
+        .send()
+        .await
+        .unwrap();
+    let roles: Vec<&str> = profile
+        .instance_profile()
+        .unwrap()
+        .roles()
+        .iter()
+        .map(|r| r.role_name())
+        .collect();
+    assert_eq!(roles, vec!["cloudtik-lifecycle-head-role"]);
+    assert_eq!(
+        info["head_instance_profile_arn"].as_str(),
+        Some(profile.instance_profile().unwrap().arn())
+    );
+    let attached = iam
+        .list_attached_role_policies()
+        .role_name("cloudtik-lifecycle-worker-role")
+        .send()
+        .await
+        .unwrap();
+    let policies: BTreeSet<&str> = attached
+        .attached_policies()
+        .iter()
+        .filter_map(|p| p.policy_name())
+        .collect();
+    assert_eq!(
+        policies,
+        BTreeSet::from([
+            "AmazonEC2ReadOnlyAccess",
+            "AmazonS3FullAccess",
+            "ElasticLoadBalancingFullAccess"
+        ])
+    );
+
     // Create again: nothing new.
     p.create_workspace().await.unwrap();
     assert_eq!(inventory(&ec2, ws).await, created);
@@ -435,6 +501,10 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
     );
     let eips = ec2.describe_addresses().send().await.unwrap();
     assert!(eips.addresses().is_empty(), "an elastic IP is still allocated");
+    assert!(
+        iam_inventory(&moto, ws).await.is_empty(),
+        "IAM roles or profiles left behind"
+    );
     // Deleting again succeeds.
     p.delete_workspace(DeleteWorkspaceOptions::default())
         .await
@@ -491,7 +561,9 @@ async fn an_interrupted_create_is_incomplete_and_a_rerun_completes_it() {
         dead_url: format!("http://127.0.0.1:{}/", free_port()),
     };
     let builder = aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(fault.clone());
-    let p = AwsWorkspaceProvider::from_ec2_config(ws, builder, settings(&moto.url), options()).unwrap();
+    let iam = aws_sdk_iam::config::Builder::from(&sdk_config(&moto.url).await);
+    let p =
+        AwsWorkspaceProvider::from_client_configs(ws, builder, iam, settings(&moto.url), options()).unwrap();
 
     let e = p.create_workspace().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
@@ -511,6 +583,8 @@ async fn an_interrupted_create_is_incomplete_and_a_rerun_completes_it() {
                 "private-route-table".into(),
                 "s3-endpoint".into(),
                 "security-group".into(),
+                "head-role".into(),
+                "worker-role".into(),
             ]
         }
     );
@@ -568,7 +642,9 @@ async fn an_interrupted_create_is_incomplete_and_a_rerun_completes_it() {
         dead_url: fault.dead_url.clone(),
     };
     let builder = aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(stop.clone());
-    let q = AwsWorkspaceProvider::from_ec2_config(ws, builder, settings(&moto.url), options()).unwrap();
+    let iam = aws_sdk_iam::config::Builder::from(&sdk_config(&moto.url).await);
+    let q =
+        AwsWorkspaceProvider::from_client_configs(ws, builder, iam, settings(&moto.url), options()).unwrap();
     let e = q
         .delete_workspace(DeleteWorkspaceOptions::default())
         .await
@@ -701,6 +777,7 @@ async fn a_working_vpc_is_used_and_kept() {
         WorkspaceExistence::NotExist
     );
     assert_empty(&inventory(&ec2, ws).await);
+    assert!(iam_inventory(&moto, ws).await.is_empty());
     let left = ec2.describe_vpcs().vpc_ids(&vpc_id).send().await.unwrap();
     let tags = left.vpcs()[0].tags();
     assert!(!has_ws_tag(tags, ws), "the working VPC keeps the workspace tag");

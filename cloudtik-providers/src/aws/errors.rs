@@ -136,7 +136,10 @@ pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
         | "IncorrectState"
         | "DependencyViolation"
         | "Resource.AlreadyAssociated"
-        | "InvalidPermission.Duplicate" => ErrorKind::Conflict,
+        | "InvalidPermission.Duplicate"
+        | "DeleteConflict" => ErrorKind::Conflict,
+        "NoSuchEntity" => ErrorKind::NotFound,
+        "EntityAlreadyExists" => ErrorKind::AlreadyExists,
         "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Transient,
         "MissingParameter" | "UnknownParameter" | "ValidationError" => ErrorKind::InvalidConfig,
         c if c.ends_with("LimitExceeded") || c.ends_with("QuotaExceeded") => ErrorKind::Quota,
@@ -155,6 +158,21 @@ pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
 /// transient, and a message naming the call, the code and EC2's message.
 pub fn classify_sdk_error<E>(
     err: SdkError<E, HttpResponse>,
+    operation: &'static str,
+    call: &'static str,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    classify_service_error(err, "EC2", operation, call)
+}
+
+/// Like [`classify_sdk_error`] for a call of another AWS service (`IAM`), named so in
+/// the message. The SDK crates share their error types, and the codes in
+/// [`classify_code`] cover IAM's too.
+pub(crate) fn classify_service_error<E>(
+    err: SdkError<E, HttpResponse>,
+    service: &'static str,
     operation: &'static str,
     call: &'static str,
 ) -> Error
@@ -191,7 +209,7 @@ where
         _ => (ErrorKind::Unexpected, "an unknown SDK failure".to_string()),
     };
     let error_source = aws_sdk_ec2::error::DisplayErrorContext(err).to_string();
-    let mut error = Error::new(kind, format!("EC2 {call} failed: {detail}"))
+    let mut error = Error::new(kind, format!("{service} {call} failed: {detail}"))
         .with_operation(operation)
         .with_context("call", call);
     if let Some(code) = ec2_code {

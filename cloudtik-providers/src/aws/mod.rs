@@ -137,3 +137,24 @@ pub(crate) fn ec2_client(
     }
     aws_sdk_ec2::Client::from_conf(builder.build())
 }
+
+/// An IAM client from `builder`, set up as [`ec2_client`] does (IAM is global; the
+/// region only picks the partition's endpoint).
+pub(crate) fn iam_client(
+    builder: aws_sdk_iam::config::Builder,
+    settings: &AwsSettings,
+) -> aws_sdk_iam::Client {
+    let mut builder = builder
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(aws_sdk_iam::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_iam::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &settings.endpoint_url {
+        builder = builder.endpoint_url(url.clone());
+    }
+    aws_sdk_iam::Client::from_conf(builder.build())
+}

@@ -21,8 +21,8 @@ use cloudtik_core::{
 };
 use serde_json::json;
 
-use super::errors::{classify_sdk_error, ec2_code, is_rate_limited};
-use super::{AwsSettings, PROVIDER_TYPE, ec2_client};
+use super::errors::{classify_sdk_error, classify_service_error, ec2_code, is_rate_limited};
+use super::{AwsSettings, PROVIDER_TYPE, ec2_client, iam_client};
 
 /// The tag every resource of a workspace carries: `cloudtik-workspace-name=<workspace>`.
 const WORKSPACE_TAG: &str = tags::WORKSPACE_NAME;
@@ -39,6 +39,21 @@ const MAX_NAME_LEN: usize = 31;
 const ANYWHERE: &str = "0.0.0.0/0";
 /// Size of every subnet the workspace creates.
 const SUBNET_PREFIX: u8 = 24;
+/// Who may assume the workspace's roles.
+const EC2_TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+/// The managed policies of the head role (as CloudTik's).
+const HEAD_POLICIES: [&str; 4] = [
+    "arn:aws:iam::aws:policy/AmazonEC2FullAccess",
+    "arn:aws:iam::aws:policy/AmazonS3FullAccess",
+    "arn:aws:iam::aws:policy/IAMFullAccess",
+    "arn:aws:iam::aws:policy/ElasticLoadBalancingFullAccess",
+];
+/// The managed policies of the worker role.
+const WORKER_POLICIES: [&str; 3] = [
+    "arn:aws:iam::aws:policy/AmazonEC2ReadOnlyAccess",
+    "arn:aws:iam::aws:policy/AmazonS3FullAccess",
+    "arn:aws:iam::aws:policy/ElasticLoadBalancingFullAccess",
+];
 /// States of instances that keep a workspace in use.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
@@ -81,6 +96,9 @@ pub struct AwsWorkspaceOptions {
     pub dependency_timeout: Duration,
     /// The pause between two polls of a NAT gateway or a refused deletion (default 5 s).
     pub poll_interval: Duration,
+    /// How long create waits after creating an instance profile, before EC2 accepts it
+    /// in a launch (IAM is eventually consistent; default 15 s as CloudTik).
+    pub iam_propagation_wait: Duration,
 }
 
 impl Default for AwsWorkspaceOptions {
@@ -96,6 +114,7 @@ impl Default for AwsWorkspaceOptions {
             nat_timeout: Duration::from_secs(600),
             dependency_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(5),
+            iam_propagation_wait: Duration::from_secs(15),
         }
     }
 }
@@ -149,6 +168,13 @@ impl AwsWorkspaceOptions {
         self
     }
 
+    /// Sets the wait after an instance profile was created.
+    #[must_use]
+    pub fn with_iam_propagation_wait(mut self, wait: Duration) -> Self {
+        self.iam_propagation_wait = wait;
+        self
+    }
+
     /// Sets the NAT gateway time-out, the dependency time-out and the poll interval.
     #[must_use]
     pub fn with_timeouts(mut self, nat: Duration, dependency: Duration, poll: Duration) -> Self {
@@ -172,10 +198,12 @@ enum Piece {
     PrivateRouteTable,
     S3Endpoint,
     SecurityGroup,
+    HeadRole,
+    WorkerRole,
 }
 
 impl Piece {
-    const ALL: [Piece; 10] = [
+    const ALL: [Piece; 12] = [
         Piece::Vpc,
         Piece::PublicSubnets,
         Piece::PrivateSubnets,
@@ -186,6 +214,8 @@ impl Piece {
         Piece::PrivateRouteTable,
         Piece::S3Endpoint,
         Piece::SecurityGroup,
+        Piece::HeadRole,
+        Piece::WorkerRole,
     ];
 
     fn as_str(self) -> &'static str {
@@ -200,6 +230,8 @@ impl Piece {
             Piece::PrivateRouteTable => "private-route-table",
             Piece::S3Endpoint => "s3-endpoint",
             Piece::SecurityGroup => "security-group",
+            Piece::HeadRole => "head-role",
+            Piece::WorkerRole => "worker-role",
         }
     }
 }
@@ -219,6 +251,55 @@ struct Found {
     /// Endpoints that are not being deleted.
     endpoints: Vec<VpcEndpoint>,
     security_groups: Vec<SecurityGroup>,
+    head: IamFound,
+    worker: IamFound,
+}
+
+/// A role of the workspace and its instance profile, as found in IAM.
+#[derive(Debug, Default)]
+struct IamFound {
+    role_arn: Option<String>,
+    /// The managed policies attached to the role.
+    policies: BTreeSet<String>,
+    profile_arn: Option<String>,
+    /// The roles in the instance profile.
+    profile_roles: Vec<String>,
+}
+
+impl IamFound {
+    fn exists(&self) -> bool {
+        self.role_arn.is_some() || self.profile_arn.is_some()
+    }
+}
+
+/// Which of the two roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoleKind {
+    Head,
+    Worker,
+}
+
+impl RoleKind {
+    fn piece(self) -> Piece {
+        match self {
+            RoleKind::Head => Piece::HeadRole,
+            RoleKind::Worker => Piece::WorkerRole,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RoleKind::Head => "head",
+            RoleKind::Worker => "worker",
+        }
+    }
+
+    fn policies(self) -> &'static [&'static str] {
+        match self {
+            RoleKind::Head => &HEAD_POLICIES,
+            RoleKind::Worker => &WORKER_POLICIES,
+        }
+    }
 }
 
 /// A workspace's network on EC2, found and created by deterministic names and the tag
@@ -247,6 +328,11 @@ struct Found {
 /// 8. **S3 gateway endpoint** `cloudtik-<ws>-vpc-endpoint-s3` on both route tables.
 /// 9. **Security group** `cloudtik-<ws>`: all traffic from the group itself, SSH (tcp/22)
 ///    from the VPC's range and from `allowed_ssh_sources`; other ingress rules are revoked.
+/// 10. **IAM roles** `cloudtik-<ws>-head-role` (EC2, S3, IAM and ELB full access) and
+///     `cloudtik-<ws>-worker-role` (EC2 read-only, S3 and ELB full access), trusted by
+///     EC2, each in its instance profile `cloudtik-<ws>-{head,worker}-profile`. IAM is
+///     global: a workspace name is unique per account, not per region. After creating a
+///     profile, create waits [`AwsWorkspaceOptions::iam_propagation_wait`].
 ///
 /// A failed step returns the error with the context `step` (the piece, as named by
 /// [`workspace_existence`](WorkspaceProvider::workspace_existence)) and `resource` (its
@@ -265,7 +351,8 @@ struct Found {
 ///
 /// Refused with [`ErrorKind::Conflict`] while instances (pending, running, stopping or
 /// stopped) are in the workspace's VPC (a working VPC: in its subnets) or carry the
-/// workspace tag. Otherwise in reverse: security group, S3 endpoint, private route
+/// workspace tag. Otherwise in reverse: instance profiles and roles (policies detached
+/// first), security group, S3 endpoint, private route
 /// table, NAT gateway (waiting until deleted), elastic IP, public route table, internet
 /// gateway (detach, delete), subnets, VPC (a working VPC only loses its tags). Missing
 /// pieces are skipped, so delete can run again after a failure, and deleting a
@@ -273,18 +360,18 @@ struct Found {
 ///
 /// # Not built
 ///
-/// The head and worker IAM roles and instance profiles, the managed S3 bucket
-/// (`managed_cloud_storage`), VPC peering (`use_internal_ips` without a working VPC),
-/// extra `security_group.IpPermissions` and managed databases are not created:
-/// [`from_workspace_config`](Self::from_workspace_config) refuses
-/// `managed_cloud_storage: true`, and clusters in the workspace must be given an
-/// instance profile by hand (`node_config.IamInstanceProfile`).
+/// The managed S3 bucket (`managed_cloud_storage`), VPC peering (`use_internal_ips`
+/// without a working VPC), extra `security_group.IpPermissions` and managed databases
+/// are not created: [`from_workspace_config`](Self::from_workspace_config) refuses
+/// `managed_cloud_storage: true`. The managed policy ARNs are those of the `aws`
+/// partition (not China or GovCloud).
 #[derive(Debug, Clone)]
 pub struct AwsWorkspaceProvider {
     workspace: String,
     settings: AwsSettings,
     options: AwsWorkspaceOptions,
     client: Client,
+    iam: aws_sdk_iam::Client,
 }
 
 /// Adds the step and resource to an error.
@@ -314,7 +401,7 @@ impl AwsWorkspaceProvider {
         if aws.managed_cloud_storage == Some(true) {
             return Err(Error::config(
                 "provider.managed_cloud_storage",
-                "the AWS workspace does not create the managed S3 bucket (nor IAM roles) yet: set it to false",
+                "the AWS workspace does not create the managed S3 bucket yet: set it to false",
             )
             .with_operation("create_workspace"));
         }
@@ -333,20 +420,22 @@ impl AwsWorkspaceProvider {
         settings: AwsSettings,
         options: AwsWorkspaceOptions,
     ) -> Result<Self> {
-        Self::from_ec2_config(
+        Self::from_client_configs(
             workspace,
             aws_sdk_ec2::config::Builder::from(sdk_config),
+            aws_sdk_iam::config::Builder::from(sdk_config),
             settings,
             options,
         )
     }
 
-    /// A provider from an EC2 client config (e.g. with interceptors). The region and
-    /// endpoint of `settings` win over the config's; the SDK's retries are switched off in
-    /// favour of `settings.retry`.
-    pub fn from_ec2_config(
+    /// A provider from EC2 and IAM client configs (e.g. with interceptors). The region
+    /// and endpoint of `settings` win over the configs'; the SDK's retries are switched
+    /// off in favour of `settings.retry`.
+    pub fn from_client_configs(
         workspace: &str,
-        builder: aws_sdk_ec2::config::Builder,
+        ec2: aws_sdk_ec2::config::Builder,
+        iam: aws_sdk_iam::config::Builder,
         settings: AwsSettings,
         options: AwsWorkspaceOptions,
     ) -> Result<Self> {
@@ -374,12 +463,14 @@ impl AwsWorkspaceProvider {
                 }
             }
         }
-        let client = ec2_client(builder, &settings);
+        let client = ec2_client(ec2, &settings);
+        let iam = iam_client(iam, &settings);
         Ok(AwsWorkspaceProvider {
             workspace: workspace.to_string(),
             settings,
             options,
             client,
+            iam,
         })
     }
 
@@ -491,6 +582,284 @@ impl AwsWorkspaceProvider {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Runs an IAM call, retrying rate limits and transient failures (`create`: rate
+    /// limits only).
+    async fn iam_call<T, E, F, Fut>(
+        &self,
+        op: &'static str,
+        call: &'static str,
+        create: bool,
+        mut f: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let retried: fn(&Error) -> bool = if create {
+            is_rate_limited
+        } else {
+            |e| matches!(e.kind(), ErrorKind::RateLimited | ErrorKind::Transient)
+        };
+        self.settings
+            .retry
+            .run_when(
+                || {
+                    let fut = f();
+                    async move { fut.await.map_err(|e| classify_service_error(e, "IAM", op, call)) }
+                },
+                retried,
+            )
+            .await
+            .map_err(|e| e.with_context("workspace", &self.workspace))
+    }
+
+    fn role_name(&self, kind: RoleKind) -> String {
+        self.name(&format!("{}-role", kind.as_str()))
+    }
+
+    fn profile_name(&self, kind: RoleKind) -> String {
+        self.name(&format!("{}-profile", kind.as_str()))
+    }
+
+    /// A role and its instance profile as IAM has them.
+    async fn find_iam(&self, op: &'static str, kind: RoleKind) -> Result<IamFound> {
+        let role = self.role_name(kind);
+        let profile = self.profile_name(kind);
+        let mut found = IamFound::default();
+        match self
+            .iam_call(op, "GetRole", false, || {
+                self.iam.get_role().role_name(&role).send()
+            })
+            .await
+        {
+            Ok(out) => found.role_arn = out.role().map(|r| r.arn().to_string()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(at(kind.piece(), &role)(e)),
+        }
+        if found.role_arn.is_some() {
+            let mut marker: Option<String> = None;
+            loop {
+                let page = self
+                    .iam_call(op, "ListAttachedRolePolicies", false, || {
+                        self.iam
+                            .list_attached_role_policies()
+                            .role_name(&role)
+                            .set_marker(marker.clone())
+                            .send()
+                    })
+                    .await
+                    .map_err(at(kind.piece(), &role))?;
+                found.policies.extend(
+                    page.attached_policies()
+                        .iter()
+                        .filter_map(|p| p.policy_arn())
+                        .map(str::to_string),
+                );
+                match page.marker() {
+                    Some(m) if page.is_truncated() => marker = Some(m.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        match self
+            .iam_call(op, "GetInstanceProfile", false, || {
+                self.iam
+                    .get_instance_profile()
+                    .instance_profile_name(&profile)
+                    .send()
+            })
+            .await
+        {
+            Ok(out) => {
+                if let Some(p) = out.instance_profile() {
+                    found.profile_arn = Some(p.arn().to_string());
+                    found.profile_roles = p.roles().iter().map(|r| r.role_name().to_string()).collect();
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(at(kind.piece(), &profile)(e)),
+        }
+        Ok(found)
+    }
+
+    fn iam_complete(&self, kind: RoleKind, found: &IamFound) -> bool {
+        let role = self.role_name(kind);
+        found.role_arn.is_some()
+            && kind.policies().iter().all(|p| found.policies.contains(*p))
+            && found.profile_arn.is_some()
+            && found.profile_roles.contains(&role)
+    }
+
+    fn iam_tags(&self) -> Vec<aws_sdk_iam::types::Tag> {
+        aws_sdk_iam::types::Tag::builder()
+            .key(WORKSPACE_TAG)
+            .value(&self.workspace)
+            .build()
+            .into_iter()
+            .collect()
+    }
+
+    /// Step 10: a role with its policies, in its instance profile. Returns whether an
+    /// instance profile was created or given its role (so create waits for IAM).
+    async fn ensure_role(&self, op: &'static str, kind: RoleKind, found: &IamFound) -> Result<bool> {
+        let role = self.role_name(kind);
+        let profile = self.profile_name(kind);
+        let err = at(kind.piece(), &role);
+        if found.role_arn.is_none() {
+            let created = self
+                .iam_call(op, "CreateRole", true, || {
+                    self.iam
+                        .create_role()
+                        .role_name(&role)
+                        .assume_role_policy_document(EC2_TRUST_POLICY)
+                        .description(format!(
+                            "CloudTik workspace {} {} nodes",
+                            self.workspace,
+                            kind.as_str()
+                        ))
+                        .set_tags(Some(self.iam_tags()))
+                        .send()
+                })
+                .await;
+            match created {
+                Ok(_) => tracing::info!(workspace = %self.workspace, %role, "IAM role created"),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        for policy in kind.policies() {
+            if !found.policies.contains(*policy) {
+                self.iam_call(op, "AttachRolePolicy", false, || {
+                    self.iam
+                        .attach_role_policy()
+                        .role_name(&role)
+                        .policy_arn(*policy)
+                        .send()
+                })
+                .await
+                .map_err(|e| err(e).with_context("policy", policy))?;
+            }
+        }
+        let mut changed = false;
+        if found.profile_arn.is_none() {
+            let created = self
+                .iam_call(op, "CreateInstanceProfile", true, || {
+                    self.iam
+                        .create_instance_profile()
+                        .instance_profile_name(&profile)
+                        .set_tags(Some(self.iam_tags()))
+                        .send()
+                })
+                .await;
+            match created {
+                Ok(_) => tracing::info!(workspace = %self.workspace, %profile, "instance profile created"),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(at(kind.piece(), &profile)(e)),
+            }
+            changed = true;
+        }
+        if !found.profile_roles.contains(&role) {
+            self.iam_call(op, "AddRoleToInstanceProfile", false, || {
+                self.iam
+                    .add_role_to_instance_profile()
+                    .instance_profile_name(&profile)
+                    .role_name(&role)
+                    .send()
+            })
+            .await
+            .map_err(|e| at(kind.piece(), &profile)(e).with_context("role", &role))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Deletes a role's instance profile, then the role (detaching its policies first).
+    async fn delete_role(&self, op: &'static str, kind: RoleKind, found: &IamFound) -> Result<()> {
+        let role = self.role_name(kind);
+        let profile = self.profile_name(kind);
+        let gone = |r: Result<()>| match r {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        if found.profile_arn.is_some() {
+            for member in &found.profile_roles {
+                gone(
+                    self.iam_call(op, "RemoveRoleFromInstanceProfile", false, || {
+                        self.iam
+                            .remove_role_from_instance_profile()
+                            .instance_profile_name(&profile)
+                            .role_name(member)
+                            .send()
+                    })
+                    .await
+                    .map(|_| ()),
+                )
+                .map_err(|e| at(kind.piece(), &profile)(e).with_context("role", member))?;
+            }
+            gone(
+                self.iam_call(op, "DeleteInstanceProfile", false, || {
+                    self.iam
+                        .delete_instance_profile()
+                        .instance_profile_name(&profile)
+                        .send()
+                })
+                .await
+                .map(|_| ()),
+            )
+            .map_err(at(kind.piece(), &profile))?;
+        }
+        if found.role_arn.is_some() {
+            for policy in &found.policies {
+                gone(
+                    self.iam_call(op, "DetachRolePolicy", false, || {
+                        self.iam
+                            .detach_role_policy()
+                            .role_name(&role)
+                            .policy_arn(policy)
+                            .send()
+                    })
+                    .await
+                    .map(|_| ()),
+                )
+                .map_err(|e| at(kind.piece(), &role)(e).with_context("policy", policy))?;
+            }
+            let inline = match self
+                .iam_call(op, "ListRolePolicies", false, || {
+                    self.iam.list_role_policies().role_name(&role).send()
+                })
+                .await
+            {
+                Ok(out) => out.policy_names().to_vec(),
+                Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(at(kind.piece(), &role)(e)),
+            };
+            for policy in &inline {
+                gone(
+                    self.iam_call(op, "DeleteRolePolicy", false, || {
+                        self.iam
+                            .delete_role_policy()
+                            .role_name(&role)
+                            .policy_name(policy)
+                            .send()
+                    })
+                    .await
+                    .map(|_| ()),
+                )
+                .map_err(|e| at(kind.piece(), &role)(e).with_context("policy", policy))?;
+            }
+            gone(
+                self.iam_call(op, "DeleteRole", false, || {
+                    self.iam.delete_role().role_name(&role).send()
+                })
+                .await
+                .map(|_| ()),
+            )
+            .map_err(at(kind.piece(), &role))?;
+        }
+        Ok(())
     }
 
     /// Looks up everything of the workspace by its tag (and a working VPC's gateway).
@@ -642,6 +1011,8 @@ impl AwsWorkspaceProvider {
             .filter(|g| self.is_ours(g.tags()))
             .cloned()
             .collect();
+        found.head = self.find_iam(op, RoleKind::Head).await?;
+        found.worker = self.find_iam(op, RoleKind::Worker).await?;
         Ok(found)
     }
 
@@ -758,6 +1129,8 @@ impl AwsWorkspaceProvider {
                 ),
                 Piece::S3Endpoint => self.endpoint(found).is_some(),
                 Piece::SecurityGroup => self.security_group(found).is_some(),
+                Piece::HeadRole => self.iam_complete(RoleKind::Head, &found.head),
+                Piece::WorkerRole => self.iam_complete(RoleKind::Worker, &found.worker),
             };
             if !present {
                 missing.push(piece);
@@ -770,7 +1143,9 @@ impl AwsWorkspaceProvider {
             || !found.addresses.is_empty()
             || !found.nat_gateways.is_empty()
             || !found.endpoints.is_empty()
-            || !found.security_groups.is_empty();
+            || !found.security_groups.is_empty()
+            || found.head.exists()
+            || found.worker.exists();
         (missing, any)
     }
 
@@ -1841,6 +2216,14 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
             .await?;
         let group = self.ensure_security_group(OP, &found, &vpc_id).await?;
         self.apply_rules(OP, &group, &vpc_cidr).await?;
+        let mut profiles_changed = false;
+        for (kind, iam) in [(RoleKind::Head, &found.head), (RoleKind::Worker, &found.worker)] {
+            profiles_changed |= self.ensure_role(OP, kind, iam).await?;
+        }
+        if profiles_changed && !self.options.iam_propagation_wait.is_zero() {
+            tracing::info!(wait = ?self.options.iam_propagation_wait, "waiting for IAM to propagate the instance profiles");
+            tokio::time::sleep(self.options.iam_propagation_wait).await;
+        }
         tracing::info!(workspace = %self.workspace, vpc = %vpc_id, "workspace complete");
         Ok(())
     }
@@ -1882,6 +2265,10 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
                 ),
             )
             .with_operation(OP));
+        }
+
+        for (kind, iam) in [(RoleKind::Worker, &found.worker), (RoleKind::Head, &found.head)] {
+            self.delete_role(OP, kind, iam).await?;
         }
 
         let sg_name = self.security_group_name();
@@ -2105,8 +2492,14 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
             "s3_endpoint_id": self.endpoint(&found).and_then(|e| e.vpc_endpoint_id()),
             "security_group_id": self.security_group(&found).and_then(|g| g.group_id()),
             "security_group_name": self.security_group_name(),
+            "head_role_arn": found.head.role_arn,
+            "head_instance_profile": self.profile_name(RoleKind::Head),
+            "head_instance_profile_arn": found.head.profile_arn,
+            "worker_role_arn": found.worker.role_arn,
+            "worker_instance_profile": self.profile_name(RoleKind::Worker),
+            "worker_instance_profile_arn": found.worker.profile_arn,
             "missing": missing.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-            "not_built": ["head and worker IAM roles and instance profiles", "managed S3 bucket"],
+            "not_built": ["managed S3 bucket"],
         }))
     }
 

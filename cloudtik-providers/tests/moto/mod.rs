@@ -108,6 +108,8 @@ pub fn start_moto_at(server: &Path) -> Result<Moto, String> {
     let port = free_port();
     let mut child = Command::new(server)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // AWS's managed IAM policies (the workspace roles attach some) are opt-in.
+        .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
