@@ -56,6 +56,15 @@ impl RetryPolicy {
         self
     }
 
+    /// The delay before retry number `retry` (from 1): `min_delay` doubled per retry,
+    /// capped at `max_delay`, without jitter.
+    pub(crate) fn delay(&self, retry: usize) -> Duration {
+        let factor = 1u32 << retry.saturating_sub(1).min(16);
+        self.min_delay
+            .saturating_mul(factor)
+            .min(self.max_delay.max(self.min_delay))
+    }
+
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_jitter()
@@ -194,7 +203,14 @@ where
         }
         SdkError::TimeoutError(_) => (ErrorKind::Transient, "the call timed out".to_string()),
         SdkError::DispatchFailure(failure) => {
-            let kind = if failure.is_timeout() || failure.is_io() {
+            // A connection closed before the answer came (the SDK's "other" failure of
+            // kind TransientError) is as passing as an I/O error or a time-out.
+            // (aws-sdk-ec2 does not re-export the kind's type; its Debug name is the
+            // variant's.)
+            let transient_other = failure
+                .as_other()
+                .is_some_and(|k| format!("{k:?}") == "TransientError");
+            let kind = if failure.is_timeout() || failure.is_io() || transient_other {
                 ErrorKind::Transient
             } else {
                 ErrorKind::Unexpected

@@ -24,8 +24,12 @@
 //! repeated after a lost answer (or after a crash, before the new instances show in the
 //! list) is answered by EC2 with the instances of the first call instead of creating
 //! more, while a call after a partial launch (more instances exist, so a new client
-//! token) can create the rest. (moto 5.2 ignores `ClientToken`; the tests check the
-//! tokens sent, not EC2's deduplication.)
+//! token) can create the rest. `RunInstances` itself is repeated only after a rate
+//! limit (EC2 did not act on the call); after a failure in transit (the answer may be
+//! lost after instances were launched) the provider waits, lists the token's instances
+//! again and asks only for the missing ones, a bounded number of times. (moto 5.2
+//! ignores `ClientToken`, so against moto the listing alone keeps launches free of
+//! duplicates; `tests/aws_fault_moto.rs` checks that through a faulty proxy.)
 //!
 //! # Errors and retries
 //!

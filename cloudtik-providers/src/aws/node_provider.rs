@@ -18,7 +18,7 @@ use cloudtik_core::{
     ProviderCapabilities, Result, TagUpdate, Tags,
 };
 
-use super::errors::classify_sdk_error;
+use super::errors::{classify_sdk_error, is_rate_limited};
 use super::node_config::Ec2NodeConfig;
 use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
@@ -264,8 +264,20 @@ impl AwsNodeProvider {
                     .build(),
             );
         }
+        // Only throttled calls are repeated here (EC2 did not act on them). A call whose
+        // answer was lost may have launched instances: create_nodes lists the token's
+        // instances again before it asks for more.
         let output = self
-            .call(OP, "RunInstances", || request.clone().send())
+            .inner
+            .settings
+            .retry
+            .run_when(
+                || {
+                    let fut = request.clone().send();
+                    async move { fut.await.map_err(|e| classify_sdk_error(e, OP, "RunInstances")) }
+                },
+                is_rate_limited,
+            )
             .await
             .map_err(|e| {
                 e.with_context("cluster", &self.inner.cluster)
@@ -365,6 +377,7 @@ impl NodeProvider for AwsNodeProvider {
         // instance or fails, so this ends). A capacity error moves on to the next subnet.
         let mut subnet_index = 0;
         let mut failure = None;
+        let mut lost_answers = 0;
         while nodes.len() < request.count {
             let have = nodes.len();
             let client_token = format!("{}-{have}-{subnet_index}", request.token);
@@ -402,6 +415,23 @@ impl NodeProvider for AwsNodeProvider {
                             .with_context("instance_type", &config.instance_type),
                         ));
                         break;
+                    }
+                }
+                // The call failed in transit (its answer may be lost after EC2 launched
+                // instances): wait, list the token's instances again, and go on with the
+                // ones still missing. EC2 answers a repeated ClientToken with the first
+                // call's instances; the listing covers servers that ignore ClientToken.
+                Err(e)
+                    if e.kind() == ErrorKind::Transient
+                        && lost_answers < self.inner.settings.retry.max_retries =>
+                {
+                    lost_answers += 1;
+                    tracing::debug!(error = %e, "RunInstances failed in transit; listing the launch token again");
+                    tokio::time::sleep(self.inner.settings.retry.delay(lost_answers)).await;
+                    for node in self.list_nodes(&token_filter).await.map_err(with_request)? {
+                        if !nodes.iter().any(|n| n.id == node.id) {
+                            nodes.push(node);
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Capacity && subnet_index + 1 < subnets.len() => {
