@@ -40,6 +40,15 @@ async fn workspace(moto: &Moto, name: &str, options: AwsWorkspaceOptions) -> Aws
         .unwrap()
 }
 
+async fn s3_config(moto: &Moto) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::from(&sdk_config(&moto.url).await)
+}
+
+/// An S3 client on moto (buckets by path).
+async fn s3(moto: &Moto) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(s3_config(moto).await.force_path_style(true).build())
+}
+
 fn ws_filter(ws: &str) -> Filter {
     Filter::builder().name(format!("tag:{WS_TAG}")).values(ws).build()
 }
@@ -263,7 +272,9 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
     let p = workspace(
         &moto,
         ws,
-        options().with_allowed_ssh_sources(vec!["203.0.113.0/24".into()]),
+        options()
+            .with_allowed_ssh_sources(vec!["203.0.113.0/24".into()])
+            .with_managed_cloud_storage(true),
     )
     .await;
 
@@ -426,6 +437,38 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
         ])
     );
 
+    // The managed bucket, tagged and encrypted.
+    let bucket = "cloudtik-lifecycle-us-east-1-default";
+    assert_eq!(info["managed_cloud_storage"]["bucket"], json!(bucket));
+    assert_eq!(
+        info["managed_cloud_storage"]["uri"],
+        json!(format!("s3://{bucket}"))
+    );
+    let s3 = s3(&moto).await;
+    let tagging = s3.get_bucket_tagging().bucket(bucket).send().await.unwrap();
+    assert!(
+        tagging
+            .tag_set()
+            .iter()
+            .any(|t| t.key() == WS_TAG && t.value() == ws)
+    );
+    let encryption = s3.get_bucket_encryption().bucket(bucket).send().await.unwrap();
+    let rule = &encryption.server_side_encryption_configuration().unwrap().rules()[0];
+    assert_eq!(
+        rule.apply_server_side_encryption_by_default()
+            .unwrap()
+            .sse_algorithm()
+            .as_str(),
+        "AES256"
+    );
+    s3.put_object()
+        .bucket(bucket)
+        .key("data/part-0")
+        .body(b"some data".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
     // Create again: nothing new.
     p.create_workspace().await.unwrap();
     assert_eq!(inventory(&ec2, ws).await, created);
@@ -486,9 +529,30 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
     let ids: Vec<String> = launched.nodes.iter().map(|n| n.id.clone()).collect();
     nodes.terminate_nodes(&ids).await.unwrap();
 
+    // Without delete_managed_storage the bucket (and its data) stays.
     p.delete_workspace(DeleteWorkspaceOptions::default())
         .await
         .unwrap();
+    assert_empty(&inventory(&ec2, ws).await);
+    match p.workspace_existence().await.unwrap() {
+        WorkspaceExistence::Incomplete { missing } => {
+            assert!(!missing.contains(&"managed-storage".to_string()))
+        }
+        other => panic!("a workspace with only its bucket left is {other:?}"),
+    }
+    s3.head_object()
+        .bucket(bucket)
+        .key("data/part-0")
+        .send()
+        .await
+        .unwrap();
+    p.delete_workspace(DeleteWorkspaceOptions::default().with_delete_managed_storage(true))
+        .await
+        .unwrap();
+    assert!(
+        s3.head_bucket().bucket(bucket).send().await.is_err(),
+        "the bucket is still there"
+    );
     assert_eq!(
         p.workspace_existence().await.unwrap(),
         WorkspaceExistence::NotExist
@@ -562,8 +626,15 @@ async fn an_interrupted_create_is_incomplete_and_a_rerun_completes_it() {
     };
     let builder = aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(fault.clone());
     let iam = aws_sdk_iam::config::Builder::from(&sdk_config(&moto.url).await);
-    let p =
-        AwsWorkspaceProvider::from_client_configs(ws, builder, iam, settings(&moto.url), options()).unwrap();
+    let p = AwsWorkspaceProvider::from_client_configs(
+        ws,
+        builder,
+        iam,
+        s3_config(&moto).await,
+        settings(&moto.url),
+        options(),
+    )
+    .unwrap();
 
     let e = p.create_workspace().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
@@ -643,8 +714,15 @@ async fn an_interrupted_create_is_incomplete_and_a_rerun_completes_it() {
     };
     let builder = aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(stop.clone());
     let iam = aws_sdk_iam::config::Builder::from(&sdk_config(&moto.url).await);
-    let q =
-        AwsWorkspaceProvider::from_client_configs(ws, builder, iam, settings(&moto.url), options()).unwrap();
+    let q = AwsWorkspaceProvider::from_client_configs(
+        ws,
+        builder,
+        iam,
+        s3_config(&moto).await,
+        settings(&moto.url),
+        options(),
+    )
+    .unwrap();
     let e = q
         .delete_workspace(DeleteWorkspaceOptions::default())
         .await

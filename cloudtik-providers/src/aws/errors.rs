@@ -147,8 +147,9 @@ pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
         | "Resource.AlreadyAssociated"
         | "InvalidPermission.Duplicate"
         | "DeleteConflict" => ErrorKind::Conflict,
-        "NoSuchEntity" => ErrorKind::NotFound,
-        "EntityAlreadyExists" => ErrorKind::AlreadyExists,
+        "NoSuchEntity" | "NoSuchBucket" => ErrorKind::NotFound,
+        "EntityAlreadyExists" | "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" => ErrorKind::AlreadyExists,
+        "Forbidden" => ErrorKind::PermissionDenied,
         "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Transient,
         "MissingParameter" | "UnknownParameter" | "ValidationError" => ErrorKind::InvalidConfig,
         c if c.ends_with("LimitExceeded") || c.ends_with("QuotaExceeded") => ErrorKind::Quota,
@@ -157,6 +158,9 @@ pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
         _ => match http_status {
             Some(s) if s >= 500 => ErrorKind::Transient,
             Some(429) => ErrorKind::RateLimited,
+            // Answers without a body (S3's HeadBucket) have no code.
+            Some(403) => ErrorKind::PermissionDenied,
+            Some(404) => ErrorKind::NotFound,
             _ => ErrorKind::Unexpected,
         },
     }

@@ -1,5 +1,7 @@
 //! The `aws` provider: the nodes of a cluster as EC2 instances (CloudTik's AWS node
-//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2).
+//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2); and the workspace they run in
+//! ([`AwsWorkspaceProvider`]: VPC, subnets, gateways, security group, IAM roles and the
+//! managed S3 bucket, on EC2, IAM and S3).
 //!
 //! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
 //!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;
@@ -161,4 +163,22 @@ pub(crate) fn iam_client(
         builder = builder.endpoint_url(url.clone());
     }
     aws_sdk_iam::Client::from_conf(builder.build())
+}
+
+/// An S3 client from `builder`, set up as [`ec2_client`] does; with an endpoint
+/// override (moto) it addresses buckets by path, not by host name.
+pub(crate) fn s3_client(builder: aws_sdk_s3::config::Builder, settings: &AwsSettings) -> aws_sdk_s3::Client {
+    let mut builder = builder
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &settings.endpoint_url {
+        builder = builder.endpoint_url(url.clone()).force_path_style(true);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
 }

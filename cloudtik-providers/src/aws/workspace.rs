@@ -22,7 +22,7 @@ use cloudtik_core::{
 use serde_json::json;
 
 use super::errors::{classify_sdk_error, classify_service_error, ec2_code, is_rate_limited};
-use super::{AwsSettings, PROVIDER_TYPE, ec2_client, iam_client};
+use super::{AwsSettings, PROVIDER_TYPE, ec2_client, iam_client, s3_client};
 
 /// The tag every resource of a workspace carries: `cloudtik-workspace-name=<workspace>`.
 const WORKSPACE_TAG: &str = tags::WORKSPACE_NAME;
@@ -99,6 +99,8 @@ pub struct AwsWorkspaceOptions {
     /// How long create waits after creating an instance profile, before EC2 accepts it
     /// in a launch (IAM is eventually consistent; default 15 s as CloudTik).
     pub iam_propagation_wait: Duration,
+    /// Create the managed S3 bucket (`provider.managed_cloud_storage`; default false).
+    pub managed_cloud_storage: bool,
 }
 
 impl Default for AwsWorkspaceOptions {
@@ -115,6 +117,7 @@ impl Default for AwsWorkspaceOptions {
             dependency_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(5),
             iam_propagation_wait: Duration::from_secs(15),
+            managed_cloud_storage: false,
         }
     }
 }
@@ -136,6 +139,7 @@ impl AwsWorkspaceOptions {
                 .collect();
         }
         options.allowed_ssh_sources = config.allowed_ssh_sources.clone();
+        options.managed_cloud_storage = config.managed_cloud_storage == Some(true);
         options
     }
 
@@ -165,6 +169,13 @@ impl AwsWorkspaceOptions {
     #[must_use]
     pub fn with_allowed_ssh_sources(mut self, sources: Vec<String>) -> Self {
         self.allowed_ssh_sources = sources;
+        self
+    }
+
+    /// Sets `managed_cloud_storage`.
+    #[must_use]
+    pub fn with_managed_cloud_storage(mut self, v: bool) -> Self {
+        self.managed_cloud_storage = v;
         self
     }
 
@@ -200,10 +211,11 @@ enum Piece {
     SecurityGroup,
     HeadRole,
     WorkerRole,
+    ManagedStorage,
 }
 
 impl Piece {
-    const ALL: [Piece; 12] = [
+    const ALL: [Piece; 13] = [
         Piece::Vpc,
         Piece::PublicSubnets,
         Piece::PrivateSubnets,
@@ -216,6 +228,7 @@ impl Piece {
         Piece::SecurityGroup,
         Piece::HeadRole,
         Piece::WorkerRole,
+        Piece::ManagedStorage,
     ];
 
     fn as_str(self) -> &'static str {
@@ -232,6 +245,7 @@ impl Piece {
             Piece::SecurityGroup => "security-group",
             Piece::HeadRole => "head-role",
             Piece::WorkerRole => "worker-role",
+            Piece::ManagedStorage => "managed-storage",
         }
     }
 }
@@ -253,6 +267,8 @@ struct Found {
     security_groups: Vec<SecurityGroup>,
     head: IamFound,
     worker: IamFound,
+    /// Whether the managed bucket exists.
+    bucket: bool,
 }
 
 /// A role of the workspace and its instance profile, as found in IAM.
@@ -333,6 +349,8 @@ impl RoleKind {
 ///     EC2, each in its instance profile `cloudtik-<ws>-{head,worker}-profile`. IAM is
 ///     global: a workspace name is unique per account, not per region. After creating a
 ///     profile, create waits [`AwsWorkspaceOptions::iam_propagation_wait`].
+/// 11. With [`AwsWorkspaceOptions::managed_cloud_storage`], the **S3 bucket**
+///     `cloudtik-<ws>-<region>-default`, tagged with the workspace, encrypted (SSE-S3).
 ///
 /// A failed step returns the error with the context `step` (the piece, as named by
 /// [`workspace_existence`](WorkspaceProvider::workspace_existence)) and `resource` (its
@@ -351,7 +369,9 @@ impl RoleKind {
 ///
 /// Refused with [`ErrorKind::Conflict`] while instances (pending, running, stopping or
 /// stopped) are in the workspace's VPC (a working VPC: in its subnets) or carry the
-/// workspace tag. Otherwise in reverse: instance profiles and roles (policies detached
+/// workspace tag. Otherwise in reverse: the managed bucket (emptied first; only with
+/// `delete_managed_storage`, else it is kept and the workspace stays incomplete),
+/// instance profiles and roles (policies detached
 /// first), security group, S3 endpoint, private route
 /// table, NAT gateway (waiting until deleted), elastic IP, public route table, internet
 /// gateway (detach, delete), subnets, VPC (a working VPC only loses its tags). Missing
@@ -360,11 +380,10 @@ impl RoleKind {
 ///
 /// # Not built
 ///
-/// The managed S3 bucket (`managed_cloud_storage`), VPC peering (`use_internal_ips`
-/// without a working VPC), extra `security_group.IpPermissions` and managed databases
-/// are not created: [`from_workspace_config`](Self::from_workspace_config) refuses
-/// `managed_cloud_storage: true`. The managed policy ARNs are those of the `aws`
-/// partition (not China or GovCloud).
+/// VPC peering (`use_internal_ips` without a working VPC), extra
+/// `security_group.IpPermissions` and managed databases are not created. The managed
+/// policy ARNs are those of the `aws` partition (not China or GovCloud). Update creates
+/// the managed bucket when the option is set, but never deletes it.
 #[derive(Debug, Clone)]
 pub struct AwsWorkspaceProvider {
     workspace: String,
@@ -372,6 +391,7 @@ pub struct AwsWorkspaceProvider {
     options: AwsWorkspaceOptions,
     client: Client,
     iam: aws_sdk_iam::Client,
+    s3: aws_sdk_s3::Client,
 }
 
 /// Adds the step and resource to an error.
@@ -393,18 +413,9 @@ impl AwsWorkspaceProvider {
         Self::from_sdk_config(workspace, &sdk_config, settings, options)
     }
 
-    /// A provider for the workspace of a workspace config. Fails with
-    /// [`ErrorKind::Unsupported`] when it asks for `managed_cloud_storage`, which this
-    /// provider does not build yet.
+    /// A provider for the workspace of a workspace config.
     pub async fn from_workspace_config(config: &WorkspaceConfig) -> Result<Self> {
         let aws: crate::provider_config::AwsProviderConfig = config.provider.parse()?;
-        if aws.managed_cloud_storage == Some(true) {
-            return Err(Error::config(
-                "provider.managed_cloud_storage",
-                "the AWS workspace does not create the managed S3 bucket yet: set it to false",
-            )
-            .with_operation("create_workspace"));
-        }
         Self::new(
             &config.workspace_name,
             AwsSettings::from_provider_config(&aws),
@@ -424,18 +435,20 @@ impl AwsWorkspaceProvider {
             workspace,
             aws_sdk_ec2::config::Builder::from(sdk_config),
             aws_sdk_iam::config::Builder::from(sdk_config),
+            aws_sdk_s3::config::Builder::from(sdk_config),
             settings,
             options,
         )
     }
 
-    /// A provider from EC2 and IAM client configs (e.g. with interceptors). The region
+    /// A provider from EC2, IAM and S3 client configs (e.g. with interceptors). The region
     /// and endpoint of `settings` win over the configs'; the SDK's retries are switched
     /// off in favour of `settings.retry`.
     pub fn from_client_configs(
         workspace: &str,
         ec2: aws_sdk_ec2::config::Builder,
         iam: aws_sdk_iam::config::Builder,
+        s3: aws_sdk_s3::config::Builder,
         settings: AwsSettings,
         options: AwsWorkspaceOptions,
     ) -> Result<Self> {
@@ -465,12 +478,14 @@ impl AwsWorkspaceProvider {
         }
         let client = ec2_client(ec2, &settings);
         let iam = iam_client(iam, &settings);
+        let s3 = s3_client(s3, &settings);
         Ok(AwsWorkspaceProvider {
             workspace: workspace.to_string(),
             settings,
             options,
             client,
             iam,
+            s3,
         })
     }
 
@@ -862,6 +877,173 @@ impl AwsWorkspaceProvider {
         Ok(())
     }
 
+    /// Runs an S3 call, retrying rate limits and transient failures.
+    async fn s3_call<T, E, F, Fut>(&self, op: &'static str, call: &'static str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.settings
+            .retry
+            .run(|| {
+                let fut = f();
+                async move { fut.await.map_err(|e| classify_service_error(e, "S3", op, call)) }
+            })
+            .await
+            .map_err(|e| {
+                e.with_context("workspace", &self.workspace)
+                    .with_context("step", Piece::ManagedStorage.as_str())
+                    .with_context("resource", self.bucket_name())
+            })
+    }
+
+    /// The managed bucket: `cloudtik-<workspace>-<region>-default` (as CloudTik).
+    fn bucket_name(&self) -> String {
+        format!("cloudtik-{}-{}-default", self.workspace, self.settings.region)
+    }
+
+    /// Whether the managed bucket exists (and is this account's).
+    async fn bucket_exists(&self, op: &'static str) -> Result<bool> {
+        let bucket = self.bucket_name();
+        match self
+            .s3_call(op, "HeadBucket", || self.s3.head_bucket().bucket(&bucket).send())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Step 11: the managed bucket, tagged with the workspace and encrypted (SSE-S3).
+    async fn ensure_bucket(&self, op: &'static str, exists: bool) -> Result<()> {
+        let bucket = self.bucket_name();
+        if !exists {
+            let location = (self.settings.region != "us-east-1").then(|| {
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                        self.settings.region.as_str(),
+                    ))
+                    .build()
+            });
+            let created = self
+                .s3_call(op, "CreateBucket", || {
+                    self.s3
+                        .create_bucket()
+                        .bucket(&bucket)
+                        .set_create_bucket_configuration(location.clone())
+                        .send()
+                })
+                .await;
+            match created {
+                Ok(_) => tracing::info!(workspace = %self.workspace, %bucket, "managed bucket created"),
+                Err(e) if ec2_code(&e) == Some("BucketAlreadyOwnedByYou") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let build = |e: aws_sdk_s3::error::BuildError| {
+            unexpected(op, &format!("an S3 request could not be built: {e}"))
+        };
+        let tagging = aws_sdk_s3::types::Tagging::builder()
+            .tag_set(
+                aws_sdk_s3::types::Tag::builder()
+                    .key(WORKSPACE_TAG)
+                    .value(&self.workspace)
+                    .build()
+                    .map_err(build)?,
+            )
+            .build()
+            .map_err(build)?;
+        self.s3_call(op, "PutBucketTagging", || {
+            self.s3
+                .put_bucket_tagging()
+                .bucket(&bucket)
+                .tagging(tagging.clone())
+                .send()
+        })
+        .await?;
+        let encryption = aws_sdk_s3::types::ServerSideEncryptionConfiguration::builder()
+            .rules(
+                aws_sdk_s3::types::ServerSideEncryptionRule::builder()
+                    .apply_server_side_encryption_by_default(
+                        aws_sdk_s3::types::ServerSideEncryptionByDefault::builder()
+                            .sse_algorithm(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .build()
+            .map_err(build)?;
+        self.s3_call(op, "PutBucketEncryption", || {
+            self.s3
+                .put_bucket_encryption()
+                .bucket(&bucket)
+                .server_side_encryption_configuration(encryption.clone())
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Empties and deletes the managed bucket (gone already is success).
+    async fn delete_bucket(&self, op: &'static str) -> Result<()> {
+        let bucket = self.bucket_name();
+        let build = |e: aws_sdk_s3::error::BuildError| {
+            unexpected(op, &format!("an S3 request could not be built: {e}"))
+        };
+        loop {
+            let listed = match self
+                .s3_call(op, "ListObjectsV2", || {
+                    self.s3.list_objects_v2().bucket(&bucket).send()
+                })
+                .await
+            {
+                Ok(l) => l,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let keys: Vec<aws_sdk_s3::types::ObjectIdentifier> = listed
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .map(|k| {
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .map_err(build)
+                })
+                .collect::<Result<_>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let delete = aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(keys))
+                .quiet(true)
+                .build()
+                .map_err(build)?;
+            self.s3_call(op, "DeleteObjects", || {
+                self.s3
+                    .delete_objects()
+                    .bucket(&bucket)
+                    .delete(delete.clone())
+                    .send()
+            })
+            .await?;
+        }
+        match self
+            .s3_call(op, "DeleteBucket", || {
+                self.s3.delete_bucket().bucket(&bucket).send()
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Looks up everything of the workspace by its tag (and a working VPC's gateway).
     async fn find(&self, op: &'static str) -> Result<Found> {
         let mut found = Found::default();
@@ -1013,6 +1195,7 @@ impl AwsWorkspaceProvider {
             .collect();
         found.head = self.find_iam(op, RoleKind::Head).await?;
         found.worker = self.find_iam(op, RoleKind::Worker).await?;
+        found.bucket = self.bucket_exists(op).await?;
         Ok(found)
     }
 
@@ -1131,6 +1314,7 @@ impl AwsWorkspaceProvider {
                 Piece::SecurityGroup => self.security_group(found).is_some(),
                 Piece::HeadRole => self.iam_complete(RoleKind::Head, &found.head),
                 Piece::WorkerRole => self.iam_complete(RoleKind::Worker, &found.worker),
+                Piece::ManagedStorage => found.bucket || !self.options.managed_cloud_storage,
             };
             if !present {
                 missing.push(piece);
@@ -1145,7 +1329,8 @@ impl AwsWorkspaceProvider {
             || !found.endpoints.is_empty()
             || !found.security_groups.is_empty()
             || found.head.exists()
-            || found.worker.exists();
+            || found.worker.exists()
+            || found.bucket;
         (missing, any)
     }
 
@@ -2220,6 +2405,9 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
         for (kind, iam) in [(RoleKind::Head, &found.head), (RoleKind::Worker, &found.worker)] {
             profiles_changed |= self.ensure_role(OP, kind, iam).await?;
         }
+        if self.options.managed_cloud_storage {
+            self.ensure_bucket(OP, found.bucket).await?;
+        }
         if profiles_changed && !self.options.iam_propagation_wait.is_zero() {
             tracing::info!(wait = ?self.options.iam_propagation_wait, "waiting for IAM to propagate the instance profiles");
             tokio::time::sleep(self.options.iam_propagation_wait).await;
@@ -2228,7 +2416,7 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
         Ok(())
     }
 
-    async fn delete_workspace(&self, _options: DeleteWorkspaceOptions) -> Result<()> {
+    async fn delete_workspace(&self, options: DeleteWorkspaceOptions) -> Result<()> {
         const OP: &str = "delete_workspace";
         let found = self.find(OP).await?;
         let instances = self.instances(OP, &found).await?;
@@ -2267,6 +2455,9 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
             .with_operation(OP));
         }
 
+        if found.bucket && options.delete_managed_storage {
+            self.delete_bucket(OP).await?;
+        }
         for (kind, iam) in [(RoleKind::Worker, &found.worker), (RoleKind::Head, &found.head)] {
             self.delete_role(OP, kind, iam).await?;
         }
@@ -2422,7 +2613,11 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
         let (_, cidr) = vpc_id_cidr(vpc)?;
         let id = group.group_id().unwrap_or_default();
         let group = self.describe_group(OP, id).await?;
-        self.apply_rules(OP, &group, &cidr).await
+        self.apply_rules(OP, &group, &cidr).await?;
+        if self.options.managed_cloud_storage {
+            self.ensure_bucket(OP, found.bucket).await?;
+        }
+        Ok(())
     }
 
     async fn workspace_existence(&self) -> Result<WorkspaceExistence> {
@@ -2499,7 +2694,10 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
             "worker_instance_profile": self.profile_name(RoleKind::Worker),
             "worker_instance_profile_arn": found.worker.profile_arn,
             "missing": missing.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-            "not_built": ["managed S3 bucket"],
+            "managed_cloud_storage": found.bucket.then(|| json!({
+                "bucket": self.bucket_name(),
+                "uri": format!("s3://{}", self.bucket_name()),
+            })),
         }))
     }
 
