@@ -56,6 +56,15 @@ impl RetryPolicy {
         self
     }
 
+    /// The delay before retry number `retry` (from 1): `min_delay` doubled per retry,
+    /// capped at `max_delay`, without jitter.
+    pub(crate) fn delay(&self, retry: usize) -> Duration {
+        let factor = 1u32 << retry.saturating_sub(1).min(16);
+        self.min_delay
+            .saturating_mul(factor)
+            .min(self.max_delay.max(self.min_delay))
+    }
+
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_jitter()
@@ -71,19 +80,39 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        self.run_when(call, is_retried).await
+    }
+
+    /// Like [`run`](Self::run), retrying only the errors `retried` accepts.
+    pub(crate) async fn run_when<T, F, Fut>(&self, call: F, retried: fn(&Error) -> bool) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
         call.retry(self.backoff())
-            .when(is_retried)
+            .when(retried)
             .notify(|e: &Error, delay: Duration| {
                 tracing::debug!(error = %e, ?delay, "retrying an EC2 call");
             })
             .await
-            .map_err(|e| if is_retried(&e) { e.set_persistent() } else { e })
+            .map_err(|e| if retried(&e) { e.set_persistent() } else { e })
     }
 }
 
 /// The kinds the provider retries itself.
 fn is_retried(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::RateLimited | ErrorKind::Transient)
+}
+
+/// Only rate limits: the call was refused before EC2 acted on it, so repeating a call
+/// that creates something cannot create it twice.
+pub(crate) fn is_rate_limited(e: &Error) -> bool {
+    e.kind() == ErrorKind::RateLimited
+}
+
+/// The EC2 error code of an error made by [`classify_sdk_error`], if EC2 answered one.
+pub(crate) fn ec2_code(e: &Error) -> Option<&str> {
+    e.context_value("code")
 }
 
 /// The kind of an EC2 error code (and HTTP status, for codes nobody lists).
@@ -111,15 +140,27 @@ pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
         | "ExpiredToken"
         | "MissingAuthenticationToken"
         | "UnrecognizedClientException" => ErrorKind::Unauthenticated,
-        "IdempotentParameterMismatch" | "IncorrectInstanceState" | "IncorrectState" => ErrorKind::Conflict,
+        "IdempotentParameterMismatch"
+        | "IncorrectInstanceState"
+        | "IncorrectState"
+        | "DependencyViolation"
+        | "Resource.AlreadyAssociated"
+        | "InvalidPermission.Duplicate"
+        | "DeleteConflict" => ErrorKind::Conflict,
+        "NoSuchEntity" | "NoSuchBucket" => ErrorKind::NotFound,
+        "EntityAlreadyExists" | "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" => ErrorKind::AlreadyExists,
+        "Forbidden" => ErrorKind::PermissionDenied,
         "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Transient,
         "MissingParameter" | "UnknownParameter" | "ValidationError" => ErrorKind::InvalidConfig,
         c if c.ends_with("LimitExceeded") || c.ends_with("QuotaExceeded") => ErrorKind::Quota,
-        c if c.ends_with(".NotFound") => ErrorKind::NotFound,
+        c if c.ends_with("NotFound") => ErrorKind::NotFound,
         c if c.starts_with("Invalid") => ErrorKind::InvalidConfig,
         _ => match http_status {
             Some(s) if s >= 500 => ErrorKind::Transient,
             Some(429) => ErrorKind::RateLimited,
+            // Answers without a body (S3's HeadBucket) have no code.
+            Some(403) => ErrorKind::PermissionDenied,
+            Some(404) => ErrorKind::NotFound,
             _ => ErrorKind::Unexpected,
         },
     }
@@ -136,18 +177,44 @@ pub fn classify_sdk_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    classify_service_error(err, "EC2", operation, call)
+}
+
+/// Like [`classify_sdk_error`] for a call of another AWS service (`IAM`), named so in
+/// the message. The SDK crates share their error types, and the codes in
+/// [`classify_code`] cover IAM's too.
+pub(crate) fn classify_service_error<E>(
+    err: SdkError<E, HttpResponse>,
+    service: &'static str,
+    operation: &'static str,
+    call: &'static str,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let mut ec2_code = None;
     let (kind, detail) = match &err {
         SdkError::ServiceError(service) => {
             let status = u16::from(service.raw().status());
             let code = service.err().code().unwrap_or("");
             let message = service.err().message().unwrap_or("");
             let kind = classify_code(code, Some(status));
+            if !code.is_empty() {
+                ec2_code = Some(code.to_string());
+            }
             let code = if code.is_empty() { "no error code" } else { code };
             (kind, format!("{code} (HTTP {status}): {message}"))
         }
         SdkError::TimeoutError(_) => (ErrorKind::Transient, "the call timed out".to_string()),
         SdkError::DispatchFailure(failure) => {
-            let kind = if failure.is_timeout() || failure.is_io() {
+            // A connection closed before the answer came (the SDK's "other" failure of
+            // kind TransientError) is as passing as an I/O error or a time-out.
+            // (aws-sdk-ec2 does not re-export the kind's type; its Debug name is the
+            // variant's.)
+            let transient_other = failure
+                .as_other()
+                .is_some_and(|k| format!("{k:?}") == "TransientError");
+            let kind = if failure.is_timeout() || failure.is_io() || transient_other {
                 ErrorKind::Transient
             } else {
                 ErrorKind::Unexpected
@@ -162,10 +229,13 @@ where
         _ => (ErrorKind::Unexpected, "an unknown SDK failure".to_string()),
     };
     let error_source = aws_sdk_ec2::error::DisplayErrorContext(err).to_string();
-    Error::new(kind, format!("EC2 {call} failed: {detail}"))
+    let mut error = Error::new(kind, format!("{service} {call} failed: {detail}"))
         .with_operation(operation)
-        .with_context("call", call)
-        .with_source(error_source)
+        .with_context("call", call);
+    if let Some(code) = ec2_code {
+        error = error.with_context("code", code);
+    }
+    error.with_source(error_source)
 }
 
 #[cfg(test)]
@@ -198,6 +268,8 @@ mod tests {
             ("UnauthorizedOperation", 403, ErrorKind::PermissionDenied),
             ("AuthFailure", 401, ErrorKind::Unauthenticated),
             ("InvalidInstanceID.NotFound", 400, ErrorKind::NotFound),
+            ("NatGatewayNotFound", 400, ErrorKind::NotFound),
+            ("DependencyViolation", 400, ErrorKind::Conflict),
             ("InvalidAMIID.Malformed", 400, ErrorKind::InvalidConfig),
             ("IdempotentParameterMismatch", 400, ErrorKind::Conflict),
             ("InternalError", 500, ErrorKind::Transient),
@@ -212,6 +284,7 @@ mod tests {
             assert!(text.contains("RunInstances"), "{text}");
             assert!(text.contains(code), "{text}");
             assert!(text.contains(&format!("message of {code}")), "{text}");
+            assert_eq!(ec2_code(&e), Some(code));
         }
     }
 

@@ -1,5 +1,7 @@
 //! The `aws` provider: the nodes of a cluster as EC2 instances (CloudTik's AWS node
-//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2).
+//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2); and the workspace they run in
+//! ([`AwsWorkspaceProvider`]: VPC, subnets, gateways, security group, IAM roles and the
+//! managed S3 bucket, on EC2, IAM and S3).
 //!
 //! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
 //!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;
@@ -24,8 +26,12 @@
 //! repeated after a lost answer (or after a crash, before the new instances show in the
 //! list) is answered by EC2 with the instances of the first call instead of creating
 //! more, while a call after a partial launch (more instances exist, so a new client
-//! token) can create the rest. (moto 5.2 ignores `ClientToken`; the tests check the
-//! tokens sent, not EC2's deduplication.)
+//! token) can create the rest. `RunInstances` itself is repeated only after a rate
+//! limit (EC2 did not act on the call); after a failure in transit (the answer may be
+//! lost after instances were launched) the provider waits, lists the token's instances
+//! again and asks only for the missing ones, a bounded number of times. (moto 5.2
+//! ignores `ClientToken`, so against moto the listing alone keeps launches free of
+//! duplicates; `tests/aws_fault_moto.rs` checks that through a faulty proxy.)
 //!
 //! # Errors and retries
 //!
@@ -44,10 +50,17 @@
 mod errors;
 mod node_config;
 mod node_provider;
+mod workspace;
+
+use std::time::Duration;
+
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
 
 pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
 pub use node_config::{Ec2NodeConfig, SUPPORTED_KEYS};
 pub use node_provider::AwsNodeProvider;
+pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, WorkspaceVpc};
 
 /// The provider type name, as in `provider.type`.
 pub const PROVIDER_TYPE: &str = "aws";
@@ -107,4 +120,65 @@ impl AwsSettings {
         self.retry = retry;
         self
     }
+}
+
+/// An EC2 client from `builder` with the region and endpoint of `settings`, the SDK's
+/// retries switched off (the provider retries with `settings.retry`) and time-outs set
+/// (10 s to connect, 60 s per attempt).
+pub(crate) fn ec2_client(
+    builder: aws_sdk_ec2::config::Builder,
+    settings: &AwsSettings,
+) -> aws_sdk_ec2::Client {
+    let mut builder = builder
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &settings.endpoint_url {
+        builder = builder.endpoint_url(url.clone());
+    }
+    aws_sdk_ec2::Client::from_conf(builder.build())
+}
+
+/// An IAM client from `builder`, set up as [`ec2_client`] does (IAM is global; the
+/// region only picks the partition's endpoint).
+pub(crate) fn iam_client(
+    builder: aws_sdk_iam::config::Builder,
+    settings: &AwsSettings,
+) -> aws_sdk_iam::Client {
+    let mut builder = builder
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(aws_sdk_iam::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_iam::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &settings.endpoint_url {
+        builder = builder.endpoint_url(url.clone());
+    }
+    aws_sdk_iam::Client::from_conf(builder.build())
+}
+
+/// An S3 client from `builder`, set up as [`ec2_client`] does; with an endpoint
+/// override (moto) it addresses buckets by path, not by host name.
+pub(crate) fn s3_client(builder: aws_sdk_s3::config::Builder, settings: &AwsSettings) -> aws_sdk_s3::Client {
+    let mut builder = builder
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &settings.endpoint_url {
+        builder = builder.endpoint_url(url.clone()).force_path_style(true);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
 }

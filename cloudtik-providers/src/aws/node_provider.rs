@@ -3,13 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
-use aws_sdk_ec2::config::retry::RetryConfig;
-use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, InstanceType, ResourceType, Tag,
@@ -21,9 +18,9 @@ use cloudtik_core::{
     ProviderCapabilities, Result, TagUpdate, Tags,
 };
 
-use super::errors::classify_sdk_error;
+use super::errors::{classify_sdk_error, is_rate_limited};
 use super::node_config::Ec2NodeConfig;
-use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE};
+use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
 /// Tags that name the node's place; `set_node_tags` may not change them.
 const IDENTITY_TAGS: [&str; 2] = [tags::CLUSTER_NAME, tags::LAUNCH_TOKEN];
@@ -108,23 +105,12 @@ impl AwsNodeProvider {
         settings: AwsSettings,
     ) -> Result<Self> {
         check_cluster_name(cluster)?;
-        let mut builder = builder
-            .region(aws_config::Region::new(settings.region.clone()))
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(60))
-                    .build(),
-            );
-        if let Some(url) = &settings.endpoint_url {
-            builder = builder.endpoint_url(url.clone());
-        }
+        let client = ec2_client(builder, &settings);
         Ok(AwsNodeProvider {
             inner: Arc::new(Inner {
                 cluster: cluster.to_string(),
                 settings,
-                client: Client::from_conf(builder.build()),
+                client,
             }),
         })
     }
@@ -278,8 +264,20 @@ impl AwsNodeProvider {
                     .build(),
             );
         }
+        // Only throttled calls are repeated here (EC2 did not act on them). A call whose
+        // answer was lost may have launched instances: create_nodes lists the token's
+        // instances again before it asks for more.
         let output = self
-            .call(OP, "RunInstances", || request.clone().send())
+            .inner
+            .settings
+            .retry
+            .run_when(
+                || {
+                    let fut = request.clone().send();
+                    async move { fut.await.map_err(|e| classify_sdk_error(e, OP, "RunInstances")) }
+                },
+                is_rate_limited,
+            )
             .await
             .map_err(|e| {
                 e.with_context("cluster", &self.inner.cluster)
@@ -379,6 +377,7 @@ impl NodeProvider for AwsNodeProvider {
         // instance or fails, so this ends). A capacity error moves on to the next subnet.
         let mut subnet_index = 0;
         let mut failure = None;
+        let mut lost_answers = 0;
         while nodes.len() < request.count {
             let have = nodes.len();
             let client_token = format!("{}-{have}-{subnet_index}", request.token);
@@ -416,6 +415,23 @@ impl NodeProvider for AwsNodeProvider {
                             .with_context("instance_type", &config.instance_type),
                         ));
                         break;
+                    }
+                }
+                // The call failed in transit (its answer may be lost after EC2 launched
+                // instances): wait, list the token's instances again, and go on with the
+                // ones still missing. EC2 answers a repeated ClientToken with the first
+                // call's instances; the listing covers servers that ignore ClientToken.
+                Err(e)
+                    if e.kind() == ErrorKind::Transient
+                        && lost_answers < self.inner.settings.retry.max_retries =>
+                {
+                    lost_answers += 1;
+                    tracing::debug!(error = %e, "RunInstances failed in transit; listing the launch token again");
+                    tokio::time::sleep(self.inner.settings.retry.delay(lost_answers)).await;
+                    for node in self.list_nodes(&token_filter).await.map_err(with_request)? {
+                        if !nodes.iter().any(|n| n.id == node.id) {
+                            nodes.push(node);
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Capacity && subnet_index + 1 < subnets.len() => {
