@@ -81,12 +81,18 @@ pub async fn node_provider(config: &ClusterConfig, place: ProviderPlace) -> Resu
 }
 
 /// The workspace provider of `config`'s workspace.
-pub fn workspace_provider(config: &WorkspaceConfig) -> Result<Arc<dyn WorkspaceProvider>> {
+pub async fn workspace_provider(config: &WorkspaceConfig) -> Result<Arc<dyn WorkspaceProvider>> {
     let t = config.provider.provider_type.as_str();
     #[cfg(feature = "virtual")]
     if t == crate::virtual_provider::PROVIDER_TYPE {
         return Ok(Arc::new(
             crate::virtual_provider::VirtualWorkspaceProvider::from_workspace_config(config)?,
+        ));
+    }
+    #[cfg(feature = "aws")]
+    if t == "aws" {
+        return Ok(Arc::new(
+            crate::aws::AwsWorkspaceProvider::from_workspace_config(config).await?,
         ));
     }
     Err(unsupported(t, "workspaces"))

@@ -193,6 +193,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let mut ec2_code = None;
+    let error_source = aws_sdk_ec2::error::DisplayErrorContext(&err).to_string();
     let (kind, detail) = match &err {
         SdkError::ServiceError(service) => {
             let status = u16::from(service.raw().status());
@@ -214,12 +215,22 @@ where
             let transient_other = failure
                 .as_other()
                 .is_some_and(|k| format!("{k:?}") == "TransientError");
-            let kind = if failure.is_timeout() || failure.is_io() || transient_other {
-                ErrorKind::Transient
+            // No credentials at all: the chain (env, profile, instance role) found none.
+            let no_credentials = error_source.contains("loading credentials");
+            if no_credentials {
+                (
+                    ErrorKind::Unauthenticated,
+                    "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (~/.aws/credentials), or run where an instance role is attached"
+                        .to_string(),
+                )
             } else {
-                ErrorKind::Unexpected
-            };
-            (kind, "the request could not be sent".to_string())
+                let kind = if failure.is_timeout() || failure.is_io() || transient_other {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Unexpected
+                };
+                (kind, "the request could not be sent".to_string())
+            }
         }
         SdkError::ResponseError(_) => (ErrorKind::Transient, "the response could not be read".to_string()),
         SdkError::ConstructionFailure(_) => (
@@ -228,7 +239,6 @@ where
         ),
         _ => (ErrorKind::Unexpected, "an unknown SDK failure".to_string()),
     };
-    let error_source = aws_sdk_ec2::error::DisplayErrorContext(err).to_string();
     let mut error = Error::new(kind, format!("{service} {call} failed: {detail}"))
         .with_operation(operation)
         .with_context("call", call);

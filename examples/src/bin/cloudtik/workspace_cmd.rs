@@ -47,9 +47,9 @@ pub(crate) enum WorkspaceCommand {
     },
 }
 
-fn open(file: &std::path::Path) -> Result<ManagedWorkspace> {
+async fn open(file: &std::path::Path) -> Result<ManagedWorkspace> {
     let config = cloudtik_providers::config_loader().load_workspace_file(file)?;
-    let provider = cloudtik_providers::workspace_provider(&config)?;
+    let provider = cloudtik_providers::workspace_provider(&config).await?;
     Ok(ManagedWorkspace::new(config.workspace_name.clone(), provider))
 }
 
@@ -64,7 +64,7 @@ fn existence_text(e: &WorkspaceExistence) -> String {
 pub(crate) async fn run(cmd: WorkspaceCommand) -> Result<u8> {
     match cmd {
         WorkspaceCommand::Create { file, yes } => {
-            let ws = open(&file)?;
+            let ws = open(&file).await?;
             if ws.existence().await? == WorkspaceExistence::Completed {
                 println!("Workspace {} exists already.", ws.name());
                 return Ok(0);
@@ -83,7 +83,7 @@ pub(crate) async fn run(cmd: WorkspaceCommand) -> Result<u8> {
             yes,
             delete_managed_storage,
         } => {
-            let ws = open(&file)?;
+            let ws = open(&file).await?;
             if ws.existence().await? == WorkspaceExistence::NotExist {
                 println!("Workspace {} does not exist.", ws.name());
                 return Ok(0);
@@ -100,14 +100,14 @@ pub(crate) async fn run(cmd: WorkspaceCommand) -> Result<u8> {
             Ok(0)
         }
         WorkspaceCommand::Update { file, yes } => {
-            let ws = open(&file)?;
+            let ws = open(&file).await?;
             ui::confirm(&format!("Update the workspace {}?", ws.name()), yes)?;
             ws.update().await?;
             println!("Workspace {} updated.", ws.name());
             Ok(0)
         }
         WorkspaceCommand::Info { file, json } => {
-            let ws = open(&file)?;
+            let ws = open(&file).await?;
             let existence = ws.existence().await?;
             let info = if existence == WorkspaceExistence::NotExist {
                 serde_json::Value::Null
