@@ -20,8 +20,8 @@ pub mod virtual_provider;
 use cloudtik_core::config::ConfigLoader;
 
 pub use providers::{
-    ProviderPlace, bootstrap_cluster_config, head_cluster_config, node_binary_on_nodes, node_provider,
-    workspace_provider,
+    ProviderPlace, bootstrap_cluster_config, bootstrap_cluster_config_async, head_cluster_config,
+    node_binary_on_nodes, node_provider, workspace_provider,
 };
 
 /// A config loader that knows every provider's keys.

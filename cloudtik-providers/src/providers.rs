@@ -48,6 +48,19 @@ pub fn bootstrap_cluster_config(config: &mut ClusterConfig) -> Result<()> {
     Ok(())
 }
 
+/// [`bootstrap_cluster_config`], plus what needs the provider's API: for the `aws`
+/// provider, each node type's `resources` (CPU, memory, GPU) from EC2's
+/// `DescribeInstanceTypes` for its `node_config.InstanceType`, when the type sets none
+/// (see `AwsNodeProvider::bootstrap_resources`).
+pub async fn bootstrap_cluster_config_async(config: &mut ClusterConfig) -> Result<()> {
+    #[cfg(feature = "aws")]
+    if config.provider.provider_type == crate::aws::PROVIDER_TYPE {
+        let provider = crate::aws::AwsNodeProvider::from_cluster_config(config).await?;
+        return provider.bootstrap_resources(config).await;
+    }
+    bootstrap_cluster_config(config)
+}
+
 /// The node provider of `config`'s cluster.
 pub async fn node_provider(config: &ClusterConfig, place: ProviderPlace) -> Result<Arc<dyn NodeProvider>> {
     let t = config.provider.provider_type.as_str();

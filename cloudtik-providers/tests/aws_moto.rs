@@ -381,3 +381,77 @@ async fn an_unreachable_endpoint_fails_transient_after_bounded_retries() {
     assert!(e.to_string().contains("DescribeInstances"), "{e}");
     assert!(e.to_string().contains("unreachable"), "{e}");
 }
+
+fn aws_cluster_config(node_types: &str) -> cloudtik_core::config::ClusterConfig {
+    let text = format!(
+        "cluster_name: resources\nworkspace_name: ws\nprovider:\n  type: aws\n  region: us-east-1\nhead_node_type: head\navailable_node_types:\n{node_types}"
+    );
+    cloudtik_providers::config_loader()
+        .load_cluster_str("test.yaml", &text)
+        .unwrap()
+}
+
+/// Node types without `resources` get CPU, memory and GPU from one
+/// `DescribeInstanceTypes` call for all their instance types; types that set
+/// `resources` keep them.
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_fills_node_type_resources_from_describe_instance_types() {
+    use cloudtik_core::resources::{CPU, GPU, MEMORY};
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(log.clone());
+    let p = AwsNodeProvider::from_ec2_config("resources", ec2_config, settings(&moto.url)).unwrap();
+    let mut config = aws_cluster_config(
+        "  head:\n    node_config: {InstanceType: t3.micro, ImageId: ami-1}\n\
+         \x20 gpu:\n    node_config: {InstanceType: g4dn.12xlarge, ImageId: ami-1}\n\
+         \x20 same:\n    node_config: {InstanceType: t3.micro, ImageId: ami-1}\n\
+         \x20 custom:\n    node_config: {InstanceType: g4dn.12xlarge, ImageId: ami-1}\n    resources: {CPU: 3}\n",
+    );
+    p.bootstrap_resources(&mut config).await.unwrap();
+    assert_eq!(log.count("DescribeInstanceTypes"), 1);
+    let r = |name: &str| config.available_node_types[name].resources.clone().unwrap();
+    assert_eq!(r("head").get(CPU), 2.0);
+    assert_eq!(r("head").get(MEMORY), 1024.0 * 1024.0 * 1024.0);
+    assert_eq!(r("head").get(GPU), 0.0);
+    assert_eq!(r("same"), r("head"));
+    assert_eq!(r("gpu").get(CPU), 48.0);
+    assert_eq!(r("gpu").get(MEMORY), 196_608.0 * 1024.0 * 1024.0);
+    assert_eq!(r("gpu").get(GPU), 4.0);
+    assert_eq!(r("custom").get(CPU), 3.0);
+    assert_eq!(r("custom").get(GPU), 0.0);
+
+    let types = p
+        .instance_type_resources(&["t3.micro".to_string(), "g4dn.12xlarge".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(types.len(), 2);
+    assert_eq!(types["g4dn.12xlarge"], r("gpu"));
+}
+
+/// An instance type EC2 does not know is an `InvalidConfig` error at the node type's
+/// `InstanceType`.
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_names_the_node_type_of_an_unknown_instance_type() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "resources").await;
+    let mut config = aws_cluster_config(
+        "  head:\n    node_config: {InstanceType: t3.micro, ImageId: ami-1}\n\
+         \x20 worker:\n    node_config: {InstanceType: x9.nonesuch, ImageId: ami-1}\n",
+    );
+    let e = p.bootstrap_resources(&mut config).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert_eq!(
+        e.location().unwrap().path,
+        "available_node_types.worker.node_config.InstanceType"
+    );
+    assert!(e.to_string().contains("x9.nonesuch"), "{e}");
+    assert!(config.available_node_types["head"].resources.is_none());
+
+    let e = p
+        .instance_type_resources(&["x9.nonesuch".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(e.context_value("instance_types"), Some("x9.nonesuch"));
+}

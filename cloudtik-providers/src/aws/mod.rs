@@ -15,6 +15,9 @@
 //!   `node_config.SubnetIds`.
 //! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
 //!   batch, in chunks of 1,000 instances.
+//! * **Instance types**: `DescribeInstanceTypes`, one call for up to 100 types, gives
+//!   the `resources` (CPU = vCPUs, memory in bytes, GPU count) that
+//!   [`AwsNodeProvider::bootstrap_resources`] fills into node types that set none.
 //! * **Terminate**: `TerminateInstances` in chunks of 1,000 ids; ids that are gone are
 //!   skipped, so terminating twice succeeds.
 //!

@@ -18,7 +18,7 @@ use cloudtik_core::{
     ProviderCapabilities, Result, TagUpdate, Tags,
 };
 
-use super::errors::{classify_sdk_error, is_rate_limited};
+use super::errors::{classify_sdk_error, ec2_code, is_rate_limited};
 use super::node_config::Ec2NodeConfig;
 use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
@@ -33,6 +33,8 @@ const FILTER_VALUES: usize = 200;
 const MAX_TOKEN_LEN: usize = 40;
 /// States of instances that are listed.
 const LISTED_STATES: [&str; 2] = ["pending", "running"];
+/// Most instance types one `DescribeInstanceTypes` call takes.
+const DESCRIBE_TYPES_BATCH: usize = 100;
 /// States of instances that can still be terminated or tagged.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
@@ -130,6 +132,172 @@ impl AwsNodeProvider {
     /// The settings in use.
     pub fn settings(&self) -> &AwsSettings {
         &self.inner.settings
+    }
+
+    /// The resources of EC2 instance types, from `DescribeInstanceTypes` (one call per
+    /// 100 types; duplicates are asked for once): `CPU` is the default vCPU count,
+    /// `memory` the memory in bytes (MiB × 1024 × 1024) and `GPU` the sum of the GPU
+    /// counts, when the type has GPUs.
+    ///
+    /// A type EC2 does not know is a [`NotFound`](ErrorKind::NotFound) error with the
+    /// unknown types in the `instance_types` context; to name them, each type of a call
+    /// EC2 refused with `InvalidInstanceType` is asked for on its own.
+    pub async fn instance_type_resources(
+        &self,
+        instance_types: &[String],
+    ) -> Result<BTreeMap<String, cloudtik_core::Resources>> {
+        let wanted: Vec<String> = instance_types
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut found = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for chunk in wanted.chunks(DESCRIBE_TYPES_BATCH) {
+            match self.describe_instance_types(chunk).await {
+                Ok(answered) => found.extend(answered),
+                Err(e) if is_invalid_instance_type(&e) => {
+                    for t in chunk {
+                        match self.describe_instance_types(std::slice::from_ref(t)).await {
+                            Ok(answered) => found.extend(answered),
+                            Err(e) if is_invalid_instance_type(&e) => unknown.push(t.clone()),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unknown.extend(wanted.iter().filter(|t| !found.contains_key(*t)).cloned());
+        unknown.sort();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "EC2 does not know the instance type(s) {} in region {}",
+                    unknown.join(", "),
+                    self.inner.settings.region
+                ),
+            )
+            .with_operation("instance_type_resources")
+            .with_context("call", "DescribeInstanceTypes")
+            .with_context("instance_types", unknown.join(",")));
+        }
+        Ok(found)
+    }
+
+    /// One `DescribeInstanceTypes` call (all pages) for `types`.
+    async fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> Result<BTreeMap<String, cloudtik_core::Resources>> {
+        use cloudtik_core::resources::{CPU, GPU, MEMORY};
+        let mut out = BTreeMap::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let request = self
+                .inner
+                .client
+                .describe_instance_types()
+                .set_instance_types(Some(
+                    types.iter().map(|t| InstanceType::from(t.as_str())).collect(),
+                ))
+                .set_next_token(next_token.clone());
+            let page = self
+                .call("instance_type_resources", "DescribeInstanceTypes", || {
+                    request.clone().send()
+                })
+                .await
+                .map_err(|e| e.with_context("instance_types", types.join(",")))?;
+            for info in page.instance_types() {
+                let Some(name) = info.instance_type() else {
+                    continue;
+                };
+                let mut r = cloudtik_core::Resources::new();
+                if let Some(v) = info.v_cpu_info().and_then(|v| v.default_v_cpus()) {
+                    r.set(CPU, f64::from(v));
+                }
+                if let Some(mib) = info.memory_info().and_then(|m| m.size_in_mib()) {
+                    r.set(MEMORY, (mib * 1024 * 1024) as f64);
+                }
+                let gpus: i32 = info
+                    .gpu_info()
+                    .map(|g| g.gpus().iter().filter_map(|d| d.count()).sum())
+                    .unwrap_or(0);
+                if gpus > 0 {
+                    r.set(GPU, f64::from(gpus));
+                }
+                out.insert(name.as_str().to_string(), r);
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fills in the `resources` of each node type of `config` that sets none, from
+    /// `DescribeInstanceTypes` for its `node_config.InstanceType` (one call for all the
+    /// types, see [`instance_type_resources`](Self::instance_type_resources)). Types
+    /// with `resources` set are left as they are. A node type without an
+    /// `InstanceType`, or with one EC2 does not know, is an
+    /// [`InvalidConfig`](ErrorKind::InvalidConfig) error at
+    /// `available_node_types.<name>.node_config.InstanceType`.
+    pub async fn bootstrap_resources(&self, config: &mut cloudtik_core::config::ClusterConfig) -> Result<()> {
+        let mut needed: BTreeMap<String, String> = BTreeMap::new();
+        for (name, t) in &config.available_node_types {
+            if t.resources.is_some() {
+                continue;
+            }
+            let path = format!("available_node_types.{name}.node_config.InstanceType");
+            match t.node_config.get("InstanceType") {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => {
+                    needed.insert(name.clone(), s.clone());
+                }
+                _ => {
+                    return Err(Error::config(
+                        path,
+                        "an instance type is required to know the node type's resources (or set `resources`)",
+                    ));
+                }
+            }
+        }
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<String> = needed.values().cloned().collect();
+        let resources = match self.instance_type_resources(&types).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::NotFound && e.context_value("instance_types").is_some() => {
+                let unknown: BTreeSet<&str> = e
+                    .context_value("instance_types")
+                    .unwrap_or_default()
+                    .split(',')
+                    .collect();
+                let Some((name, t)) = needed.iter().find(|(_, t)| unknown.contains(t.as_str())) else {
+                    return Err(e);
+                };
+                return Err(Error::config(
+                    format!("available_node_types.{name}.node_config.InstanceType"),
+                    format!(
+                        "EC2 does not know the instance type `{t}` in region {}",
+                        self.inner.settings.region
+                    ),
+                )
+                .with_context("call", "DescribeInstanceTypes"));
+            }
+            Err(e) => return Err(e),
+        };
+        for (name, t) in &needed {
+            if let (Some(node_type), Some(r)) = (config.available_node_types.get_mut(name), resources.get(t))
+            {
+                node_type.resources = Some(r.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Runs one EC2 call with the provider's retry policy, classifying its errors.
@@ -587,6 +755,11 @@ impl NodeProvider for AwsNodeProvider {
         }
         Ok(())
     }
+}
+
+/// Whether `e` is EC2's refusal of an instance type name it does not know.
+fn is_invalid_instance_type(e: &Error) -> bool {
+    ec2_code(e).is_some_and(|c| c.starts_with("InvalidInstanceType"))
 }
 
 fn check_cluster_name(cluster: &str) -> Result<()> {
