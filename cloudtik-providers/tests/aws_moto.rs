@@ -455,3 +455,155 @@ async fn bootstrap_names_the_node_type_of_an_unknown_instance_type() {
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert_eq!(e.context_value("instance_types"), Some("x9.nonesuch"));
 }
+
+/// A server that answers every request with EC2's `InsufficientInstanceCapacity`
+/// error (moto has no capacity simulation); returns its URL and a count of requests.
+async fn no_capacity_server() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+<Code>InsufficientInstanceCapacity</Code><Message>We currently do not have sufficient capacity \
+in the Availability Zone you requested.</Message></Error></Errors>\
+<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let served = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            served.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // Read the head and the body, then answer.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (url, count)
+}
+
+/// Sends every `RunInstances` into one of `subnets` to the no-capacity server.
+#[derive(Debug, Clone)]
+struct FullSubnets {
+    subnets: Vec<String>,
+    url: String,
+}
+
+impl Intercept for FullSubnets {
+    fn name(&self) -> &'static str {
+        "FullSubnets"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let body = String::from_utf8_lossy(body).to_string();
+        let is_launch = body.split('&').any(|kv| kv == "Action=RunInstances");
+        let full = self
+            .subnets
+            .iter()
+            .any(|s| body.split('&').any(|kv| kv == format!("SubnetId={s}")));
+        if is_launch && full {
+            context
+                .request_mut()
+                .set_uri(self.url.as_str())
+                .map_err(|e| BoxError::from(format!("bad URI: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Two subnets of moto's default VPC.
+async fn two_subnets(moto: &Moto) -> (String, String) {
+    let subnets = raw_client(moto).await.describe_subnets().send().await.unwrap();
+    let ids: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(str::to_string))
+        .collect();
+    assert!(ids.len() >= 2, "moto has fewer than two default subnets: {ids:?}");
+    (ids[0].clone(), ids[1].clone())
+}
+
+/// `InsufficientInstanceCapacity` in the first of `SubnetIds` moves the launch to the
+/// next subnet, where every instance is created; with no capacity in any subnet the
+/// launch fails with a `Capacity` error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capacity_error_moves_the_launch_to_the_next_subnet() {
+    let Some(moto) = start_moto() else { return };
+    let (full, free) = two_subnets(&moto).await;
+    let (url, refused) = no_capacity_server().await;
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(FullSubnets {
+            subnets: vec![full.clone()],
+            url,
+        });
+    let p = AwsNodeProvider::from_ec2_config("subnets", ec2_config, settings(&moto.url)).unwrap();
+    let mut config = node_config(&moto).await;
+    config["SubnetIds"] = json!([full, free]);
+    let outcome = p.create_nodes(&worker_request(&config, 3)).await.unwrap();
+    assert!(outcome.shortfall.is_none(), "{:?}", outcome.shortfall);
+    assert_eq!(outcome.nodes.len(), 3);
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        1,
+        "the full subnet was asked once"
+    );
+    let described = raw_client(&moto)
+        .await
+        .describe_instances()
+        .set_instance_ids(Some(ids(&outcome.nodes).into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+    let subnets: BTreeSet<String> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.subnet_id().map(str::to_string))
+        .collect();
+    assert_eq!(subnets, BTreeSet::from([free.clone()]));
+
+    // No capacity anywhere: a Capacity error naming the last subnet tried.
+    let (url, _) = no_capacity_server().await;
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(FullSubnets {
+            subnets: vec![full.clone(), free.clone()],
+            url,
+        });
+    let p = AwsNodeProvider::from_ec2_config("subnets-full", ec2_config, settings(&moto.url)).unwrap();
+    let e = p.create_nodes(&worker_request(&config, 2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Capacity, "{e}");
+    assert_eq!(e.context_value("subnet"), Some(free.as_str()));
+    assert!(e.to_string().contains("InsufficientInstanceCapacity"), "{e}");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
