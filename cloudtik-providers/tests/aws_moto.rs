@@ -459,18 +459,27 @@ async fn bootstrap_names_the_node_type_of_an_unknown_instance_type() {
 /// A server that answers every request with EC2's `InsufficientInstanceCapacity`
 /// error (moto has no capacity simulation); returns its URL and a count of requests.
 async fn no_capacity_server() -> (String, Arc<AtomicUsize>) {
+    error_server("InsufficientInstanceCapacity").await
+}
+
+/// A server that answers every request with the EC2 error `code` (HTTP 500); returns
+/// its URL and a count of requests.
+async fn error_server(code: &'static str) -> (String, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
-<Code>InsufficientInstanceCapacity</Code><Message>We currently do not have sufficient capacity \
-in the Availability Zone you requested.</Message></Error></Errors>\
-<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>";
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+<Code>{code}</Code><Message>No capacity or price for the request.</Message></Error></Errors>\
+<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
     let served = count.clone();
+    let body = Arc::new(body);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             served.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
             tokio::spawn(async move {
                 // Read the head and the body, then answer.
                 let mut buf = Vec::new();
@@ -496,8 +505,8 @@ in the Availability Zone you requested.</Message></Error></Errors>\
                     }
                 }
                 let answer = format!(
-                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-                    BODY.len()
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
                 let _ = stream.write_all(answer.as_bytes()).await;
                 let _ = stream.shutdown().await;
@@ -606,4 +615,97 @@ async fn a_capacity_error_moves_the_launch_to_the_next_subnet() {
     assert_eq!(e.context_value("subnet"), Some(free.as_str()));
     assert!(e.to_string().contains("InsufficientInstanceCapacity"), "{e}");
     assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// Sends every spot `RunInstances` to an error server.
+#[derive(Debug, Clone)]
+struct NoSpot {
+    url: String,
+}
+
+impl Intercept for NoSpot {
+    fn name(&self) -> &'static str {
+        "NoSpot"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let body = String::from_utf8_lossy(body).to_string();
+        let is_launch = body.split('&').any(|kv| kv == "Action=RunInstances");
+        let spot = body
+            .split('&')
+            .any(|kv| kv == "InstanceMarketOptions.MarketType=spot");
+        if is_launch && spot {
+            context
+                .request_mut()
+                .set_uri(self.url.as_str())
+                .map_err(|e| BoxError::from(format!("bad URI: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The lifecycle moto records for each instance (`spot`, or `None` for on-demand).
+async fn lifecycles(moto: &Moto, nodes: &[cloudtik_core::NodeInfo]) -> Vec<Option<String>> {
+    let described = raw_client(moto)
+        .await
+        .describe_instances()
+        .set_instance_ids(Some(ids(nodes).into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+    described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| i.instance_lifecycle().map(|l| l.as_str().to_string()))
+        .collect()
+}
+
+/// With `prefer_spot` instances are launched as spot; a spot capacity or price error
+/// launches the rest on-demand.
+#[tokio::test(flavor = "multi_thread")]
+async fn spot_launches_fall_back_to_on_demand() {
+    let Some(moto) = start_moto() else { return };
+    let config = node_config(&moto).await;
+    let spot_settings = settings(&moto.url).with_prefer_spot(true);
+
+    let p = AwsNodeProvider::from_sdk_config("spot", &sdk_config(&moto.url).await, spot_settings.clone())
+        .unwrap();
+    let outcome = p.create_nodes(&worker_request(&config, 2)).await.unwrap();
+    assert!(outcome.shortfall.is_none());
+    assert_eq!(
+        lifecycles(&moto, &outcome.nodes).await,
+        vec![Some("spot".to_string()); 2]
+    );
+
+    for code in [
+        "InsufficientInstanceCapacity",
+        "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded",
+    ] {
+        let (url, refused) = error_server(code).await;
+        let ec2_config =
+            aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(NoSpot { url });
+        let p = AwsNodeProvider::from_ec2_config(
+            &format!("on-demand-{}", code.len()),
+            ec2_config,
+            spot_settings.clone(),
+        )
+        .unwrap();
+        let outcome = p.create_nodes(&worker_request(&config, 3)).await.unwrap();
+        assert!(outcome.shortfall.is_none(), "{code}: {:?}", outcome.shortfall);
+        assert_eq!(outcome.nodes.len(), 3, "{code}");
+        assert_eq!(
+            refused.load(Ordering::SeqCst),
+            1,
+            "{code}: spot was asked more than once"
+        );
+        assert_eq!(lifecycles(&moto, &outcome.nodes).await, vec![None; 3], "{code}");
+    }
 }

@@ -152,6 +152,7 @@ pub fn classify_code(code: &str, http_status: Option<u16>) -> ErrorKind {
         "Forbidden" => ErrorKind::PermissionDenied,
         "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Transient,
         "MissingParameter" | "UnknownParameter" | "ValidationError" => ErrorKind::InvalidConfig,
+        "MaxSpotInstanceCountExceeded" => ErrorKind::Quota,
         c if c.ends_with("LimitExceeded") || c.ends_with("QuotaExceeded") => ErrorKind::Quota,
         c if c.ends_with("NotFound") => ErrorKind::NotFound,
         c if c.starts_with("Invalid") => ErrorKind::InvalidConfig,

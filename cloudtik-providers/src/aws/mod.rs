@@ -12,7 +12,11 @@
 //!   EC2 creates fewer instances than `MaxCount` without an error, the rest is asked for
 //!   again; when a call fails after some instances exist, the launch is partial: `Ok`
 //!   with a shortfall. An `Insufficient*Capacity` error moves on to the next of
-//!   `node_config.SubnetIds`.
+//!   `node_config.SubnetIds`. With [`AwsSettings::prefer_spot`] (`prefer_spot_node`)
+//!   instances are launched as spot (`InstanceMarketOptions.MarketType` `spot`); a spot
+//!   capacity or price error (`InsufficientInstanceCapacity`, `SpotMaxPriceTooLow`,
+//!   `MaxSpotInstanceCountExceeded`) launches the rest of the request on-demand, in the
+//!   same subnet.
 //! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
 //!   batch, in chunks of 1,000 instances.
 //! * **Instance types**: `DescribeInstanceTypes`, one call for up to 100 types, gives
@@ -25,7 +29,8 @@
 //!
 //! A launch first lists the cluster's instances tagged with the request's token and
 //! creates only the missing ones. Each `RunInstances` call carries the `ClientToken`
-//! `<token>-<number of instances of the token that exist>-<subnet index>`: a call
+//! `<token>-<number of instances of the token that exist>-<subnet index>` (with `s`
+//! appended for a spot launch): a call
 //! repeated after a lost answer (or after a crash, before the new instances show in the
 //! list) is answered by EC2 with the instances of the first call instead of creating
 //! more, while a call after a partial launch (more instances exist, so a new client
@@ -83,6 +88,9 @@ pub struct AwsSettings {
     pub page_size: i32,
     /// Retries of rate-limited and transient failures.
     pub retry: RetryPolicy,
+    /// Launch spot instances first (`provider.prefer_spot_node`), falling back to
+    /// on-demand for the rest of a launch when EC2 has no spot capacity or price.
+    pub prefer_spot: bool,
 }
 
 impl AwsSettings {
@@ -93,6 +101,7 @@ impl AwsSettings {
             endpoint_url: None,
             page_size: 1000,
             retry: RetryPolicy::default(),
+            prefer_spot: false,
         }
     }
 
@@ -100,6 +109,7 @@ impl AwsSettings {
     pub fn from_provider_config(config: &crate::provider_config::AwsProviderConfig) -> Self {
         let mut settings = AwsSettings::new(config.region.clone());
         settings.endpoint_url = config.endpoint_url.clone();
+        settings.prefer_spot = config.prefer_spot_node.unwrap_or(false);
         settings
     }
 
@@ -114,6 +124,13 @@ impl AwsSettings {
     #[must_use]
     pub fn with_page_size(mut self, size: i32) -> Self {
         self.page_size = size.clamp(5, 1000);
+        self
+    }
+
+    /// Launches spot instances first, falling back to on-demand.
+    #[must_use]
+    pub fn with_prefer_spot(mut self, prefer_spot: bool) -> Self {
+        self.prefer_spot = prefer_spot;
         self
     }
 

@@ -9,8 +9,8 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceMarketOptionsRequest, InstanceStateName,
+    InstanceType, MarketType, ResourceType, Tag, TagSpecification,
 };
 use cloudtik_core::node::tags;
 use cloudtik_core::{
@@ -29,7 +29,7 @@ const NAME_TAG: &str = "Name";
 /// Most values one `DescribeInstances` filter takes.
 const FILTER_VALUES: usize = 200;
 /// The longest launch token: EC2's `ClientToken` holds 64 characters and the provider
-/// appends `-<existing>-<subnet>`.
+/// appends `-<existing>-<subnet>` (and `s` for a spot launch).
 const MAX_TOKEN_LEN: usize = 40;
 /// States of instances that are listed.
 const LISTED_STATES: [&str; 2] = ["pending", "running"];
@@ -381,11 +381,13 @@ impl AwsNodeProvider {
         all
     }
 
-    /// One `RunInstances` call for up to `count` instances in `subnet`.
+    /// One `RunInstances` call for up to `count` instances in `subnet`, as spot
+    /// instances when `spot`.
     async fn run_instances(
         &self,
         config: &Ec2NodeConfig,
         subnet: Option<&str>,
+        spot: bool,
         count: usize,
         client_token: &str,
         launch_tags: &Tags,
@@ -421,6 +423,13 @@ impl AwsNodeProvider {
             .set_key_name(config.key_name.clone())
             .set_user_data(config.user_data.clone())
             .set_ebs_optimized(config.ebs_optimized);
+        if spot {
+            request = request.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .build(),
+            );
+        }
         if !config.security_group_ids.is_empty() {
             request = request.set_security_group_ids(Some(config.security_group_ids.clone()));
         }
@@ -451,6 +460,7 @@ impl AwsNodeProvider {
                 e.with_context("cluster", &self.inner.cluster)
                     .with_context("instance_type", &config.instance_type)
                     .with_context("subnet", subnet.unwrap_or("default"))
+                    .with_context("market", if spot { "spot" } else { "on-demand" })
             })?;
         Ok(output.instances().to_vec())
     }
@@ -544,15 +554,18 @@ impl NodeProvider for AwsNodeProvider {
         // asked for again until an error stops it (each call creates at least one
         // instance or fails, so this ends). A capacity error moves on to the next subnet.
         let mut subnet_index = 0;
+        let mut spot = self.inner.settings.prefer_spot;
         let mut failure = None;
         let mut lost_answers = 0;
         while nodes.len() < request.count {
             let have = nodes.len();
-            let client_token = format!("{}-{have}-{subnet_index}", request.token);
+            let market = if spot { "s" } else { "" };
+            let client_token = format!("{}-{have}-{subnet_index}{market}", request.token);
             match self
                 .run_instances(
                     &config,
                     subnets[subnet_index],
+                    spot,
                     request.count - have,
                     &client_token,
                     &launch_tags,
@@ -584,6 +597,10 @@ impl NodeProvider for AwsNodeProvider {
                         ));
                         break;
                     }
+                }
+                Err(e) if spot && is_spot_shortage(&e) => {
+                    tracing::debug!(error = %e, "no spot capacity; launching the rest on-demand");
+                    spot = false;
                 }
                 // The call failed in transit (its answer may be lost after EC2 launched
                 // instances): wait, list the token's instances again, and go on with the
@@ -755,6 +772,18 @@ impl NodeProvider for AwsNodeProvider {
         }
         Ok(())
     }
+}
+
+/// Whether `e` is a spot launch's lack of capacity or price, after which the provider
+/// launches on-demand.
+fn is_spot_shortage(e: &Error) -> bool {
+    e.kind() == ErrorKind::Capacity
+        || ec2_code(e).is_some_and(|c| {
+            matches!(
+                c,
+                "InsufficientInstanceCapacity" | "SpotMaxPriceTooLow" | "MaxSpotInstanceCountExceeded"
+            )
+        })
 }
 
 /// Whether `e` is EC2's refusal of an instance type name it does not know.
