@@ -78,6 +78,8 @@ impl ClusterController {
             .with_context(|| format!("cannot read the cluster config {}", path.display()))?;
         let mut config: ClusterConfig = serde_json::from_str(&text)
             .with_context(|| format!("invalid cluster config {}", path.display()))?;
+        // `cloudtik start` filled in the node types' resources (from DescribeInstanceTypes on
+        // AWS); this fills only what needs no cloud call.
         cloudtik_providers::bootstrap_cluster_config(&mut config)?;
         let head_ip = args
             .node

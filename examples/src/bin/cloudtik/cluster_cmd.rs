@@ -261,7 +261,7 @@ pub(crate) async fn open_cluster(file: &Path, progress: Option<&Progress>) -> Re
             .extra
             .insert("node_binary".into(), binary.display().to_string().into());
     }
-    cloudtik_providers::bootstrap_cluster_config(&mut config)?;
+    cloudtik_providers::bootstrap_cluster_config_async(&mut config).await?;
     let head_config = cloudtik_providers::head_cluster_config(&config)?;
     let provider = cloudtik_providers::node_provider(&config, ProviderPlace::Client).await?;
     let mut settings = ClusterSettings::new(dir, cloudtik_providers::node_binary_on_nodes(&config))
