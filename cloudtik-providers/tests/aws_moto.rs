@@ -24,7 +24,7 @@ use cloudtik_core::node::tags;
 use cloudtik_core::provider::new_launch_token;
 use cloudtik_core::testing::conformance::{CheckOutcome, ConformanceConfig, run_all};
 use cloudtik_core::{ErrorKind, ErrorStatus, LaunchRequest, NodeKind, NodeProvider, TagUpdate, Tags};
-use cloudtik_providers::aws::AwsNodeProvider;
+use cloudtik_providers::aws::{AwsNodeProvider, DEFAULT_IMAGE_NAME};
 use moto::{Moto, free_port, raw_client, sdk_config, settings, start_moto};
 use serde_json::json;
 
@@ -360,11 +360,11 @@ async fn a_bad_node_config_fails_before_any_call() {
     let Some(moto) = start_moto() else { return };
     let p = provider(&moto, "bad-config").await;
     let e = p
-        .create_nodes(&worker_request(&json!({"InstanceType": "t3.micro"}), 1))
+        .create_nodes(&worker_request(&json!({"ImageId": "ami-1"}), 1))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-    assert!(e.to_string().contains("ImageId"), "{e}");
+    assert!(e.to_string().contains("InstanceType"), "{e}");
     assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
 }
 
@@ -708,4 +708,128 @@ async fn spot_launches_fall_back_to_on_demand() {
         );
         assert_eq!(lifecycles(&moto, &outcome.nodes).await, vec![None; 3], "{code}");
     }
+}
+
+/// An x86_64 image owned by the test account (`self`) named `name`: a copy of one of
+/// moto's x86_64 AMIs (moto's RegisterImage drops the architecture). moto stamps
+/// `CreationDate` to the second.
+async fn register_image(moto: &Moto, name: &str) -> String {
+    let client = raw_client(moto).await;
+    let source = client
+        .describe_images()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("architecture")
+                .values("x86_64")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeImages on moto")
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_string))
+        .expect("moto has an x86_64 AMI");
+    client
+        .copy_image()
+        .source_image_id(source)
+        .source_region("us-east-1")
+        .name(name)
+        .send()
+        .await
+        .expect("CopyImage on moto")
+        .image_id()
+        .expect("an image id")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_without_image_id_uses_the_newest_default_image() {
+    let Some(moto) = start_moto() else { return };
+    let _other = register_image(&moto, "debian-12-amd64-20990101").await;
+    let older = register_image(
+        &moto,
+        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let newest = register_image(
+        &moto,
+        "ubuntu/images/hvm-ssd-gp3/ubuntu-jammy-22.04-amd64-server-20250101",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let _wrong_release = register_image(
+        &moto,
+        "ubuntu/images/hvm-ssd/ubuntu-noble-24.04-amd64-server-20250601",
+    )
+    .await;
+    let p = AwsNodeProvider::from_sdk_config(
+        "default-image",
+        &sdk_config(&moto.url).await,
+        settings(&moto.url).with_image_owners(["self"]),
+    )
+    .unwrap();
+    let config = json!({"InstanceType": "t3.micro"});
+    let outcome = p.create_nodes(&worker_request(&config, 1)).await.unwrap();
+    assert_eq!(outcome.nodes.len(), 1);
+    let images: Vec<String> = raw_client(&moto)
+        .await
+        .describe_instances()
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.image_id().map(str::to_string))
+        .collect();
+    assert_eq!(images, std::slice::from_ref(&newest));
+    // Looked up once: a later image is not seen by the same provider.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    register_image(
+        &moto,
+        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20260101",
+    )
+    .await;
+    assert_eq!(p.default_image_id().await.unwrap(), newest);
+    // An ImageId in node_config wins.
+    let explicit = json!({"InstanceType": "t3.micro", "ImageId": older});
+    let mut request = worker_request(&explicit, 1);
+    request.token = new_launch_token();
+    p.create_nodes(&request).await.unwrap();
+    let images: BTreeSet<String> = raw_client(&moto)
+        .await
+        .describe_instances()
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.image_id().map(str::to_string))
+        .collect();
+    assert_eq!(images, BTreeSet::from([newest, older]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_default_image_is_not_found_naming_the_filter() {
+    let Some(moto) = start_moto() else { return };
+    register_image(&moto, "debian-12-amd64-20990101").await;
+    let p = AwsNodeProvider::from_sdk_config(
+        "no-image",
+        &sdk_config(&moto.url).await,
+        settings(&moto.url).with_image_owners(["self"]),
+    )
+    .unwrap();
+    let e = p
+        .create_nodes(&worker_request(&json!({"InstanceType": "t3.micro"}), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let text = e.to_string();
+    assert!(text.contains(DEFAULT_IMAGE_NAME), "{text}");
+    assert!(text.contains("us-east-1"), "{text}");
+    assert!(text.contains("node_config.ImageId"), "{text}");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
 }

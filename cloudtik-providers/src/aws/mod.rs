@@ -17,6 +17,10 @@
 //!   capacity or price error (`InsufficientInstanceCapacity`, `SpotMaxPriceTooLow`,
 //!   `MaxSpotInstanceCountExceeded`) launches the rest of the request on-demand, in the
 //!   same subnet.
+//! * **Image**: a `node_config` without `ImageId` launches the newest available x86_64
+//!   image named like [`DEFAULT_IMAGE_NAME`] owned by [`AwsSettings::image_owners`]
+//!   (Canonical's Ubuntu 22.04), found with `DescribeImages` once per provider; none
+//!   found is a `NotFound` error naming the region and the filter.
 //! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
 //!   batch, in chunks of 1,000 instances.
 //! * **Instance types**: `DescribeInstanceTypes`, one call for up to 100 types, gives
@@ -91,7 +95,19 @@ pub struct AwsSettings {
     /// Launch spot instances first (`provider.prefer_spot_node`), falling back to
     /// on-demand for the rest of a launch when EC2 has no spot capacity or price.
     pub prefer_spot: bool,
+    /// The owners (`Owners` of `DescribeImages`) whose images are searched for the
+    /// default image, used when a `node_config` has no `ImageId`: the newest available
+    /// x86_64 image named like [`DEFAULT_IMAGE_NAME`]. Default: Canonical
+    /// ([`CANONICAL_OWNER`]).
+    pub image_owners: Vec<String>,
 }
+
+/// The AWS account of Canonical, the publisher of the Ubuntu images.
+pub const CANONICAL_OWNER: &str = "099720109477";
+
+/// The name pattern (`name` filter of `DescribeImages`) of the default image: Ubuntu
+/// 22.04 server for amd64 on SSD-backed HVM.
+pub const DEFAULT_IMAGE_NAME: &str = "ubuntu/images/hvm-ssd*/ubuntu-*-22.04-amd64-server-*";
 
 impl AwsSettings {
     /// Settings for `region` with AWS's endpoint, pages of 1,000 and the default retries.
@@ -102,6 +118,7 @@ impl AwsSettings {
             page_size: 1000,
             retry: RetryPolicy::default(),
             prefer_spot: false,
+            image_owners: vec![CANONICAL_OWNER.to_string()],
         }
     }
 
@@ -131,6 +148,13 @@ impl AwsSettings {
     #[must_use]
     pub fn with_prefer_spot(mut self, prefer_spot: bool) -> Self {
         self.prefer_spot = prefer_spot;
+        self
+    }
+
+    /// Sets the owners whose images are searched for the default image (e.g. `self`).
+    #[must_use]
+    pub fn with_image_owners<S: Into<String>>(mut self, owners: impl IntoIterator<Item = S>) -> Self {
+        self.image_owners = owners.into_iter().map(Into::into).collect();
         self
     }
 

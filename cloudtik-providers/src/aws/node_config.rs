@@ -22,8 +22,9 @@ pub const SUPPORTED_KEYS: [&str; 9] = [
 pub struct Ec2NodeConfig {
     /// `InstanceType`, e.g. `m5.large` (required).
     pub instance_type: String,
-    /// `ImageId`, an AMI id (required).
-    pub image_id: String,
+    /// `ImageId`, an AMI id. `None`: the provider launches the newest default image
+    /// (see [`AwsSettings::image_owners`](super::AwsSettings::image_owners)).
+    pub image_id: Option<String>,
     /// `SubnetIds` (or the one `SubnetId`), tried in order while launches fail for
     /// lack of capacity. Empty: EC2 picks the default subnet.
     pub subnet_ids: Vec<String>,
@@ -51,7 +52,7 @@ impl Ec2NodeConfig {
             Value::Null => {
                 return Err(Error::config(
                     "node_config",
-                    "the AWS provider needs InstanceType and ImageId",
+                    "the AWS provider needs at least InstanceType",
                 ));
             }
             other => {
@@ -102,7 +103,7 @@ impl Ec2NodeConfig {
         };
         Ok(Ec2NodeConfig {
             instance_type: required(map, "InstanceType")?,
-            image_id: required(map, "ImageId")?,
+            image_id: string(map, "ImageId")?,
             subnet_ids,
             key_name: string(map, "KeyName")?,
             security_group_ids: string_list(map, "SecurityGroupIds")?,
@@ -176,7 +177,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.instance_type, "m5.large");
-        assert_eq!(c.image_id, "ami-1");
+        assert_eq!(c.image_id.as_deref(), Some("ami-1"));
         assert_eq!(c.subnet_ids, ["subnet-b", "subnet-a"]);
         assert_eq!(c.key_name.as_deref(), Some("key"));
         assert_eq!(c.security_group_ids, ["sg-1"]);
@@ -191,6 +192,11 @@ mod tests {
         let e = Ec2NodeConfig::from_value(&json!({"ImageId": "ami-1"})).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert_eq!(e.location().unwrap().path, "node_config.InstanceType");
+        let c = Ec2NodeConfig::from_value(&json!({"InstanceType": "m5.large"})).unwrap();
+        assert_eq!(
+            c.image_id, None,
+            "no ImageId: the provider looks up the default image"
+        );
         let e = Ec2NodeConfig::from_value(&json!({
             "InstanceType": "m5.large", "ImageId": "ami-1", "BlockDeviceMappings": []
         }))

@@ -20,7 +20,7 @@ use cloudtik_core::{
 
 use super::errors::{classify_sdk_error, ec2_code, is_rate_limited};
 use super::node_config::Ec2NodeConfig;
-use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
+use super::{AwsSettings, DEFAULT_IMAGE_NAME, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
 /// Tags that name the node's place; `set_node_tags` may not change them.
 const IDENTITY_TAGS: [&str; 2] = [tags::CLUSTER_NAME, tags::LAUNCH_TOKEN];
@@ -66,6 +66,8 @@ struct Inner {
     cluster: String,
     settings: AwsSettings,
     client: Client,
+    /// The default image, looked up once (shared with [`AwsNodeProvider::for_cluster`]).
+    default_image: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl AwsNodeProvider {
@@ -113,6 +115,7 @@ impl AwsNodeProvider {
                 cluster: cluster.to_string(),
                 settings,
                 client,
+                default_image: Arc::default(),
             }),
         })
     }
@@ -125,6 +128,7 @@ impl AwsNodeProvider {
                 cluster: cluster.to_string(),
                 settings: self.inner.settings.clone(),
                 client: self.inner.client.clone(),
+                default_image: self.inner.default_image.clone(),
             }),
         })
     }
@@ -300,6 +304,51 @@ impl AwsNodeProvider {
         Ok(())
     }
 
+    /// The image launched when a `node_config` has no `ImageId`: the newest (by
+    /// `CreationDate`) available x86_64 image named like [`DEFAULT_IMAGE_NAME`] owned by
+    /// [`AwsSettings::image_owners`], looked up once per provider. None found is
+    /// `NotFound`, naming the region and the filter.
+    pub async fn default_image_id(&self) -> Result<String> {
+        self.inner
+            .default_image
+            .get_or_try_init(|| async {
+                let owners = &self.inner.settings.image_owners;
+                let answer = self
+                    .call("default_image", "DescribeImages", || {
+                        self.inner
+                            .client
+                            .describe_images()
+                            .set_owners(Some(owners.clone()))
+                            .filters(filter("name", [DEFAULT_IMAGE_NAME]))
+                            .filters(filter("architecture", ["x86_64"]))
+                            .filters(filter("state", ["available"]))
+                            .send()
+                    })
+                    .await?;
+                answer
+                    .images()
+                    .iter()
+                    .filter_map(|i| Some((i.creation_date()?, i.image_id()?)))
+                    .max()
+                    .map(|(_, id)| id.to_string())
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "no default image in region {}: DescribeImages found no available \
+                                 x86_64 image named {DEFAULT_IMAGE_NAME} owned by {}; set \
+                                 node_config.ImageId",
+                                self.inner.settings.region,
+                                owners.join(", ")
+                            ),
+                        )
+                        .with_operation("default_image")
+                    })
+            })
+            .await
+            .cloned()
+    }
+
     /// Runs one EC2 call with the provider's retry policy, classifying its errors.
     async fn call<T, E, F, Fut>(&self, operation: &'static str, call: &'static str, mut f: F) -> Result<T>
     where
@@ -408,7 +457,7 @@ impl AwsNodeProvider {
             .inner
             .client
             .run_instances()
-            .image_id(&config.image_id)
+            .set_image_id(config.image_id.clone())
             .instance_type(InstanceType::from(config.instance_type.as_str()))
             .min_count(1)
             .max_count(max_count)
@@ -533,7 +582,7 @@ impl NodeProvider for AwsNodeProvider {
                 format!("a launch token must be 1 to {MAX_TOKEN_LEN} ASCII letters, digits or dashes"),
             )));
         }
-        let config = Ec2NodeConfig::from_value(&request.node_config).map_err(with_request)?;
+        let mut config = Ec2NodeConfig::from_value(&request.node_config).map_err(with_request)?;
         let launch_tags = self.launch_tags(request);
 
         let mut token_filter = Tags::new();
@@ -544,6 +593,9 @@ impl NodeProvider for AwsNodeProvider {
                 nodes,
                 shortfall: None,
             });
+        }
+        if config.image_id.is_none() {
+            config.image_id = Some(self.default_image_id().await.map_err(with_request)?);
         }
         let subnets: Vec<Option<&str>> = if config.subnet_ids.is_empty() {
             vec![None]
