@@ -1233,34 +1233,22 @@ impl AwsWorkspaceProvider {
     }
 
     fn route_table<'a>(&self, found: &'a Found, name: &str) -> Option<&'a RouteTable> {
-        found
-            .route_tables
-            .iter()
-            .find(|t| tag_value(t.tags(), NAME_TAG) == Some(name))
+        named(&found.route_tables, RouteTable::tags, name)
     }
 
     fn address<'a>(&self, found: &'a Found) -> Option<&'a Address> {
         let name = self.name("elastic-ip");
-        found
-            .addresses
-            .iter()
-            .find(|a| tag_value(a.tags(), NAME_TAG) == Some(name.as_str()))
+        named(&found.addresses, Address::tags, &name)
     }
 
     fn nat_gateway<'a>(&self, found: &'a Found) -> Option<&'a NatGateway> {
         let name = self.name("nat-gateway");
-        found
-            .nat_gateways
-            .iter()
-            .find(|n| tag_value(n.tags(), NAME_TAG) == Some(name.as_str()))
+        named(&found.nat_gateways, NatGateway::tags, &name)
     }
 
     fn endpoint<'a>(&self, found: &'a Found) -> Option<&'a VpcEndpoint> {
         let name = self.name("vpc-endpoint-s3");
-        found
-            .endpoints
-            .iter()
-            .find(|e| tag_value(e.tags(), NAME_TAG) == Some(name.as_str()))
+        named(&found.endpoints, VpcEndpoint::tags, &name)
     }
 
     fn security_group<'a>(&self, found: &'a Found) -> Option<&'a SecurityGroup> {
@@ -2258,6 +2246,11 @@ fn rules_of(p: &IpPermission) -> Vec<Rule> {
 
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
+}
+
+/// The item of `items` whose `Name` tag is `name`.
+fn named<'a, T>(items: &'a [T], tags: impl Fn(&T) -> &[Tag], name: &str) -> Option<&'a T> {
+    items.iter().find(|i| tag_value(tags(i), NAME_TAG) == Some(name))
 }
 
 fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
