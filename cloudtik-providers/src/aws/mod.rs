@@ -53,6 +53,10 @@
 //! exponential backoff, a bounded number of times ([`RetryPolicy`]); the SDK's own
 //! retries are switched off so there is one policy only.
 //!
+//! Before each try, a call waits for a token of the provider's client-side rate limit
+//! ([`RateLimits`], EC2's own bucket sizes by default), and a throttled call empties its
+//! bucket so that every caller of the provider slows down, not only the one refused.
+//!
 //! # Credentials and endpoint
 //!
 //! Credentials come from the standard AWS chain (environment, profile, SSO, instance
@@ -62,6 +66,7 @@
 mod errors;
 mod node_config;
 mod node_provider;
+mod rate_limit;
 mod workspace;
 
 use std::time::Duration;
@@ -72,6 +77,7 @@ use aws_sdk_ec2::config::timeout::TimeoutConfig;
 pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
 pub use node_config::{Ec2NodeConfig, SUPPORTED_KEYS};
 pub use node_provider::AwsNodeProvider;
+pub use rate_limit::{RateLimit, RateLimits};
 pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, WorkspaceVpc};
 
 /// The provider type name, as in `provider.type`.
@@ -92,6 +98,9 @@ pub struct AwsSettings {
     pub page_size: i32,
     /// Retries of rate-limited and transient failures.
     pub retry: RetryPolicy,
+    /// The client-side rate limit of the node provider's EC2 calls (default: EC2's
+    /// default buckets; see [`RateLimits`]).
+    pub rate_limits: RateLimits,
     /// Launch spot instances first (`provider.prefer_spot_node`), falling back to
     /// on-demand for the rest of a launch when EC2 has no spot capacity or price.
     pub prefer_spot: bool,
@@ -117,6 +126,7 @@ impl AwsSettings {
             endpoint_url: None,
             page_size: 1000,
             retry: RetryPolicy::default(),
+            rate_limits: RateLimits::default(),
             prefer_spot: false,
             image_owners: vec![CANONICAL_OWNER.to_string()],
         }
@@ -155,6 +165,13 @@ impl AwsSettings {
     #[must_use]
     pub fn with_image_owners<S: Into<String>>(mut self, owners: impl IntoIterator<Item = S>) -> Self {
         self.image_owners = owners.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the client-side rate limits ([`RateLimits::unlimited`] switches them off).
+    #[must_use]
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.rate_limits = limits;
         self
     }
 

@@ -18,8 +18,9 @@ use cloudtik_core::{
     ProviderCapabilities, Result, TagUpdate, Tags,
 };
 
-use super::errors::{classify_sdk_error, ec2_code, is_rate_limited};
+use super::errors::{ec2_code, is_rate_limited};
 use super::node_config::Ec2NodeConfig;
+use super::rate_limit::RateLimiter;
 use super::{AwsSettings, DEFAULT_IMAGE_NAME, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
 /// Tags that name the node's place; `set_node_tags` may not change them.
@@ -68,6 +69,8 @@ struct Inner {
     client: Client,
     /// The default image, looked up once (shared with [`AwsNodeProvider::for_cluster`]).
     default_image: Arc<tokio::sync::OnceCell<String>>,
+    /// The client-side rate limit (shared with [`AwsNodeProvider::for_cluster`]).
+    limiter: Arc<RateLimiter>,
 }
 
 impl AwsNodeProvider {
@@ -110,12 +113,14 @@ impl AwsNodeProvider {
     ) -> Result<Self> {
         check_cluster_name(cluster)?;
         let client = ec2_client(builder, &settings);
+        let limiter = Arc::new(RateLimiter::new(settings.rate_limits));
         Ok(AwsNodeProvider {
             inner: Arc::new(Inner {
                 cluster: cluster.to_string(),
                 settings,
                 client,
                 default_image: Arc::default(),
+                limiter,
             }),
         })
     }
@@ -129,6 +134,7 @@ impl AwsNodeProvider {
                 settings: self.inner.settings.clone(),
                 client: self.inner.client.clone(),
                 default_image: self.inner.default_image.clone(),
+                limiter: self.inner.limiter.clone(),
             }),
         })
     }
@@ -361,7 +367,11 @@ impl AwsNodeProvider {
             .retry
             .run(|| {
                 let fut = f();
-                async move { fut.await.map_err(|e| classify_sdk_error(e, operation, call)) }
+                let limiter = &self.inner.limiter;
+                async move {
+                    limiter.acquire(call).await;
+                    fut.await.map_err(|e| limiter.classify(e, operation, call))
+                }
             })
             .await
     }
@@ -500,7 +510,11 @@ impl AwsNodeProvider {
             .run_when(
                 || {
                     let fut = request.clone().send();
-                    async move { fut.await.map_err(|e| classify_sdk_error(e, OP, "RunInstances")) }
+                    let limiter = &self.inner.limiter;
+                    async move {
+                        limiter.acquire("RunInstances").await;
+                        fut.await.map_err(|e| limiter.classify(e, OP, "RunInstances"))
+                    }
                 },
                 is_rate_limited,
             )
