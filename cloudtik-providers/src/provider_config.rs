@@ -96,9 +96,28 @@ pub struct AwsProviderConfig {
     /// Zones to place nodes in, comma-separated.
     #[serde(default)]
     pub availability_zone: Option<String>,
-    /// Use the VPC of the working machine.
+    /// Use internal addresses only (the common key, also read by the core). With it, the
+    /// workspace uses the working VPC (`use_working_vpc`, default true) or, with
+    /// `use_working_vpc: false`, a VPC of its own peered with the working VPC.
+    #[serde(default)]
+    pub use_internal_ips: Option<bool>,
+    /// Use the VPC of the working machine (default true with `use_internal_ips`).
     #[serde(default)]
     pub use_working_vpc: Option<bool>,
+    /// The working VPC's id, for `use_working_vpc` and for VPC peering; when unset it is
+    /// the VPC of the EC2 instance the CLI runs on, found by its address. An extension of
+    /// this SDK (CloudTik always looks the machine up), so a workspace can be made from
+    /// outside EC2.
+    #[serde(default)]
+    pub working_vpc_id: Option<String>,
+    /// With VPC peering: let the working VPC's range through the workspace's security
+    /// group (default true).
+    #[serde(default)]
+    pub peering_firewall_allow_working_subnet: Option<bool>,
+    /// With VPC peering and `peering_firewall_allow_working_subnet`: SSH (tcp/22) only
+    /// from the working VPC (default true); false opens every TCP port to it.
+    #[serde(default)]
+    pub peering_firewall_allow_ssh_only: Option<bool>,
     /// Keep stopped nodes for reuse instead of terminating them.
     #[serde(default)]
     pub cache_stopped_nodes: Option<bool>,
@@ -244,6 +263,14 @@ pub fn validate_aws(p: &ProviderSection) -> Result<()> {
         return Err(Error::config(
             "provider.region",
             "must name a region, e.g. us-east-1",
+        ));
+    }
+    if let Some(id) = &c.working_vpc_id
+        && !(id.starts_with("vpc-") && id.len() > 4 && id[4..].chars().all(|ch| ch.is_ascii_alphanumeric()))
+    {
+        return Err(Error::config(
+            "provider.working_vpc_id",
+            format!("`{id}` is not a VPC id: expected vpc- and letters or digits, e.g. vpc-0a1b2c3d"),
         ));
     }
     check_cidrs(&c.allowed_ssh_sources)

@@ -19,7 +19,9 @@ use cloudtik_core::{
     DeleteWorkspaceOptions, ErrorKind, LaunchRequest, NodeProvider, Tags, WorkspaceExistence,
     WorkspaceProvider,
 };
-use cloudtik_providers::aws::{AwsNodeProvider, AwsWorkspaceOptions, AwsWorkspaceProvider, WorkspaceVpc};
+use cloudtik_providers::aws::{
+    AwsNodeProvider, AwsWorkspaceOptions, AwsWorkspaceProvider, VpcPeering, WorkspaceVpc,
+};
 use moto::{Moto, free_port, raw_client, sdk_config, settings, start_moto};
 use serde_json::json;
 
@@ -892,4 +894,383 @@ async fn names_and_configs_are_checked_before_any_call() {
     });
     let e = AwsWorkspaceProvider::from_sdk_config("ok", &sdk, settings(&url), bad_cidr).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+}
+
+/// A "working VPC" (10.0.0.0/16) as the machine running the CLI would sit in: its main
+/// route table, and a subnet with a route table of its own. Returns the VPC's id and
+/// its route tables' ids.
+async fn working_vpc(ec2: &Client) -> (String, BTreeSet<String>) {
+    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
+    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.0.1.0/24")
+        .send()
+        .await
+        .unwrap();
+    let subnet = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let table = ec2.create_route_table().vpc_id(&vpc).send().await.unwrap();
+    let table = table.route_table().unwrap().route_table_id().unwrap().to_string();
+    ec2.associate_route_table()
+        .route_table_id(&table)
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap();
+    let tables = vpc_tables(ec2, &vpc).await;
+    assert_eq!(
+        tables.len(),
+        2,
+        "the working VPC has a main and a subnet route table"
+    );
+    (vpc, tables.into_keys().collect())
+}
+
+/// The route tables of a VPC: id -> routes as (destination, peering connection).
+async fn vpc_tables(ec2: &Client, vpc: &str) -> BTreeMap<String, BTreeSet<(String, Option<String>)>> {
+    let tables = ec2
+        .describe_route_tables()
+        .filters(Filter::builder().name("vpc-id").values(vpc).build())
+        .send()
+        .await
+        .unwrap();
+    tables
+        .route_tables()
+        .iter()
+        .map(|t| {
+            let routes = t
+                .routes()
+                .iter()
+                .filter_map(|r| {
+                    r.destination_cidr_block()
+                        .map(|d| (d.to_string(), r.vpc_peering_connection_id().map(String::from)))
+                })
+                .collect();
+            (t.route_table_id().unwrap().to_string(), routes)
+        })
+        .collect()
+}
+
+/// The workspace's peering connections that are not deleted: id -> status (listed with
+/// a raw client; moto ignores the filters of this call, so the tag is checked here).
+async fn live_peerings(ec2: &Client, ws: &str) -> BTreeMap<String, String> {
+    let all = ec2.describe_vpc_peering_connections().send().await.unwrap();
+    all.vpc_peering_connections()
+        .iter()
+        .filter(|p| has_ws_tag(p.tags(), ws))
+        .map(|p| {
+            let status = p.status().and_then(|s| s.code()).unwrap().as_str().to_string();
+            (p.vpc_peering_connection_id().unwrap().to_string(), status)
+        })
+        .filter(|(_, status)| status != "deleted")
+        .collect()
+}
+
+/// Workspace options from a `provider` section with `use_internal_ips` and
+/// `use_working_vpc: false` (plus `extra` keys), as a workspace config gives them.
+fn peering_options(working: &str, extra: serde_json::Value) -> AwsWorkspaceOptions {
+    let mut provider = json!({
+        "region": "us-east-1",
+        "use_internal_ips": true,
+        "use_working_vpc": false,
+        "working_vpc_id": working,
+    });
+    provider
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let config: cloudtik_providers::provider_config::AwsProviderConfig =
+        serde_json::from_value(provider).unwrap();
+    AwsWorkspaceOptions::from_provider_config(&config)
+        .with_timeouts(
+            Duration::from_secs(20),
+            Duration::from_secs(2),
+            Duration::from_millis(20),
+        )
+        .with_iam_propagation_wait(Duration::ZERO)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_ips_without_a_working_vpc_peer_the_workspace_with_it() {
+    let Some(moto) = start_moto() else { return };
+    let ec2 = raw_client(&moto).await;
+    let ws = "peered";
+    let (working, working_tables) = working_vpc(&ec2).await;
+    let p = workspace(&moto, ws, peering_options(&working, json!({}))).await;
+    assert_eq!(p.options().peering, Some(VpcPeering::new(Some(working.clone()))));
+
+    p.create_workspace().await.unwrap();
+    assert_eq!(
+        p.workspace_existence().await.unwrap(),
+        WorkspaceExistence::Completed
+    );
+    let created = inventory(&ec2, ws).await;
+    assert_eq!(counts(&created), complete_counts());
+
+    // The workspace's VPC does not overlap the working VPC.
+    let info = p.workspace_info().await.unwrap();
+    let vpc = str_at(&info, "vpc_id").to_string();
+    assert_eq!(str_at(&info, "vpc_cidr"), "10.1.0.0/16");
+
+    // One active peering connection from the working VPC to the workspace's.
+    let peerings = live_peerings(&ec2, ws).await;
+    assert_eq!(peerings.values().collect::<Vec<_>>(), vec!["active"]);
+    let pcx = peerings.keys().next().unwrap().clone();
+    let described = ec2
+        .describe_vpc_peering_connections()
+        .vpc_peering_connection_ids(&pcx)
+        .send()
+        .await
+        .unwrap();
+    let peering = &described.vpc_peering_connections()[0];
+    assert_eq!(
+        peering.requester_vpc_info().unwrap().vpc_id(),
+        Some(working.as_str())
+    );
+    assert_eq!(peering.accepter_vpc_info().unwrap().vpc_id(), Some(vpc.as_str()));
+    assert!(
+        peering
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("Name") && t.value() == Some("cloudtik-peered-vpc-peering-connection"))
+    );
+    assert_eq!(
+        info["vpc_peering"],
+        json!({
+            "id": pcx,
+            "name": "cloudtik-peered-vpc-peering-connection",
+            "status": "active",
+            "working_vpc_id": working,
+            "working_vpc_cidr": "10.0.0.0/16",
+        })
+    );
+
+    // Routes through it on both sides.
+    let to_working = ("10.0.0.0/16".to_string(), Some(pcx.clone()));
+    let to_workspace = ("10.1.0.0/16".to_string(), Some(pcx.clone()));
+    let ws_tables = vpc_tables(&ec2, &vpc).await;
+    for key in ["public_route_table_id", "private_route_table_id"] {
+        let routes = &ws_tables[str_at(&info, key)];
+        assert!(
+            routes.contains(&to_working),
+            "{key} has no route to the working VPC: {routes:?}"
+        );
+    }
+    let tables = vpc_tables(&ec2, &working).await;
+    assert_eq!(tables.keys().cloned().collect::<BTreeSet<_>>(), working_tables);
+    for (id, routes) in &tables {
+        assert!(
+            routes.contains(&to_workspace),
+            "working table {id} has no route to the workspace: {routes:?}"
+        );
+    }
+
+    // The security group lets SSH in from the working VPC.
+    let sg = str_at(&info, "security_group_id").to_string();
+    assert_eq!(
+        group_ingress(&ec2, &sg).await,
+        BTreeSet::from([
+            ("-1".to_string(), None, sg.clone()),
+            ssh("10.1.0.0/16"),
+            ssh("10.0.0.0/16"),
+        ])
+    );
+
+    // Create again: nothing new.
+    p.create_workspace().await.unwrap();
+    assert_eq!(inventory(&ec2, ws).await, created);
+    assert_eq!(live_peerings(&ec2, ws).await, peerings);
+    assert_eq!(vpc_tables(&ec2, &working).await, tables);
+
+    // peering_firewall_allow_ssh_only: false opens every TCP port to the working VPC;
+    // peering_firewall_allow_working_subnet: false closes it.
+    let all_ports = workspace(
+        &moto,
+        ws,
+        peering_options(&working, json!({"peering_firewall_allow_ssh_only": false})),
+    )
+    .await;
+    all_ports.update_workspace().await.unwrap();
+    assert_eq!(
+        group_ingress(&ec2, &sg).await,
+        BTreeSet::from([
+            ("-1".to_string(), None, sg.clone()),
+            ssh("10.1.0.0/16"),
+            ("tcp".to_string(), Some(0), "10.0.0.0/16".to_string()),
+        ])
+    );
+    let closed = workspace(
+        &moto,
+        ws,
+        peering_options(&working, json!({"peering_firewall_allow_working_subnet": false})),
+    )
+    .await;
+    closed.update_workspace().await.unwrap();
+    assert_eq!(
+        group_ingress(&ec2, &sg).await,
+        BTreeSet::from([("-1".to_string(), None, sg.clone()), ssh("10.1.0.0/16")])
+    );
+    p.update_workspace().await.unwrap();
+    assert!(group_ingress(&ec2, &sg).await.contains(&ssh("10.0.0.0/16")));
+
+    // A route removed behind the workspace's back is missing, and create puts it back.
+    let main = working_tables.iter().next().unwrap().clone();
+    ec2.delete_route()
+        .route_table_id(&main)
+        .destination_cidr_block("10.1.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        p.workspace_existence().await.unwrap(),
+        WorkspaceExistence::Incomplete {
+            missing: vec!["vpc-peering".into()]
+        }
+    );
+    p.create_workspace().await.unwrap();
+    assert_eq!(
+        p.workspace_existence().await.unwrap(),
+        WorkspaceExistence::Completed
+    );
+    assert_eq!(vpc_tables(&ec2, &working).await, tables);
+
+    // Delete removes the routes in the working VPC and the peering, and leaves the
+    // working VPC as it was.
+    p.delete_workspace(DeleteWorkspaceOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        p.workspace_existence().await.unwrap(),
+        WorkspaceExistence::NotExist
+    );
+    assert_empty(&inventory(&ec2, ws).await);
+    assert!(iam_inventory(&moto, ws).await.is_empty());
+    assert!(
+        live_peerings(&ec2, ws).await.is_empty(),
+        "the peering is still there"
+    );
+    let left = vpc_tables(&ec2, &working).await;
+    assert_eq!(left.keys().cloned().collect::<BTreeSet<_>>(), working_tables);
+    for (id, routes) in &left {
+        assert!(
+            routes.iter().all(|(_, via)| via.is_none()),
+            "working table {id} keeps a route through the peering: {routes:?}"
+        );
+        assert!(routes.contains(&("10.0.0.0/16".to_string(), None)));
+    }
+    let vpcs = ec2.describe_vpcs().send().await.unwrap();
+    assert!(vpcs.vpcs().iter().all(|v| v.vpc_id() != Some(vpc.as_str())));
+    assert!(vpcs.vpcs().iter().any(|v| v.vpc_id() == Some(working.as_str())));
+    // Deleting again succeeds.
+    p.delete_workspace(DeleteWorkspaceOptions::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_peering_is_accepted_and_routed_by_a_rerun() {
+    let Some(moto) = start_moto() else { return };
+    let ec2 = raw_client(&moto).await;
+    let ws = "halfpeered";
+    let (working, _) = working_vpc(&ec2).await;
+    let dead_url = format!("http://127.0.0.1:{}/", free_port());
+    let options = peering_options(&working, json!({}));
+    let provider = |fault: &FailAction| {
+        let fault = fault.clone();
+        let moto_url = moto.url.clone();
+        let options = options.clone();
+        async move {
+            let sdk = sdk_config(&moto_url).await;
+            AwsWorkspaceProvider::from_client_configs(
+                ws,
+                aws_sdk_ec2::config::Builder::from(&sdk).interceptor(fault),
+                aws_sdk_iam::config::Builder::from(&sdk),
+                aws_sdk_s3::config::Builder::from(&sdk),
+                settings(&moto_url),
+                options,
+            )
+            .unwrap()
+        }
+    };
+
+    // The connection is made but not accepted.
+    let accept = FailAction {
+        action: "AcceptVpcPeeringConnection",
+        armed: Arc::new(AtomicBool::new(true)),
+        dead_url: dead_url.clone(),
+    };
+    let p = provider(&accept).await;
+    let e = p.create_workspace().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert_eq!(e.context_value("step"), Some("vpc-peering"), "{e}");
+    assert_eq!(
+        e.context_value("resource"),
+        Some("cloudtik-halfpeered-vpc-peering-connection"),
+        "{e}"
+    );
+    assert_eq!(e.context_value("call"), Some("AcceptVpcPeeringConnection"), "{e}");
+    assert_eq!(
+        p.workspace_existence().await.unwrap(),
+        WorkspaceExistence::Incomplete {
+            missing: vec!["vpc-peering".into(), "head-role".into(), "worker-role".into()]
+        }
+    );
+    let pending = live_peerings(&ec2, ws).await;
+    assert_eq!(pending.values().collect::<Vec<_>>(), vec!["pending-acceptance"]);
+    let info = p.workspace_info().await.unwrap();
+    assert_eq!(info["vpc_peering"]["status"], json!("pending-acceptance"));
+
+    // The re-run accepts that connection (no second one) and adds the routes.
+    accept.armed.store(false, Ordering::SeqCst);
+    p.create_workspace().await.unwrap();
+    assert_eq!(
+        p.workspace_existence().await.unwrap(),
+        WorkspaceExistence::Completed
+    );
+    let active = live_peerings(&ec2, ws).await;
+    assert_eq!(
+        active.keys().collect::<Vec<_>>(),
+        pending.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(active.values().collect::<Vec<_>>(), vec!["active"]);
+    let pcx = active.keys().next().unwrap().clone();
+    for (id, routes) in vpc_tables(&ec2, &working).await {
+        assert!(
+            routes.contains(&("10.1.0.0/16".to_string(), Some(pcx.clone()))),
+            "working table {id}: {routes:?}"
+        );
+    }
+
+    // A delete that fails at the peering connection has removed the routes to it; the
+    // next delete finishes.
+    let delete = FailAction {
+        action: "DeleteVpcPeeringConnection",
+        armed: Arc::new(AtomicBool::new(true)),
+        dead_url,
+    };
+    let q = provider(&delete).await;
+    let e = q
+        .delete_workspace(DeleteWorkspaceOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.context_value("step"), Some("vpc-peering"), "{e}");
+    assert_eq!(e.context_value("call"), Some("DeleteVpcPeeringConnection"), "{e}");
+    for (id, routes) in vpc_tables(&ec2, &working).await {
+        assert!(
+            routes.iter().all(|(_, via)| via.is_none()),
+            "working table {id}: {routes:?}"
+        );
+    }
+    assert_eq!(live_peerings(&ec2, ws).await, active);
+    delete.armed.store(false, Ordering::SeqCst);
+    q.delete_workspace(DeleteWorkspaceOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        q.workspace_existence().await.unwrap(),
+        WorkspaceExistence::NotExist
+    );
+    assert!(live_peerings(&ec2, ws).await.is_empty());
+    assert_empty(&inventory(&ec2, ws).await);
 }

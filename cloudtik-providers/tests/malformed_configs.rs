@@ -403,6 +403,12 @@ fn cases(template_dir: &std::path::Path) -> Vec<Case> {
             "CIDR",
         ),
         case(
+            "aws working VPC that is no VPC id",
+            "cluster_name: c\nworkspace_name: ws\nprovider:\n  type: aws\n  region: us-east-1\n  use_internal_ips: true\n  working_vpc_id: default\n",
+            "provider.working_vpc_id",
+            "not a VPC id",
+        ),
+        case(
             "gcp without project",
             "cluster_name: c\nworkspace_name: ws\nprovider:\n  type: gcp\n",
             "provider.project_id",

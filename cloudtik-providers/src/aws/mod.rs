@@ -1,7 +1,8 @@
 //! The `aws` provider: the nodes of a cluster as EC2 instances (CloudTik's AWS node
 //! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2); and the workspace they run in
-//! ([`AwsWorkspaceProvider`]: VPC, subnets, gateways, security group, IAM roles and the
-//! managed S3 bucket, on EC2, IAM and S3).
+//! ([`AwsWorkspaceProvider`]: VPC, subnets, gateways, security group, VPC peering with
+//! the working VPC for `use_internal_ips`, IAM roles and the managed S3 bucket, on EC2,
+//! IAM and S3).
 //!
 //! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
 //!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;
@@ -78,7 +79,7 @@ pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
 pub use node_config::{Ec2NodeConfig, SUPPORTED_KEYS};
 pub use node_provider::AwsNodeProvider;
 pub use rate_limit::{RateLimit, RateLimits};
-pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, WorkspaceVpc};
+pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, VpcPeering, WorkspaceVpc};
 
 /// The provider type name, as in `provider.type`.
 pub const PROVIDER_TYPE: &str = "aws";

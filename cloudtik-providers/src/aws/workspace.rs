@@ -11,8 +11,9 @@ use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Address, AttributeBooleanValue, DomainType, Filter, Instance, InternetGateway, IpPermission, IpRange,
-    Ipv6Range, NatGateway, NatGatewayState, PrefixListId, ResourceType, RouteTable, SecurityGroup, Subnet,
-    Tag, TagSpecification, UserIdGroupPair, Vpc, VpcEndpoint, VpcEndpointType,
+    Ipv6Range, NatGateway, NatGatewayState, PrefixListId, ResourceType, Route, RouteState, RouteTable,
+    SecurityGroup, Subnet, Tag, TagSpecification, UserIdGroupPair, Vpc, VpcCidrBlockStateCode, VpcEndpoint,
+    VpcEndpointType, VpcPeeringConnection, VpcPeeringConnectionStateReasonCode,
 };
 use cloudtik_core::config::WorkspaceConfig;
 use cloudtik_core::node::tags;
@@ -75,6 +76,56 @@ pub enum WorkspaceVpc {
     },
 }
 
+/// VPC peering between the workspace's own VPC and the working VPC (the VPC of the
+/// machine that runs the CLI), so the working machine reaches the nodes by their
+/// internal addresses: CloudTik's `use_internal_ips` with `use_working_vpc: false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VpcPeering {
+    /// The working VPC (`provider.working_vpc_id`); `None` means the VPC of the EC2
+    /// instance this process runs on, found by this machine's private address (as
+    /// CloudTik), or, once the workspace is peered, the VPC its peering connection
+    /// comes from.
+    pub working_vpc_id: Option<String>,
+    /// Let the working VPC's range through the security group
+    /// (`provider.peering_firewall_allow_working_subnet`, default true).
+    pub allow_working_subnet: bool,
+    /// With [`allow_working_subnet`](Self::allow_working_subnet): SSH (tcp/22) only
+    /// (`provider.peering_firewall_allow_ssh_only`, default true); false allows every
+    /// TCP port (0 to 65535).
+    pub allow_ssh_only: bool,
+}
+
+impl Default for VpcPeering {
+    fn default() -> Self {
+        VpcPeering {
+            working_vpc_id: None,
+            allow_working_subnet: true,
+            allow_ssh_only: true,
+        }
+    }
+}
+
+impl VpcPeering {
+    /// Peering with the working VPC `vpc_id` (`None`: this machine's VPC), with the
+    /// default firewall (SSH from the working VPC).
+    pub fn new(vpc_id: Option<String>) -> Self {
+        VpcPeering {
+            working_vpc_id: vpc_id,
+            ..VpcPeering::default()
+        }
+    }
+
+    /// Sets what the security group lets in from the working VPC: nothing
+    /// (`allow_working_subnet` false), SSH only, or every TCP port.
+    #[must_use]
+    pub fn with_firewall(mut self, allow_working_subnet: bool, allow_ssh_only: bool) -> Self {
+        self.allow_working_subnet = allow_working_subnet;
+        self.allow_ssh_only = allow_ssh_only;
+        self
+    }
+}
+
 /// The shape of an AWS workspace (what the `provider` section of a workspace config says).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -101,6 +152,13 @@ pub struct AwsWorkspaceOptions {
     pub iam_propagation_wait: Duration,
     /// Create the managed S3 bucket (`provider.managed_cloud_storage`; default false).
     pub managed_cloud_storage: bool,
+    /// Peer the workspace's VPC with the working VPC (default none). Only with
+    /// [`WorkspaceVpc::Create`]; the VPC's range is then chosen not to overlap the
+    /// working VPC (see [`AwsWorkspaceProvider`]).
+    pub peering: Option<VpcPeering>,
+    /// How long create waits for a peering connection to become ready for acceptance and
+    /// then active (default 2 min).
+    pub peering_timeout: Duration,
 }
 
 impl Default for AwsWorkspaceOptions {
@@ -118,17 +176,34 @@ impl Default for AwsWorkspaceOptions {
             poll_interval: Duration::from_secs(5),
             iam_propagation_wait: Duration::from_secs(15),
             managed_cloud_storage: false,
+            peering: None,
+            peering_timeout: Duration::from_secs(120),
         }
     }
 }
 
 impl AwsWorkspaceOptions {
-    /// Options from the `provider` section of a workspace config: `use_working_vpc`,
-    /// `availability_zone` (comma-separated) and `allowed_ssh_sources`.
+    /// Options from the `provider` section of a workspace config: `use_internal_ips`,
+    /// `use_working_vpc`, `working_vpc_id`, `peering_firewall_allow_working_subnet`,
+    /// `peering_firewall_allow_ssh_only`, `availability_zone` (comma-separated),
+    /// `allowed_ssh_sources` and `managed_cloud_storage`.
+    ///
+    /// As in CloudTik, `use_working_vpc` defaults to true with `use_internal_ips`, and
+    /// `use_internal_ips` with `use_working_vpc: false` peers a VPC of the workspace's
+    /// own with the working VPC. (`use_working_vpc: true` without `use_internal_ips`
+    /// also uses the working VPC; CloudTik ignores it then.)
     pub fn from_provider_config(config: &crate::provider_config::AwsProviderConfig) -> Self {
         let mut options = AwsWorkspaceOptions::default();
-        if config.use_working_vpc == Some(true) {
-            options.vpc = WorkspaceVpc::Working { vpc_id: None };
+        let internal = config.use_internal_ips == Some(true);
+        if config.use_working_vpc.unwrap_or(internal) {
+            options.vpc = WorkspaceVpc::Working {
+                vpc_id: config.working_vpc_id.clone(),
+            };
+        } else if internal {
+            options.peering = Some(VpcPeering::new(config.working_vpc_id.clone()).with_firewall(
+                config.peering_firewall_allow_working_subnet.unwrap_or(true),
+                config.peering_firewall_allow_ssh_only.unwrap_or(true),
+            ));
         }
         if let Some(zones) = &config.availability_zone {
             options.availability_zones = zones
@@ -179,6 +254,20 @@ impl AwsWorkspaceOptions {
         self
     }
 
+    /// Sets VPC peering with the working VPC (`None`: no peering).
+    #[must_use]
+    pub fn with_peering(mut self, peering: Option<VpcPeering>) -> Self {
+        self.peering = peering;
+        self
+    }
+
+    /// Sets how long create waits for a peering connection to become active.
+    #[must_use]
+    pub fn with_peering_timeout(mut self, timeout: Duration) -> Self {
+        self.peering_timeout = timeout;
+        self
+    }
+
     /// Sets the wait after an instance profile was created.
     #[must_use]
     pub fn with_iam_propagation_wait(mut self, wait: Duration) -> Self {
@@ -209,13 +298,14 @@ enum Piece {
     PrivateRouteTable,
     S3Endpoint,
     SecurityGroup,
+    VpcPeering,
     HeadRole,
     WorkerRole,
     ManagedStorage,
 }
 
 impl Piece {
-    const ALL: [Piece; 13] = [
+    const ALL: [Piece; 14] = [
         Piece::Vpc,
         Piece::PublicSubnets,
         Piece::PrivateSubnets,
@@ -226,6 +316,7 @@ impl Piece {
         Piece::PrivateRouteTable,
         Piece::S3Endpoint,
         Piece::SecurityGroup,
+        Piece::VpcPeering,
         Piece::HeadRole,
         Piece::WorkerRole,
         Piece::ManagedStorage,
@@ -243,6 +334,7 @@ impl Piece {
             Piece::PrivateRouteTable => "private-route-table",
             Piece::S3Endpoint => "s3-endpoint",
             Piece::SecurityGroup => "security-group",
+            Piece::VpcPeering => "vpc-peering",
             Piece::HeadRole => "head-role",
             Piece::WorkerRole => "worker-role",
             Piece::ManagedStorage => "managed-storage",
@@ -265,6 +357,12 @@ struct Found {
     /// Endpoints that are not being deleted.
     endpoints: Vec<VpcEndpoint>,
     security_groups: Vec<SecurityGroup>,
+    /// Peering connections tagged with the workspace, in any state (EC2 lists deleted
+    /// ones for a while; their routes may be left behind).
+    peerings: Vec<VpcPeeringConnection>,
+    /// The route tables of the VPC the live peering connection comes from (the working
+    /// VPC).
+    working_tables: Vec<RouteTable>,
     head: IamFound,
     worker: IamFound,
     /// Whether the managed bucket exists.
@@ -318,6 +416,34 @@ impl RoleKind {
     }
 }
 
+/// The working VPC of a peering, as described by create and update.
+#[derive(Debug)]
+struct WorkingVpc {
+    id: String,
+    /// Its primary IPv4 range.
+    cidr: String,
+    /// Every IPv4 range associated with it, the primary one first.
+    cidrs: Vec<String>,
+    /// Its route tables.
+    tables: Vec<RouteTable>,
+}
+
+impl WorkingVpc {
+    /// The ranges a peered VPC must not overlap: the working VPC's own and the
+    /// destinations its route tables send elsewhere (but the default route).
+    fn used(&self) -> Vec<&str> {
+        let mut used: Vec<&str> = self.cidrs.iter().map(String::as_str).collect();
+        used.extend(
+            self.tables
+                .iter()
+                .flat_map(|t| t.routes())
+                .filter_map(Route::destination_cidr_block)
+                .filter(|d| *d != ANYWHERE),
+        );
+        used
+    }
+}
+
 /// A workspace's network on EC2, found and created by deterministic names and the tag
 /// `cloudtik-workspace-name=<workspace>` (CloudTik's AWS workspace, reference §2).
 ///
@@ -328,7 +454,10 @@ impl RoleKind {
 /// so a resource whose creation answer was lost is found by the next run. In order:
 ///
 /// 1. **VPC** `cloudtik-<ws>-vpc` (DNS hostnames on), or with
-///    [`WorkspaceVpc::Working`] the existing VPC, which is only tagged.
+///    [`WorkspaceVpc::Working`] the existing VPC, which is only tagged. With
+///    [`AwsWorkspaceOptions::peering`] its range is the configured one (default
+///    `10.0.0.0/16`) when that overlaps neither the working VPC's ranges nor the
+///    destinations of the working VPC's routes, else the first such `10.X.0.0/16`.
 /// 2. **Subnets**: `cloudtik-<ws>-public-subnet-<i>` (public addresses on launch) and
 ///    `cloudtik-<ws>-private-subnet-<i>`, each a free /24 of the VPC, round-robin across
 ///    the zones.
@@ -343,13 +472,24 @@ impl RoleKind {
 ///    NAT gateway, associated with the private subnets.
 /// 8. **S3 gateway endpoint** `cloudtik-<ws>-vpc-endpoint-s3` on both route tables.
 /// 9. **Security group** `cloudtik-<ws>`: all traffic from the group itself, SSH (tcp/22)
-///    from the VPC's range and from `allowed_ssh_sources`; other ingress rules are revoked.
-/// 10. **IAM roles** `cloudtik-<ws>-head-role` (EC2, S3, IAM and ELB full access) and
+///    from the VPC's range and from `allowed_ssh_sources`, and with peering the working
+///    VPC's range ([`VpcPeering::allow_working_subnet`]: SSH, or every TCP port without
+///    [`VpcPeering::allow_ssh_only`]); other ingress rules are revoked.
+/// 10. With [`AwsWorkspaceOptions::peering`] (`use_internal_ips` without a working VPC),
+///     the **VPC peering connection** `cloudtik-<ws>-vpc-peering-connection` from the
+///     working VPC ([`VpcPeering::working_vpc_id`], or the VPC of this machine) to the
+///     workspace's VPC, accepted (create waits until it is active,
+///     [`AwsWorkspaceOptions::peering_timeout`]); then routes through it: to the working
+///     VPC's range in both route tables of the workspace, and to the workspace VPC's range
+///     in every route table of the working VPC. A connection found waiting for acceptance
+///     is accepted; a rejected, failed or expired one is replaced; a route of the same
+///     destination that is a blackhole is replaced, one to another target is a conflict.
+/// 11. **IAM roles** `cloudtik-<ws>-head-role` (EC2, S3, IAM and ELB full access) and
 ///     `cloudtik-<ws>-worker-role` (EC2 read-only, S3 and ELB full access), trusted by
 ///     EC2, each in its instance profile `cloudtik-<ws>-{head,worker}-profile`. IAM is
 ///     global: a workspace name is unique per account, not per region. After creating a
 ///     profile, create waits [`AwsWorkspaceOptions::iam_propagation_wait`].
-/// 11. With [`AwsWorkspaceOptions::managed_cloud_storage`], the **S3 bucket**
+/// 12. With [`AwsWorkspaceOptions::managed_cloud_storage`], the **S3 bucket**
 ///     `cloudtik-<ws>-<region>-default`, tagged with the workspace, encrypted (SSE-S3).
 ///
 /// A failed step returns the error with the context `step` (the piece, as named by
@@ -362,8 +502,10 @@ impl RoleKind {
 ///
 /// Existence lists the missing pieces in creation order: a route table counts only
 /// with its default route and subnet associations, the internet gateway only when
-/// attached. Info gives the ids of everything. Update re-applies the security group's
-/// ingress rules (only the difference is authorized or revoked).
+/// attached, the peering (`vpc-peering`, only counted with peering) only when active,
+/// from the working VPC, with its routes in both VPCs. Info gives the ids of
+/// everything (`vpc_peering`: id, status, working VPC and its range). Update re-applies
+/// the security group's ingress rules (only the difference is authorized or revoked).
 ///
 /// # Delete
 ///
@@ -372,7 +514,9 @@ impl RoleKind {
 /// workspace tag. Otherwise in reverse: the managed bucket (emptied first; only with
 /// `delete_managed_storage`, else it is kept and the workspace stays incomplete),
 /// instance profiles and roles (policies detached
-/// first), security group, S3 endpoint, private route
+/// first), the routes through the workspace's peering connections (in both VPCs, also
+/// of connections already deleted) and the live connections, security group, S3
+/// endpoint, private route
 /// table, NAT gateway (waiting until deleted), elastic IP, public route table, internet
 /// gateway (detach, delete), subnets, VPC (a working VPC only loses its tags). Missing
 /// pieces are skipped, so delete can run again after a failure, and deleting a
@@ -380,10 +524,11 @@ impl RoleKind {
 ///
 /// # Not built
 ///
-/// VPC peering (`use_internal_ips` without a working VPC), extra
-/// `security_group.IpPermissions` and managed databases are not created. The managed
-/// policy ARNs are those of the `aws` partition (not China or GovCloud). Update creates
-/// the managed bucket when the option is set, but never deletes it.
+/// Extra `security_group.IpPermissions` and managed databases are not created. Peering
+/// is within one account and region (no `PeerOwnerId`/`PeerRegion`), IPv4 only, and
+/// update does not add or remove it (only its security group rule). The managed policy
+/// ARNs are those of the `aws` partition (not China or GovCloud). Update creates the
+/// managed bucket when the option is set, but never deletes it.
 #[derive(Debug, Clone)]
 pub struct AwsWorkspaceProvider {
     workspace: String,
@@ -475,6 +620,21 @@ impl AwsWorkspaceProvider {
                     ));
                 }
             }
+        }
+        if options.peering.is_some() && matches!(options.vpc, WorkspaceVpc::Working { .. }) {
+            return Err(Error::config(
+                "provider.use_working_vpc",
+                "VPC peering needs a VPC of the workspace's own: set use_working_vpc to false, or use the working \
+                 VPC without peering",
+            ));
+        }
+        if let Some(id) = options.peering.as_ref().and_then(|p| p.working_vpc_id.as_ref())
+            && !id.starts_with("vpc-")
+        {
+            return Err(Error::config(
+                "provider.working_vpc_id",
+                format!("`{id}` is not a VPC id (vpc-...)"),
+            ));
         }
         let client = ec2_client(ec2, &settings);
         let iam = iam_client(iam, &settings);
@@ -1193,6 +1353,44 @@ impl AwsWorkspaceProvider {
             .filter(|g| self.is_ours(g.tags()))
             .cloned()
             .collect();
+
+        // Peering connections: moto ignores the filters here; the tag is checked here.
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .call(op, "DescribeVpcPeeringConnections", || {
+                    self.client
+                        .describe_vpc_peering_connections()
+                        .set_filters(ws())
+                        .set_next_token(next.clone())
+                        .send()
+                })
+                .await?;
+            found.peerings.extend(
+                page.vpc_peering_connections()
+                    .iter()
+                    .filter(|p| self.is_ours(p.tags()))
+                    .cloned(),
+            );
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        if let Some(working) = self.peering(&found).and_then(requester_vpc_id) {
+            let working = working.to_string();
+            let tables = self
+                .call(op, "DescribeRouteTables", || {
+                    self.client
+                        .describe_route_tables()
+                        .filters(filter("vpc-id", [working.as_str()]))
+                        .send()
+                })
+                .await
+                .map_err(|e| e.with_context("working_vpc", &working))?;
+            found.working_tables = tables.route_tables().to_vec();
+        }
+
         found.head = self.find_iam(op, RoleKind::Head).await?;
         found.worker = self.find_iam(op, RoleKind::Worker).await?;
         found.bucket = self.bucket_exists(op).await?;
@@ -1260,6 +1458,48 @@ impl AwsWorkspaceProvider {
             .find(|g| g.group_name() == Some(name.as_str()) && (vpc_id.is_none() || g.vpc_id() == vpc_id))
     }
 
+    fn peering_name(&self) -> String {
+        self.name("vpc-peering-connection")
+    }
+
+    /// The workspace's live peering connection (not deleted, rejected, failed or
+    /// expired) to its VPC.
+    fn peering<'a>(&self, found: &'a Found) -> Option<&'a VpcPeeringConnection> {
+        let name = self.peering_name();
+        let vpc_id = found.vpc.as_ref().and_then(|v| v.vpc_id());
+        found.peerings.iter().filter(|p| peering_live(p)).find(|p| {
+            tag_value(p.tags(), NAME_TAG) == Some(name.as_str())
+                && (vpc_id.is_none() || accepter_vpc_id(p) == vpc_id)
+        })
+    }
+
+    /// Whether the peering is active, with the routes in both VPCs: to the working
+    /// VPC's range in the workspace's route tables, to the workspace VPC's range in
+    /// every route table of the working VPC.
+    fn peering_complete(&self, found: &Found, wanted: &VpcPeering) -> bool {
+        let Some(peering) = self.peering(found) else {
+            return false;
+        };
+        let info = peering.requester_vpc_info();
+        let (Some(pcx), Some(working_id), Some(working_cidr), Some(vpc_cidr)) = (
+            peering.vpc_peering_connection_id(),
+            info.and_then(|i| i.vpc_id()),
+            info.and_then(|i| i.cidr_block()),
+            found.vpc.as_ref().and_then(|v| v.cidr_block()),
+        ) else {
+            return false;
+        };
+        let own_tables = [Piece::PublicRouteTable, Piece::PrivateRouteTable].map(|piece| {
+            self.route_table(found, &self.name(piece.as_str()))
+                .is_some_and(|t| routes_via(t, working_cidr, pcx))
+        });
+        peering_state(peering) == Some(&VpcPeeringConnectionStateReasonCode::Active)
+            && wanted.working_vpc_id.as_deref().is_none_or(|w| w == working_id)
+            && own_tables.iter().all(|ok| *ok)
+            && !found.working_tables.is_empty()
+            && found.working_tables.iter().all(|t| routes_via(t, vpc_cidr, pcx))
+    }
+
     /// The pieces that are missing or not set up, in creation order; and whether any
     /// piece of the workspace exists at all.
     fn missing(&self, found: &Found) -> (Vec<Piece>, bool) {
@@ -1300,6 +1540,11 @@ impl AwsWorkspaceProvider {
                 ),
                 Piece::S3Endpoint => self.endpoint(found).is_some(),
                 Piece::SecurityGroup => self.security_group(found).is_some(),
+                Piece::VpcPeering => self
+                    .options
+                    .peering
+                    .as_ref()
+                    .is_none_or(|wanted| self.peering_complete(found, wanted)),
                 Piece::HeadRole => self.iam_complete(RoleKind::Head, &found.head),
                 Piece::WorkerRole => self.iam_complete(RoleKind::Worker, &found.worker),
                 Piece::ManagedStorage => found.bucket || !self.options.managed_cloud_storage,
@@ -1316,6 +1561,7 @@ impl AwsWorkspaceProvider {
             || !found.nat_gateways.is_empty()
             || !found.endpoints.is_empty()
             || !found.security_groups.is_empty()
+            || found.peerings.iter().any(peering_live)
             || found.head.exists()
             || found.worker.exists()
             || found.bucket;
@@ -1324,8 +1570,14 @@ impl AwsWorkspaceProvider {
 
     // ---- create steps ----
 
-    /// Step 1: the VPC; returns its id and IPv4 range.
-    async fn ensure_vpc(&self, op: &'static str, found: &Found) -> Result<(String, String)> {
+    /// Step 1: the VPC; returns its id and IPv4 range. A VPC to be peered with
+    /// `working` gets a range that overlaps none the working VPC uses.
+    async fn ensure_vpc(
+        &self,
+        op: &'static str,
+        found: &Found,
+        working: Option<&WorkingVpc>,
+    ) -> Result<(String, String)> {
         let name = self.name("vpc");
         let err = at(Piece::Vpc, &name);
         match &self.options.vpc {
@@ -1333,11 +1585,25 @@ impl AwsWorkspaceProvider {
                 if let Some(vpc) = &found.vpc {
                     return vpc_id_cidr(vpc).map_err(&err);
                 }
+                let cidr = match working {
+                    None => cidr.clone(),
+                    Some(w) => peering_cidr(cidr, &w.used()).ok_or_else(|| {
+                        err(Error::new(
+                            ErrorKind::Capacity,
+                            format!(
+                                "no 10.X.0.0/16 range is free of the ranges and routes of the working VPC {}: \
+                                 the workspace's VPC cannot be peered with it",
+                                w.id
+                            ),
+                        )
+                        .with_operation(op))
+                    })?,
+                };
                 let created = self
                     .create_call(op, "CreateVpc", || {
                         self.client
                             .create_vpc()
-                            .cidr_block(cidr)
+                            .cidr_block(&cidr)
                             .tag_specifications(self.tag_spec_with(
                                 ResourceType::Vpc,
                                 &name,
@@ -1421,7 +1687,8 @@ impl AwsWorkspaceProvider {
         let ip = local_ipv4().ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
-                "use_working_vpc is set but this machine's address cannot be found: give the VPC id",
+                "the working VPC (use_working_vpc, or peering for use_internal_ips) cannot be found: this \
+                 machine's address is unknown; give provider.working_vpc_id",
             )
             .with_operation(op)
         })?;
@@ -1443,12 +1710,324 @@ impl AwsWorkspaceProvider {
                 Error::new(
                     ErrorKind::NotFound,
                     format!(
-                        "use_working_vpc is set but no EC2 instance of this account has this machine's address \
-                         {ip}: run on an instance in the VPC, or give the VPC id"
+                        "the working VPC (use_working_vpc, or peering for use_internal_ips) is the VPC of this \
+                         machine, but no EC2 instance of this account has its address {ip}: run on an instance \
+                         in the VPC, or give provider.working_vpc_id"
                     ),
                 )
                 .with_operation(op)
             })
+    }
+
+    /// The working VPC of the peering: the configured one, else the one the workspace's
+    /// peering connection comes from, else this machine's; with its ranges and route
+    /// tables.
+    async fn working_vpc(&self, op: &'static str, found: &Found, wanted: &VpcPeering) -> Result<WorkingVpc> {
+        let id = match (
+            &wanted.working_vpc_id,
+            self.peering(found).and_then(requester_vpc_id),
+        ) {
+            (Some(id), _) => id.clone(),
+            (None, Some(id)) => id.to_string(),
+            (None, None) => self.working_vpc_id(op).await?,
+        };
+        let described = self
+            .call(op, "DescribeVpcs", || {
+                self.client.describe_vpcs().vpc_ids(&id).send()
+            })
+            .await
+            .map_err(|e| e.with_context("working_vpc", &id))?;
+        let vpc = described.vpcs().first().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("the working VPC {id} does not exist"),
+            )
+            .with_operation(op)
+        })?;
+        let (id, cidr) = vpc_id_cidr(vpc)?;
+        let mut cidrs = vec![cidr.clone()];
+        for block in vpc.cidr_block_association_set() {
+            let live = block.cidr_block_state().and_then(|s| s.state()).is_none_or(|s| {
+                matches!(
+                    s,
+                    VpcCidrBlockStateCode::Associated | VpcCidrBlockStateCode::Associating
+                )
+            });
+            if let Some(c) = block.cidr_block()
+                && live
+                && !cidrs.iter().any(|known| known == c)
+            {
+                cidrs.push(c.to_string());
+            }
+        }
+        let tables = self
+            .call(op, "DescribeRouteTables", || {
+                self.client
+                    .describe_route_tables()
+                    .filters(filter("vpc-id", [id.as_str()]))
+                    .send()
+            })
+            .await
+            .map_err(|e| e.with_context("working_vpc", &id))?;
+        Ok(WorkingVpc {
+            id,
+            cidr,
+            cidrs,
+            tables: tables.route_tables().to_vec(),
+        })
+    }
+
+    /// The working VPC's range the security group lets in, when peering wants it: the
+    /// range the live peering connection comes from, else the working VPC's.
+    async fn working_rule_cidr(&self, op: &'static str, found: &Found) -> Result<Option<String>> {
+        let Some(wanted) = self.options.peering.as_ref().filter(|p| p.allow_working_subnet) else {
+            return Ok(None);
+        };
+        if let Some(info) = self.peering(found).and_then(|p| p.requester_vpc_info())
+            && let (Some(id), Some(cidr)) = (info.vpc_id(), info.cidr_block())
+            && wanted.working_vpc_id.as_deref().is_none_or(|w| w == id)
+        {
+            return Ok(Some(cidr.to_string()));
+        }
+        let working = self
+            .working_vpc(op, found, wanted)
+            .await
+            .map_err(at(Piece::SecurityGroup, &self.security_group_name()))?;
+        Ok(Some(working.cidr))
+    }
+
+    /// Step 10: the peering connection from the working VPC to the workspace's VPC,
+    /// accepted and active, and the routes between the two through it (in `tables`,
+    /// the workspace's route tables, and in every route table of the working VPC).
+    /// Returns the connection's id.
+    async fn ensure_peering(
+        &self,
+        op: &'static str,
+        found: &Found,
+        vpc_id: &str,
+        vpc_cidr: &str,
+        working: &WorkingVpc,
+        tables: &[String],
+    ) -> Result<String> {
+        let name = self.peering_name();
+        let err = at(Piece::VpcPeering, &name);
+        let conflict = |message: String| err(Error::new(ErrorKind::Conflict, message).with_operation(op));
+        if working.id == vpc_id {
+            return Err(conflict(format!(
+                "the working VPC {vpc_id} is the workspace's own VPC: use use_working_vpc instead of peering"
+            )));
+        }
+        if let Some(c) = working.cidrs.iter().find(|c| overlaps(vpc_cidr, c)) {
+            return Err(conflict(format!(
+                "the workspace's VPC {vpc_id} ({vpc_cidr}) overlaps the working VPC {} ({c}), and peered VPCs must \
+                 not overlap: delete the workspace and create it again",
+                working.id
+            )));
+        }
+        let (id, mut state) = match self.peering(found) {
+            Some(p) => {
+                let id = p
+                    .vpc_peering_connection_id()
+                    .ok_or_else(|| err(unexpected(op, "a peering connection has no id")))?
+                    .to_string();
+                let from = requester_vpc_id(p).unwrap_or("an unknown VPC");
+                if from != working.id {
+                    return Err(conflict(format!(
+                        "workspace {} is peered with VPC {from} (peering connection {id}), not with the working \
+                         VPC {}: delete the workspace first",
+                        self.workspace, working.id
+                    )));
+                }
+                (id, peering_state(p).cloned())
+            }
+            None => {
+                let answer = self
+                    .create_call(op, "CreateVpcPeeringConnection", || {
+                        self.client
+                            .create_vpc_peering_connection()
+                            .vpc_id(&working.id)
+                            .peer_vpc_id(vpc_id)
+                            .tag_specifications(self.tag_spec(ResourceType::VpcPeeringConnection, &name))
+                            .send()
+                    })
+                    .await
+                    .map_err(|e| {
+                        err(e)
+                            .with_context("working_vpc", &working.id)
+                            .with_context("vpc", vpc_id)
+                    })?;
+                let created = answer.vpc_peering_connection().ok_or_else(|| {
+                    err(unexpected(
+                        op,
+                        "CreateVpcPeeringConnection answered no connection",
+                    ))
+                })?;
+                let id = created
+                    .vpc_peering_connection_id()
+                    .ok_or_else(|| err(unexpected(op, "CreateVpcPeeringConnection answered no id")))?
+                    .to_string();
+                tracing::info!(workspace = %self.workspace, peering = %id, working_vpc = %working.id, "VPC peering connection created");
+                (id, peering_state(created).cloned())
+            }
+        };
+
+        // Accept it once it waits for acceptance, and wait until it is active.
+        let deadline = Instant::now() + self.options.peering_timeout;
+        loop {
+            use VpcPeeringConnectionStateReasonCode as Code;
+            match &state {
+                Some(Code::Active) => break,
+                Some(Code::PendingAcceptance) => {
+                    let accepted = self
+                        .call(op, "AcceptVpcPeeringConnection", || {
+                            self.client
+                                .accept_vpc_peering_connection()
+                                .vpc_peering_connection_id(&id)
+                                .send()
+                        })
+                        .await;
+                    match accepted {
+                        Ok(_) => {
+                            tracing::info!(workspace = %self.workspace, peering = %id, "VPC peering connection accepted");
+                        }
+                        // Accepted by a concurrent run (or an answer that was lost).
+                        Err(e) if ec2_code(&e) == Some("InvalidStateTransition") => {}
+                        Err(e) => return Err(err(e).with_context("peering", &id)),
+                    }
+                }
+                Some(
+                    dead @ (Code::Deleted | Code::Deleting | Code::Expired | Code::Failed | Code::Rejected),
+                ) => {
+                    return Err(err(Error::new(
+                        ErrorKind::Unexpected,
+                        format!(
+                            "VPC peering connection {id} is {}; run create again for a new one",
+                            dead.as_str()
+                        ),
+                    )
+                    .with_operation(op)));
+                }
+                _ => {
+                    if Instant::now() >= deadline {
+                        return Err(err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "VPC peering connection {id} is not active after {:?} (it is {}); run create again",
+                                self.options.peering_timeout,
+                                state.as_ref().map_or("in no state", |s| s.as_str())
+                            ),
+                        )
+                        .with_operation(op)));
+                    }
+                    tokio::time::sleep(self.options.poll_interval).await;
+                }
+            }
+            let described = self
+                .call(op, "DescribeVpcPeeringConnections", || {
+                    self.client
+                        .describe_vpc_peering_connections()
+                        .vpc_peering_connection_ids(&id)
+                        .send()
+                })
+                .await
+                .map_err(|e| err(e).with_context("peering", &id))?;
+            state = described
+                .vpc_peering_connections()
+                .iter()
+                .find(|p| p.vpc_peering_connection_id() == Some(id.as_str()))
+                .and_then(peering_state)
+                .cloned();
+        }
+
+        // The routes, in both directions.
+        let own = self
+            .call(op, "DescribeRouteTables", || {
+                self.client
+                    .describe_route_tables()
+                    .set_route_table_ids(Some(tables.to_vec()))
+                    .send()
+            })
+            .await
+            .map_err(&err)?;
+        for table in own.route_tables() {
+            self.ensure_peering_route(op, table, &working.cidr, &id)
+                .await
+                .map_err(&err)?;
+        }
+        for table in &working.tables {
+            self.ensure_peering_route(op, table, vpc_cidr, &id)
+                .await
+                .map_err(|e| err(e).with_context("working_vpc", &working.id))?;
+        }
+        Ok(id)
+    }
+
+    /// A route to `destination` through the peering connection `pcx` in `table`: added
+    /// when missing, replacing a route of the destination that is a blackhole (its
+    /// target is gone); a route of the destination to anything else is a conflict.
+    async fn ensure_peering_route(
+        &self,
+        op: &'static str,
+        table: &RouteTable,
+        destination: &str,
+        pcx: &str,
+    ) -> Result<()> {
+        let table_id = table
+            .route_table_id()
+            .ok_or_else(|| unexpected(op, "a route table has no id"))?;
+        let context = |e: Error| {
+            e.with_context("route_table", table_id)
+                .with_context("destination", destination)
+        };
+        let existing = table
+            .routes()
+            .iter()
+            .find(|r| r.destination_cidr_block() == Some(destination));
+        match existing {
+            Some(r) if r.vpc_peering_connection_id() == Some(pcx) => Ok(()),
+            Some(r) if r.state() == Some(&RouteState::Blackhole) => {
+                self.call(op, "ReplaceRoute", || {
+                    self.client
+                        .replace_route()
+                        .route_table_id(table_id)
+                        .destination_cidr_block(destination)
+                        .vpc_peering_connection_id(pcx)
+                        .send()
+                })
+                .await
+                .map_err(context)?;
+                Ok(())
+            }
+            Some(r) => Err(context(
+                Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "route table {table_id} already sends {destination} to {}, not to the peering connection \
+                         {pcx}",
+                        route_target(r)
+                    ),
+                )
+                .with_operation(op),
+            )),
+            None => {
+                let created = self
+                    .call(op, "CreateRoute", || {
+                        self.client
+                            .create_route()
+                            .route_table_id(table_id)
+                            .destination_cidr_block(destination)
+                            .vpc_peering_connection_id(pcx)
+                            .send()
+                    })
+                    .await;
+                match created {
+                    Ok(_) => Ok(()),
+                    // Added by a concurrent run (or an answer that was lost).
+                    Err(e) if ec2_code(&e) == Some("RouteAlreadyExists") => Ok(()),
+                    Err(e) => Err(context(e)),
+                }
+            }
+        }
     }
 
     /// The zones for subnets: the configured ones or the region's available zones.
@@ -1983,8 +2562,9 @@ impl AwsWorkspaceProvider {
             .build())
     }
 
-    /// The ingress rules the security group must have.
-    fn wanted_rules(&self, group_id: &str, vpc_cidr: &str) -> BTreeSet<Rule> {
+    /// The ingress rules the security group must have; `working_cidr`: the working VPC's
+    /// range, let in when peering wants it.
+    fn wanted_rules(&self, group_id: &str, vpc_cidr: &str, working_cidr: Option<&str>) -> BTreeSet<Rule> {
         let mut rules = BTreeSet::new();
         rules.insert(Rule {
             protocol: "-1".to_string(),
@@ -2007,19 +2587,33 @@ impl AwsWorkspaceProvider {
                 source,
             });
         }
+        if let Some(cidr) = working_cidr {
+            let ssh_only = self.options.peering.as_ref().is_none_or(|p| p.allow_ssh_only);
+            rules.insert(Rule {
+                protocol: "tcp".to_string(),
+                ports: Some(if ssh_only { (22, 22) } else { (0, 65535) }),
+                source: Source::Cidr(cidr.to_string()),
+            });
+        }
         rules
     }
 
     /// Makes the group's ingress rules exactly the wanted ones (authorizing the missing,
     /// revoking the others).
-    async fn apply_rules(&self, op: &'static str, group: &SecurityGroup, vpc_cidr: &str) -> Result<()> {
+    async fn apply_rules(
+        &self,
+        op: &'static str,
+        group: &SecurityGroup,
+        vpc_cidr: &str,
+        working_cidr: Option<&str>,
+    ) -> Result<()> {
         let name = self.security_group_name();
         let err = at(Piece::SecurityGroup, &name);
         let id = group
             .group_id()
             .ok_or_else(|| err(unexpected(op, "a security group has no id")))?
             .to_string();
-        let wanted = self.wanted_rules(&id, vpc_cidr);
+        let wanted = self.wanted_rules(&id, vpc_cidr, working_cidr);
         let current: BTreeSet<Rule> = group.ip_permissions().iter().flat_map(rules_of).collect();
         let revoke: Vec<IpPermission> = current.difference(&wanted).map(Rule::permission).collect();
         let authorize: Vec<IpPermission> = wanted.difference(&current).map(Rule::permission).collect();
@@ -2112,6 +2706,73 @@ impl AwsWorkspaceProvider {
     }
 
     // ---- delete steps ----
+
+    /// Removes the routes through the workspace's peering connections (in both VPCs,
+    /// also those of connections that are deleted already) and deletes the live
+    /// connections.
+    async fn delete_peering(&self, op: &'static str, found: &Found) -> Result<()> {
+        let name = self.peering_name();
+        let err = at(Piece::VpcPeering, &name);
+        let ids: Vec<String> = found
+            .peerings
+            .iter()
+            .filter_map(|p| p.vpc_peering_connection_id())
+            .map(str::to_string)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tables = self
+            .call(op, "DescribeRouteTables", || {
+                self.client
+                    .describe_route_tables()
+                    .filters(filter("route.vpc-peering-connection-id", ids.clone()))
+                    .send()
+            })
+            .await
+            .map_err(&err)?;
+        for table in tables.route_tables() {
+            let Some(table_id) = table.route_table_id() else {
+                continue;
+            };
+            for route in table.routes() {
+                let through_ours = route
+                    .vpc_peering_connection_id()
+                    .is_some_and(|p| ids.iter().any(|id| id == p));
+                let Some(destination) = route.destination_cidr_block().filter(|_| through_ours) else {
+                    continue;
+                };
+                self.delete_call(op, "DeleteRoute", || {
+                    self.client
+                        .delete_route()
+                        .route_table_id(table_id)
+                        .destination_cidr_block(destination)
+                        .send()
+                })
+                .await
+                .map_err(|e| {
+                    err(e)
+                        .with_context("route_table", table_id)
+                        .with_context("destination", destination)
+                })?;
+            }
+        }
+        for peering in found.peerings.iter().filter(|p| peering_live(p)) {
+            let Some(id) = peering.vpc_peering_connection_id() else {
+                continue;
+            };
+            self.delete_call(op, "DeleteVpcPeeringConnection", || {
+                self.client
+                    .delete_vpc_peering_connection()
+                    .vpc_peering_connection_id(id)
+                    .send()
+            })
+            .await
+            .map_err(|e| err(e).with_context("peering", id))?;
+            tracing::info!(workspace = %self.workspace, peering = %id, "VPC peering connection deleted");
+        }
+        Ok(())
+    }
 
     async fn delete_route_tables(&self, op: &'static str, found: &Found, piece: Piece) -> Result<()> {
         let name = self.name(piece.as_str());
@@ -2299,6 +2960,70 @@ fn associated(table: &RouteTable, subnet: &str) -> bool {
     table.associations().iter().any(|a| a.subnet_id() == Some(subnet))
 }
 
+fn peering_state(p: &VpcPeeringConnection) -> Option<&VpcPeeringConnectionStateReasonCode> {
+    p.status().and_then(|s| s.code())
+}
+
+/// A peering connection that is (or may become) usable: not deleted, rejected, failed
+/// or expired.
+fn peering_live(p: &VpcPeeringConnection) -> bool {
+    use VpcPeeringConnectionStateReasonCode as Code;
+    !matches!(
+        peering_state(p),
+        Some(Code::Deleted | Code::Deleting | Code::Expired | Code::Failed | Code::Rejected)
+    )
+}
+
+/// The VPC a peering connection comes from (the working VPC).
+fn requester_vpc_id(p: &VpcPeeringConnection) -> Option<&str> {
+    p.requester_vpc_info().and_then(|i| i.vpc_id())
+}
+
+/// The VPC a peering connection goes to (the workspace's).
+fn accepter_vpc_id(p: &VpcPeeringConnection) -> Option<&str> {
+    p.accepter_vpc_info().and_then(|i| i.vpc_id())
+}
+
+/// Whether `table` sends `destination` through the peering connection `pcx`.
+fn routes_via(table: &RouteTable, destination: &str, pcx: &str) -> bool {
+    table.routes().iter().any(|r| {
+        r.destination_cidr_block() == Some(destination) && r.vpc_peering_connection_id() == Some(pcx)
+    })
+}
+
+/// Where a route goes, for messages.
+fn route_target(r: &Route) -> &str {
+    r.gateway_id()
+        .or(r.nat_gateway_id())
+        .or(r.vpc_peering_connection_id())
+        .or(r.transit_gateway_id())
+        .or(r.network_interface_id())
+        .or(r.instance_id())
+        .unwrap_or("another target")
+}
+
+/// Whether two IPv4 ranges share an address (false when either is not an IPv4 range).
+fn overlaps(a: &str, b: &str) -> bool {
+    let span = |c: &str| {
+        parse_cidr(c).map(|(ip, bits)| {
+            let start = u64::from(ip);
+            (start, start + (1u64 << (32 - bits)))
+        })
+    };
+    match (span(a), span(b)) {
+        (Some((s1, e1)), Some((s2, e2))) => s1 < e2 && s2 < e1,
+        _ => false,
+    }
+}
+
+/// The range of a VPC to be peered: `configured` when it overlaps none of `used`, else
+/// the first `10.X.0.0/16` that overlaps none.
+fn peering_cidr(configured: &str, used: &[&str]) -> Option<String> {
+    std::iter::once(configured.to_string())
+        .chain((0..=255).map(|x| format!("10.{x}.0.0/16")))
+        .find(|c| used.iter().all(|u| !overlaps(c, u)))
+}
+
 /// An IPv4 range as (network address, prefix length).
 fn parse_cidr(s: &str) -> Option<(u32, u8)> {
     let (ip, bits) = s.split_once('/')?;
@@ -2361,7 +3086,15 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
     async fn create_workspace(&self) -> Result<()> {
         const OP: &str = "create_workspace";
         let mut found = self.find(OP).await?;
-        let (vpc_id, vpc_cidr) = self.ensure_vpc(OP, &found).await?;
+        let working = match &self.options.peering {
+            Some(wanted) => Some(
+                self.working_vpc(OP, &found, wanted)
+                    .await
+                    .map_err(at(Piece::VpcPeering, &self.peering_name()))?,
+            ),
+            None => None,
+        };
+        let (vpc_id, vpc_cidr) = self.ensure_vpc(OP, &found, working.as_ref()).await?;
         if found.vpc.is_none() {
             // Look again with the VPC known: a working VPC's own internet gateway.
             found = self.find(OP).await?;
@@ -2390,10 +3123,23 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
                 RouteTarget::Nat(&nat),
             )
             .await?;
-        self.ensure_endpoint(OP, &found, &vpc_id, &[public_table, private_table])
-            .await?;
+        let tables = [public_table, private_table];
+        self.ensure_endpoint(OP, &found, &vpc_id, &tables).await?;
         let group = self.ensure_security_group(OP, &found, &vpc_id).await?;
-        self.apply_rules(OP, &group, &vpc_cidr).await?;
+        let allow_working = self
+            .options
+            .peering
+            .as_ref()
+            .is_some_and(|p| p.allow_working_subnet);
+        let working_cidr = working
+            .as_ref()
+            .filter(|_| allow_working)
+            .map(|w| w.cidr.as_str());
+        self.apply_rules(OP, &group, &vpc_cidr, working_cidr).await?;
+        if let Some(working) = &working {
+            self.ensure_peering(OP, &found, &vpc_id, &vpc_cidr, working, &tables)
+                .await?;
+        }
         let mut profiles_changed = false;
         for (kind, iam) in [(RoleKind::Head, &found.head), (RoleKind::Worker, &found.worker)] {
             profiles_changed |= self.ensure_role(OP, kind, iam).await?;
@@ -2454,6 +3200,7 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
         for (kind, iam) in [(RoleKind::Worker, &found.worker), (RoleKind::Head, &found.head)] {
             self.delete_role(OP, kind, iam).await?;
         }
+        self.delete_peering(OP, &found).await?;
 
         let sg_name = self.security_group_name();
         for group in &found.security_groups {
@@ -2606,7 +3353,9 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
         let (_, cidr) = vpc_id_cidr(vpc)?;
         let id = group.group_id().unwrap_or_default();
         let group = self.describe_group(OP, id).await?;
-        self.apply_rules(OP, &group, &cidr).await?;
+        let working_cidr = self.working_rule_cidr(OP, &found).await?;
+        self.apply_rules(OP, &group, &cidr, working_cidr.as_deref())
+            .await?;
         if self.options.managed_cloud_storage {
             self.ensure_bucket(OP, found.bucket).await?;
         }
@@ -2680,6 +3429,13 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
             "s3_endpoint_id": self.endpoint(&found).and_then(|e| e.vpc_endpoint_id()),
             "security_group_id": self.security_group(&found).and_then(|g| g.group_id()),
             "security_group_name": self.security_group_name(),
+            "vpc_peering": self.peering(&found).map(|p| json!({
+                "id": p.vpc_peering_connection_id(),
+                "name": self.peering_name(),
+                "status": peering_state(p).map(|s| s.as_str()),
+                "working_vpc_id": requester_vpc_id(p),
+                "working_vpc_cidr": p.requester_vpc_info().and_then(|i| i.cidr_block()),
+            })),
             "head_role_arn": found.head.role_arn,
             "head_instance_profile": self.profile_name(RoleKind::Head),
             "head_instance_profile_arn": found.head.profile_arn,
@@ -2775,5 +3531,60 @@ mod tests {
         assert_eq!(options.availability_zones, vec!["us-west-2a", "us-west-2b"]);
         assert_eq!(options.vpc, WorkspaceVpc::Working { vpc_id: None });
         assert_eq!(options.allowed_ssh_sources, vec!["1.2.3.0/24"]);
+        assert_eq!(options.peering, None);
+    }
+
+    #[test]
+    fn internal_ips_use_the_working_vpc_or_peer_with_it() {
+        let options = |provider: serde_json::Value| {
+            let config: crate::provider_config::AwsProviderConfig = serde_json::from_value(provider).unwrap();
+            AwsWorkspaceOptions::from_provider_config(&config)
+        };
+        // As CloudTik: use_working_vpc defaults to true with use_internal_ips.
+        let working = options(json!({"region": "r", "use_internal_ips": true, "working_vpc_id": "vpc-1"}));
+        assert_eq!(
+            working.vpc,
+            WorkspaceVpc::Working {
+                vpc_id: Some("vpc-1".into())
+            }
+        );
+        assert_eq!(working.peering, None);
+        let peered = options(json!({
+            "region": "r",
+            "use_internal_ips": true,
+            "use_working_vpc": false,
+            "working_vpc_id": "vpc-1",
+            "peering_firewall_allow_ssh_only": false,
+        }));
+        assert!(matches!(peered.vpc, WorkspaceVpc::Create { .. }));
+        assert_eq!(
+            peered.peering,
+            Some(VpcPeering::new(Some("vpc-1".into())).with_firewall(true, false))
+        );
+        // Without use_internal_ips there is nothing to peer.
+        let public = options(json!({"region": "r", "use_working_vpc": false}));
+        assert!(matches!(public.vpc, WorkspaceVpc::Create { .. }));
+        assert_eq!(public.peering, None);
+    }
+
+    #[test]
+    fn a_peered_range_overlaps_nothing_the_working_vpc_uses() {
+        assert!(overlaps("10.0.0.0/16", "10.0.5.0/24"));
+        assert!(overlaps("10.0.5.0/24", "10.0.0.0/8"));
+        assert!(!overlaps("10.1.0.0/16", "10.0.0.0/16"));
+        assert!(!overlaps("10.1.0.0/16", "pl-123"));
+        assert_eq!(
+            peering_cidr("10.0.0.0/16", &["172.31.0.0/16"]).unwrap(),
+            "10.0.0.0/16"
+        );
+        assert_eq!(
+            peering_cidr("10.0.0.0/16", &["10.0.0.0/16"]).unwrap(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            peering_cidr("10.0.0.0/16", &["10.0.0.0/15", "10.2.128.0/17"]).unwrap(),
+            "10.3.0.0/16"
+        );
+        assert_eq!(peering_cidr("10.0.0.0/16", &["10.0.0.0/8"]), None);
     }
 }
