@@ -139,7 +139,10 @@ impl Intercept for CallLog {
         let body = context.request().body().bytes().unwrap_or_default();
         let body = String::from_utf8_lossy(body);
         if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
-            self.0.lock().unwrap().push((action.to_string(), body.to_string()));
+            self.0
+                .lock()
+                .unwrap()
+                .push((action.to_string(), body.to_string()));
         }
         Ok(())
     }
@@ -942,7 +945,11 @@ async fn cached_stopped_nodes_are_reused_by_the_same_launch_hash() {
     let outcome = p.create_nodes(&again).await.unwrap();
     assert!(outcome.shortfall.is_none());
     assert_eq!(ids(&outcome.nodes), cached);
-    assert_eq!(log.count("RunInstances"), run_before, "a reuse launched new instances");
+    assert_eq!(
+        log.count("RunInstances"),
+        run_before,
+        "a reuse launched new instances"
+    );
     assert_eq!(log.count("StartInstances"), 1);
     let raw = states(&moto, &cached).await;
     assert!(raw.values().all(|s| s == "running" || s == "pending"), "{raw:?}");
@@ -1047,7 +1054,11 @@ async fn caching_terminates_spot_instances() {
     .unwrap();
     let on_demand =
         AwsNodeProvider::from_sdk_config("cache-spot", &sdk_config(&moto.url).await, cache).unwrap();
-    let s = spot.create_nodes(&hashed_request(&config, "h", 1)).await.unwrap().nodes;
+    let s = spot
+        .create_nodes(&hashed_request(&config, "h", 1))
+        .await
+        .unwrap()
+        .nodes;
     let d = on_demand
         .create_nodes(&hashed_request(&config, "h", 1))
         .await
@@ -1116,7 +1127,10 @@ async fn node_config_spot_market_options_are_sent_and_do_not_fall_back() {
 async fn a_spot_shortage_is_remembered_for_the_backoff() {
     let Some(moto) = start_moto() else { return };
     let config = node_config(&moto).await;
-    for (backoff, spot_asks) in [(std::time::Duration::from_secs(300), 1), (std::time::Duration::ZERO, 3)] {
+    for (backoff, spot_asks) in [
+        (std::time::Duration::from_secs(300), 1),
+        (std::time::Duration::ZERO, 3),
+    ] {
         let (url, refused) = error_server("InsufficientInstanceCapacity").await;
         let ec2_config =
             aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(NoSpot { url });
@@ -1169,7 +1183,11 @@ async fn concurrent_tag_updates_make_one_create_tags() {
     assert_eq!(log.count("DescribeInstances") - describes_before, 0);
     let listed = p.list_nodes(&Tags::new()).await.unwrap();
     assert_eq!(listed.len(), 50);
-    assert!(listed.iter().all(|n| n.tag(tags::NODE_STATUS) == Some("up-to-date")));
+    assert!(
+        listed
+            .iter()
+            .all(|n| n.tag(tags::NODE_STATUS) == Some("up-to-date"))
+    );
 }
 
 /// In a coalesced batch, a caller naming a missing node fails with `NotFound` naming
@@ -1180,7 +1198,11 @@ async fn a_missing_node_fails_only_its_caller_in_a_batch() {
     let log = CallLog::default();
     let launcher = provider(&moto, "coalesce-missing").await;
     let config = node_config(&moto).await;
-    let nodes = launcher.create_nodes(&worker_request(&config, 5)).await.unwrap().nodes;
+    let nodes = launcher
+        .create_nodes(&worker_request(&config, 5))
+        .await
+        .unwrap()
+        .nodes;
     let p = logged_provider(&moto, "coalesce-missing", &log, settings(&moto.url)).await;
     let missing = "i-0123456789abcdef0".to_string();
     let mut targets: Vec<String> = ids(&nodes).into_iter().collect();
@@ -1213,5 +1235,9 @@ async fn a_missing_node_fails_only_its_caller_in_a_batch() {
     assert_eq!(log.count("CreateTags"), 1);
     assert_eq!(log.count("DescribeInstances"), 1);
     let listed = p.list_nodes(&Tags::new()).await.unwrap();
-    assert!(listed.iter().all(|n| n.tag(tags::NODE_STATUS) == Some("setting-up")));
+    assert!(
+        listed
+            .iter()
+            .all(|n| n.tag(tags::NODE_STATUS) == Some("setting-up"))
+    );
 }

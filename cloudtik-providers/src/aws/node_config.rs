@@ -174,10 +174,7 @@ fn market_options(value: &Value) -> Result<SpotMarketOptions> {
             ));
         }
         None => {
-            return Err(Error::config(
-                format!("{AT}.MarketType"),
-                "is required: `spot`",
-            ));
+            return Err(Error::config(format!("{AT}.MarketType"), "is required: `spot`"));
         }
     }
     let options = match map.get("SpotOptions") {
@@ -186,7 +183,10 @@ fn market_options(value: &Value) -> Result<SpotMarketOptions> {
         Some(other) => {
             return Err(Error::config(
                 format!("{AT}.SpotOptions"),
-                format!("expected an object of {}, found {other}", SPOT_OPTION_KEYS.join(", ")),
+                format!(
+                    "expected an object of {}, found {other}",
+                    SPOT_OPTION_KEYS.join(", ")
+                ),
             ));
         }
     };
@@ -381,8 +381,12 @@ mod tests {
         assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions.MaxPrice");
         let (path, _) = at(json!({"MarketType": "spot", "SpotOptions": {"MaxPrice": -1}}));
         assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions.MaxPrice");
-        let (path, text) = at(json!({"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "persistent"}}));
-        assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions.SpotInstanceType");
+        let (path, text) =
+            at(json!({"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "persistent"}}));
+        assert_eq!(
+            path,
+            "node_config.InstanceMarketOptions.SpotOptions.SpotInstanceType"
+        );
         assert!(text.contains("persistent"), "{text}");
         let (path, _) = at(json!({
             "MarketType": "spot", "SpotOptions": {"InstanceInterruptionBehavior": "stop"}
@@ -392,6 +396,9 @@ mod tests {
             "node_config.InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"
         );
         let (path, _) = at(json!({"MarketType": "spot", "SpotOptions": {"BlockDurationMinutes": 60}}));
-        assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions.BlockDurationMinutes");
+        assert_eq!(
+            path,
+            "node_config.InstanceMarketOptions.SpotOptions.BlockDurationMinutes"
+        );
     }
 }

@@ -10,9 +10,9 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior,
-    InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, InstanceType, MarketType,
-    ResourceType, SpotInstanceType, Tag, TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceLifecycleType,
+    InstanceMarketOptionsRequest, InstanceStateName, InstanceType, MarketType, ResourceType,
+    SpotInstanceType, Tag, TagSpecification,
 };
 use cloudtik_core::node::tags;
 use cloudtik_core::{
@@ -89,7 +89,12 @@ struct Inner {
 }
 
 impl Inner {
-    fn new(cluster: &str, settings: AwsSettings, client: Client, default_image: Arc<tokio::sync::OnceCell<String>>) -> Self {
+    fn new(
+        cluster: &str,
+        settings: AwsSettings,
+        client: Client,
+        default_image: Arc<tokio::sync::OnceCell<String>>,
+    ) -> Self {
         Inner {
             cluster: cluster.to_string(),
             settings,
@@ -647,11 +652,18 @@ impl AwsNodeProvider {
             .filter(|n| {
                 n.state == NodeState::Stopped
                     && n.tag(tags::CLUSTER_NAME) == Some(self.inner.cluster.as_str())
-                    && REUSE_TAGS.iter().all(|k| n.tag(k) == request.tags.get(*k).map(String::as_str))
+                    && REUSE_TAGS
+                        .iter()
+                        .all(|k| n.tag(k) == request.tags.get(*k).map(String::as_str))
             })
             .collect();
         // The token's own first, then by id (a stable choice).
-        candidates.sort_by_key(|n| (n.tag(tags::LAUNCH_TOKEN) != Some(request.token.as_str()), n.id.clone()));
+        candidates.sort_by_key(|n| {
+            (
+                n.tag(tags::LAUNCH_TOKEN) != Some(request.token.as_str()),
+                n.id.clone(),
+            )
+        });
         candidates.truncate(wanted);
         if candidates.is_empty() {
             return Ok(Vec::new());
@@ -688,7 +700,11 @@ impl AwsNodeProvider {
         let mut writes = TagWrites::default();
         let unknown: Vec<String> = {
             let known = self.inner.known();
-            per_node.keys().filter(|id| !known.contains(*id)).cloned().collect()
+            per_node
+                .keys()
+                .filter(|id| !known.contains(*id))
+                .cloned()
+                .collect()
         };
         if !unknown.is_empty() {
             match self.existing_ids(op, &unknown, &LIVE_STATES).await {
@@ -710,7 +726,10 @@ impl AwsNodeProvider {
         let mut groups: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for (id, node_tags) in per_node.iter().filter(|(id, _)| !writes.missing.contains(*id)) {
             for (k, v) in node_tags {
-                groups.entry((k.as_str(), v.as_str())).or_default().push(id.clone());
+                groups
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(id.clone());
                 if k == tags::NODE_NAME && !node_tags.contains_key(NAME_TAG) {
                     groups.entry((NAME_TAG, v.as_str())).or_default().push(id.clone());
                 }
@@ -795,7 +814,11 @@ impl AwsNodeProvider {
                     .extend(u.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
         }
-        tracing::debug!(calls = batch.len(), nodes = per_node.len(), "sending a batch of tag updates");
+        tracing::debug!(
+            calls = batch.len(),
+            nodes = per_node.len(),
+            "sending a batch of tag updates"
+        );
         let writes = self.write_tags(OP, &per_node).await;
         for (updates, answer) in batch {
             let ids: BTreeSet<&str> = updates.iter().map(|u| u.node_id.as_str()).collect();
@@ -1274,7 +1297,10 @@ fn split_for_cache(live: &BTreeMap<String, Instance>, cache: bool) -> (Vec<Strin
     let mut terminate = Vec::new();
     for (id, instance) in live {
         let state = instance.state().and_then(|s| s.name());
-        if matches!(state, Some(InstanceStateName::Stopping | InstanceStateName::Stopped)) {
+        if matches!(
+            state,
+            Some(InstanceStateName::Stopping | InstanceStateName::Stopped)
+        ) {
             continue;
         }
         if instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot) {
@@ -1307,7 +1333,7 @@ fn duplicate(e: &Error) -> Error {
         copy = copy.with_operation(op);
     }
     for (k, v) in e.context() {
-        copy = copy.with_context(*k, v);
+        copy = copy.with_context(k, v);
     }
     if let Some(location) = e.location() {
         copy = copy.with_location(location.clone());
@@ -1412,10 +1438,19 @@ mod tests {
         let t0 = Instant::now();
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         // No shortage seen: prefer_spot asks for spot, with fallback.
-        assert_eq!(initial_market(false, true, None, at(0), backoff), Market::SpotOrOnDemand);
+        assert_eq!(
+            initial_market(false, true, None, at(0), backoff),
+            Market::SpotOrOnDemand
+        );
         // A shortage 10 s or 299 s ago: on-demand directly.
-        assert_eq!(initial_market(false, true, Some(at(0)), at(10), backoff), Market::OnDemand);
-        assert_eq!(initial_market(false, true, Some(at(0)), at(299), backoff), Market::OnDemand);
+        assert_eq!(
+            initial_market(false, true, Some(at(0)), at(10), backoff),
+            Market::OnDemand
+        );
+        assert_eq!(
+            initial_market(false, true, Some(at(0)), at(299), backoff),
+            Market::OnDemand
+        );
         // After the backoff: spot again.
         assert_eq!(
             initial_market(false, true, Some(at(0)), at(300), backoff),
@@ -1427,17 +1462,27 @@ mod tests {
             Market::SpotOrOnDemand
         );
         // The node type's own spot request ignores shortages and never falls back.
-        assert_eq!(initial_market(true, false, Some(at(0)), at(1), backoff), Market::SpotOnly);
-        assert_eq!(initial_market(true, true, Some(at(0)), at(1), backoff), Market::SpotOnly);
+        assert_eq!(
+            initial_market(true, false, Some(at(0)), at(1), backoff),
+            Market::SpotOnly
+        );
+        assert_eq!(
+            initial_market(true, true, Some(at(0)), at(1), backoff),
+            Market::SpotOnly
+        );
         // Neither: on-demand.
-        assert_eq!(initial_market(false, false, None, at(0), backoff), Market::OnDemand);
+        assert_eq!(
+            initial_market(false, false, None, at(0), backoff),
+            Market::OnDemand
+        );
     }
 
     #[test]
     fn spot_shortages_are_remembered_per_instance_type() {
         let p = AwsNodeProvider::from_ec2_config(
             "shortages",
-            aws_sdk_ec2::config::Builder::new().behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest()),
+            aws_sdk_ec2::config::Builder::new()
+                .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest()),
             AwsSettings::new("us-east-1"),
         )
         .unwrap();
