@@ -104,13 +104,24 @@ impl Intercept for FailLaterLaunches {
     }
 }
 
-/// Records the `Action` of every EC2 request.
+/// Records the `Action` and the body of every EC2 request.
 #[derive(Debug, Clone, Default)]
-struct CallLog(Arc<Mutex<Vec<String>>>);
+struct CallLog(Arc<Mutex<Vec<(String, String)>>>);
 
 impl CallLog {
     fn count(&self, action: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|a| *a == action).count()
+        self.0.lock().unwrap().iter().filter(|(a, _)| a == action).count()
+    }
+
+    /// The bodies of the requests of `action`, URL-decoded.
+    fn bodies(&self, action: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, b)| b.replace("%2F", "/").replace("%3A", ":"))
+            .collect()
     }
 }
 
@@ -128,7 +139,10 @@ impl Intercept for CallLog {
         let body = context.request().body().bytes().unwrap_or_default();
         let body = String::from_utf8_lossy(body);
         if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
-            self.0.lock().unwrap().push(action.to_string());
+            self.0
+                .lock()
+                .unwrap()
+                .push((action.to_string(), body.to_string()));
         }
         Ok(())
     }
@@ -832,4 +846,398 @@ async fn no_default_image_is_not_found_naming_the_filter() {
     assert!(text.contains("us-east-1"), "{text}");
     assert!(text.contains("node_config.ImageId"), "{text}");
     assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// A provider of `cluster` on moto whose EC2 calls `log` records.
+async fn logged_provider(
+    moto: &Moto,
+    cluster: &str,
+    log: &CallLog,
+    settings: cloudtik_providers::aws::AwsSettings,
+) -> AwsNodeProvider {
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(log.clone());
+    AwsNodeProvider::from_ec2_config(cluster, ec2_config, settings).unwrap()
+}
+
+/// A worker request as the controller makes it: node kind, node type, launch hash and
+/// status `uninitialized`.
+fn hashed_request(config: &serde_json::Value, launch_hash: &str, count: usize) -> LaunchRequest {
+    let mut request = worker_request(config, count);
+    request
+        .tags
+        .insert(tags::LAUNCH_CONFIG.into(), launch_hash.into());
+    request
+        .tags
+        .insert(tags::NODE_STATUS.into(), "uninitialized".into());
+    request
+}
+
+/// The state moto reports for each of `ids`, by id.
+async fn states(moto: &Moto, ids: &BTreeSet<String>) -> std::collections::BTreeMap<String, String> {
+    raw_client(moto)
+        .await
+        .describe_instances()
+        .set_instance_ids(Some(ids.iter().cloned().collect()))
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap().to_string(),
+                i.state().and_then(|s| s.name()).unwrap().as_str().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// With `cache_stopped_nodes`, terminate stops instances (listed by a raw describe, not
+/// by `list_nodes`); a launch of the same node kind, node type and launch hash starts
+/// exactly those instances with no `RunInstances`, tagged with the new token and
+/// status; a re-run of that token starts nothing more; another launch hash is not
+/// reused; `terminate_stopped_nodes` removes them for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_stopped_nodes_are_reused_by_the_same_launch_hash() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let p = logged_provider(
+        &moto,
+        "cache",
+        &log,
+        settings(&moto.url).with_cache_stopped_nodes(true),
+    )
+    .await;
+    assert!(p.capabilities().stop_nodes);
+    let config = node_config(&moto).await;
+    let first = p
+        .create_nodes(&hashed_request(&config, "hash-a", 2))
+        .await
+        .unwrap();
+    let cached = ids(&first.nodes);
+    assert_eq!(cached.len(), 2);
+    let mut up = Tags::new();
+    up.insert(tags::NODE_STATUS.into(), "up-to-date".into());
+    for id in &cached {
+        p.set_node_tags(&[TagUpdate {
+            node_id: id.clone(),
+            tags: up.clone(),
+        }])
+        .await
+        .unwrap();
+    }
+
+    let ids_vec: Vec<String> = cached.iter().cloned().collect();
+    p.terminate_nodes(&ids_vec).await.unwrap();
+    assert_eq!(log.count("StopInstances"), 1);
+    assert_eq!(log.count("TerminateInstances"), 0);
+    p.terminate_nodes(&ids_vec).await.unwrap(); // again: nothing to do, no error
+    let raw = states(&moto, &cached).await;
+    assert!(raw.values().all(|s| s == "stopped"), "{raw:?}");
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+    assert_eq!(ids(&p.stopped_nodes().await.unwrap()), cached);
+
+    // The same node type and launch hash: the stopped instances are started.
+    let run_before = log.count("RunInstances");
+    let again = hashed_request(&config, "hash-a", 2);
+    let outcome = p.create_nodes(&again).await.unwrap();
+    assert!(outcome.shortfall.is_none());
+    assert_eq!(ids(&outcome.nodes), cached);
+    assert_eq!(
+        log.count("RunInstances"),
+        run_before,
+        "a reuse launched new instances"
+    );
+    assert_eq!(log.count("StartInstances"), 1);
+    let raw = states(&moto, &cached).await;
+    assert!(raw.values().all(|s| s == "running" || s == "pending"), "{raw:?}");
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(ids(&listed), cached);
+    for node in &listed {
+        assert_eq!(node.tag(tags::LAUNCH_TOKEN), Some(again.token.as_str()));
+        assert_eq!(node.tag(tags::NODE_STATUS), Some("uninitialized"));
+    }
+    for node in &outcome.nodes {
+        assert_eq!(node.tag(tags::LAUNCH_TOKEN), Some(again.token.as_str()));
+    }
+    // A re-run of the token starts and creates nothing more.
+    let rerun = p.create_nodes(&again).await.unwrap();
+    assert_eq!(ids(&rerun.nodes), cached);
+    assert_eq!(log.count("StartInstances"), 1);
+    assert_eq!(log.count("RunInstances"), run_before);
+
+    // Another launch hash is not reused.
+    p.terminate_nodes(&ids_vec).await.unwrap();
+    let other = p
+        .create_nodes(&hashed_request(&config, "hash-b", 1))
+        .await
+        .unwrap();
+    assert_eq!(other.nodes.len(), 1);
+    assert!(ids(&other.nodes).is_disjoint(&cached));
+    assert_eq!(log.count("RunInstances"), run_before + 1);
+    assert_eq!(log.count("StartInstances"), 1);
+
+    // Removed for good.
+    let mut gone = p.terminate_stopped_nodes().await.unwrap();
+    gone.sort();
+    assert_eq!(gone, ids_vec);
+    let raw = states(&moto, &cached).await;
+    assert!(
+        raw.values().all(|s| s == "terminated" || s == "shutting-down"),
+        "{raw:?}"
+    );
+    assert!(p.stopped_nodes().await.unwrap().is_empty());
+}
+
+/// A launch that tagged stopped instances with its token and stopped before
+/// `StartInstances` (a crash) is finished by a re-run of the token: the instances
+/// carrying the token are started first, and no more than `count` in total.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_after_a_crash_before_start_starts_the_tokens_instances() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let p = logged_provider(
+        &moto,
+        "cache-crash",
+        &log,
+        settings(&moto.url).with_cache_stopped_nodes(true),
+    )
+    .await;
+    let config = node_config(&moto).await;
+    let launched = p
+        .create_nodes(&hashed_request(&config, "hash-a", 3))
+        .await
+        .unwrap();
+    let all: Vec<String> = ids(&launched.nodes).into_iter().collect();
+    p.terminate_nodes(&all).await.unwrap();
+
+    // The crashed launch had tagged the last instance with its token.
+    let request = hashed_request(&config, "hash-a", 1);
+    raw_client(&moto)
+        .await
+        .create_tags()
+        .resources(&all[2])
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(tags::LAUNCH_TOKEN)
+                .value(&request.token)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let outcome = p.create_nodes(&request).await.unwrap();
+    assert_eq!(ids(&outcome.nodes), BTreeSet::from([all[2].clone()]));
+    for _ in 0..2 {
+        let rerun = p.create_nodes(&request).await.unwrap();
+        assert_eq!(ids(&rerun.nodes), BTreeSet::from([all[2].clone()]));
+    }
+    assert_eq!(log.count("StartInstances"), 1);
+    assert_eq!(p.list_nodes(&Tags::new()).await.unwrap().len(), 1);
+    assert_eq!(p.stopped_nodes().await.unwrap().len(), 2);
+}
+
+/// With `cache_stopped_nodes`, spot instances are terminated (EC2 cannot stop one-time
+/// spot instances) and on-demand ones stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn caching_terminates_spot_instances() {
+    let Some(moto) = start_moto() else { return };
+    let config = node_config(&moto).await;
+    let cache = settings(&moto.url).with_cache_stopped_nodes(true);
+    let spot = AwsNodeProvider::from_sdk_config(
+        "cache-spot",
+        &sdk_config(&moto.url).await,
+        cache.clone().with_prefer_spot(true),
+    )
+    .unwrap();
+    let on_demand =
+        AwsNodeProvider::from_sdk_config("cache-spot", &sdk_config(&moto.url).await, cache).unwrap();
+    let s = spot
+        .create_nodes(&hashed_request(&config, "h", 1))
+        .await
+        .unwrap()
+        .nodes;
+    let d = on_demand
+        .create_nodes(&hashed_request(&config, "h", 1))
+        .await
+        .unwrap()
+        .nodes;
+    assert_eq!(lifecycles(&moto, &s).await, vec![Some("spot".to_string())]);
+    assert_eq!(lifecycles(&moto, &d).await, vec![None]);
+    on_demand
+        .terminate_nodes(&[s[0].id.clone(), d[0].id.clone()])
+        .await
+        .unwrap();
+    let raw = states(&moto, &BTreeSet::from([s[0].id.clone(), d[0].id.clone()])).await;
+    assert!(
+        matches!(raw[&s[0].id].as_str(), "terminated" | "shutting-down"),
+        "{raw:?}"
+    );
+    assert_eq!(raw[&d[0].id], "stopped", "{raw:?}");
+}
+
+/// `node_config.InstanceMarketOptions` is sent with `RunInstances` (moto records the
+/// instance as spot); a spot shortage of such a launch does not fall back to on-demand.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_config_spot_market_options_are_sent_and_do_not_fall_back() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let p = logged_provider(&moto, "explicit-spot", &log, settings(&moto.url)).await;
+    let mut config = node_config(&moto).await;
+    config["InstanceMarketOptions"] = json!({
+        "MarketType": "spot",
+        "SpotOptions": {"MaxPrice": "0.05", "SpotInstanceType": "one-time"}
+    });
+    let outcome = p.create_nodes(&worker_request(&config, 1)).await.unwrap();
+    assert_eq!(
+        lifecycles(&moto, &outcome.nodes).await,
+        vec![Some("spot".to_string())]
+    );
+    let body = &log.bodies("RunInstances")[0];
+    for kv in [
+        "InstanceMarketOptions.MarketType=spot",
+        "InstanceMarketOptions.SpotOptions.MaxPrice=0.05",
+        "InstanceMarketOptions.SpotOptions.SpotInstanceType=one-time",
+    ] {
+        assert!(body.split('&').any(|x| x == kv), "{kv} not in {body}");
+    }
+
+    // No spot capacity: the launch fails, nothing is launched on-demand.
+    let (url, refused) = error_server("InsufficientInstanceCapacity").await;
+    let ec2_config =
+        aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(NoSpot { url });
+    let p = AwsNodeProvider::from_ec2_config(
+        "explicit-spot-short",
+        ec2_config,
+        settings(&moto.url).with_prefer_spot(true),
+    )
+    .unwrap();
+    let e = p.create_nodes(&worker_request(&config, 2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Capacity, "{e}");
+    assert_eq!(e.context_value("market"), Some("spot"));
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert!(p.list_nodes(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// After a spot shortage of an instance type, `prefer_spot` launches of that type go
+/// on-demand without asking for spot, for `spot_backoff`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spot_shortage_is_remembered_for_the_backoff() {
+    let Some(moto) = start_moto() else { return };
+    let config = node_config(&moto).await;
+    for (backoff, spot_asks) in [
+        (std::time::Duration::from_secs(300), 1),
+        (std::time::Duration::ZERO, 3),
+    ] {
+        let (url, refused) = error_server("InsufficientInstanceCapacity").await;
+        let ec2_config =
+            aws_sdk_ec2::config::Builder::from(&sdk_config(&moto.url).await).interceptor(NoSpot { url });
+        let p = AwsNodeProvider::from_ec2_config(
+            &format!("spot-memory-{}", backoff.as_secs()),
+            ec2_config,
+            settings(&moto.url)
+                .with_prefer_spot(true)
+                .with_spot_backoff(backoff),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            let outcome = p.create_nodes(&worker_request(&config, 1)).await.unwrap();
+            assert_eq!(lifecycles(&moto, &outcome.nodes).await, vec![None]);
+        }
+        assert_eq!(
+            refused.load(Ordering::SeqCst),
+            spot_asks,
+            "backoff {backoff:?}: spot asked a wrong number of times"
+        );
+    }
+}
+
+/// 50 concurrent `set_node_tags` calls with the same tag on nodes the provider listed
+/// make one `CreateTags` and no `DescribeInstances`.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_tag_updates_make_one_create_tags() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let p = logged_provider(&moto, "coalesce", &log, settings(&moto.url)).await;
+    let config = node_config(&moto).await;
+    let nodes = p.create_nodes(&worker_request(&config, 50)).await.unwrap().nodes;
+    assert_eq!(nodes.len(), 50);
+    p.list_nodes(&Tags::new()).await.unwrap();
+    let (tags_before, describes_before) = (log.count("CreateTags"), log.count("DescribeInstances"));
+    let mut calls = tokio::task::JoinSet::new();
+    for node in &nodes {
+        let p = p.clone();
+        let id = node.id.clone();
+        calls.spawn(async move {
+            let mut t = Tags::new();
+            t.insert(tags::NODE_STATUS.into(), "up-to-date".into());
+            p.set_node_tags(&[TagUpdate { node_id: id, tags: t }]).await
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(log.count("CreateTags") - tags_before, 1);
+    assert_eq!(log.count("DescribeInstances") - describes_before, 0);
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    assert_eq!(listed.len(), 50);
+    assert!(
+        listed
+            .iter()
+            .all(|n| n.tag(tags::NODE_STATUS) == Some("up-to-date"))
+    );
+}
+
+/// In a coalesced batch, a caller naming a missing node fails with `NotFound` naming
+/// it, and only that caller; a fresh provider (no listing yet) describes the ids once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_node_fails_only_its_caller_in_a_batch() {
+    let Some(moto) = start_moto() else { return };
+    let log = CallLog::default();
+    let launcher = provider(&moto, "coalesce-missing").await;
+    let config = node_config(&moto).await;
+    let nodes = launcher
+        .create_nodes(&worker_request(&config, 5))
+        .await
+        .unwrap()
+        .nodes;
+    let p = logged_provider(&moto, "coalesce-missing", &log, settings(&moto.url)).await;
+    let missing = "i-0123456789abcdef0".to_string();
+    let mut targets: Vec<String> = ids(&nodes).into_iter().collect();
+    targets.push(missing.clone());
+    let mut calls = tokio::task::JoinSet::new();
+    for id in targets {
+        let p = p.clone();
+        calls.spawn(async move {
+            let mut t = Tags::new();
+            t.insert(tags::NODE_STATUS.into(), "setting-up".into());
+            let r = p
+                .set_node_tags(&[TagUpdate {
+                    node_id: id.clone(),
+                    tags: t,
+                }])
+                .await;
+            (id, r)
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        let (id, r) = r.unwrap();
+        if id == missing {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+            assert!(e.to_string().contains(&missing), "{e}");
+        } else {
+            r.unwrap();
+        }
+    }
+    assert_eq!(log.count("CreateTags"), 1);
+    assert_eq!(log.count("DescribeInstances"), 1);
+    let listed = p.list_nodes(&Tags::new()).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|n| n.tag(tags::NODE_STATUS) == Some("setting-up"))
+    );
 }

@@ -498,10 +498,15 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
     );
     assert_eq!(inventory(&ec2, ws).await, created);
 
-    // A running cluster in the workspace blocks delete.
+    // A running cluster in the workspace blocks delete, and so do its stopped
+    // instances (cache_stopped_nodes) until they are terminated.
     assert!(p.list_clusters().await.unwrap().is_empty());
-    let nodes =
-        AwsNodeProvider::from_sdk_config("in-ws", &sdk_config(&moto.url).await, settings(&moto.url)).unwrap();
+    let nodes = AwsNodeProvider::from_sdk_config(
+        "in-ws",
+        &sdk_config(&moto.url).await,
+        settings(&moto.url).with_cache_stopped_nodes(true),
+    )
+    .unwrap();
     let image = ec2.describe_images().send().await.unwrap().images()[0]
         .image_id()
         .unwrap()
@@ -530,6 +535,21 @@ async fn full_lifecycle_creates_updates_and_deletes_everything() {
     );
     let ids: Vec<String> = launched.nodes.iter().map(|n| n.id.clone()).collect();
     nodes.terminate_nodes(&ids).await.unwrap();
+    let e = p
+        .delete_workspace(DeleteWorkspaceOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    let text = e.to_string();
+    for part in [
+        "stopped instances",
+        ids[0].as_str(),
+        "cluster in-ws",
+        "terminate_stopped_nodes",
+    ] {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+    assert_eq!(nodes.terminate_stopped_nodes().await.unwrap(), ids);
 
     // Without delete_managed_storage the bucket (and its data) stays.
     p.delete_workspace(DeleteWorkspaceOptions::default())

@@ -13,22 +13,59 @@
 //!   EC2 creates fewer instances than `MaxCount` without an error, the rest is asked for
 //!   again; when a call fails after some instances exist, the launch is partial: `Ok`
 //!   with a shortfall. An `Insufficient*Capacity` error moves on to the next of
-//!   `node_config.SubnetIds`. With [`AwsSettings::prefer_spot`] (`prefer_spot_node`)
-//!   instances are launched as spot (`InstanceMarketOptions.MarketType` `spot`); a spot
-//!   capacity or price error (`InsufficientInstanceCapacity`, `SpotMaxPriceTooLow`,
+//!   `node_config.SubnetIds`.
+//! * **Spot**: with [`AwsSettings::prefer_spot`] (`prefer_spot_node`) instances are
+//!   launched as spot (`InstanceMarketOptions.MarketType` `spot`); a spot capacity or
+//!   price error (`InsufficientInstanceCapacity`, `SpotMaxPriceTooLow`,
 //!   `MaxSpotInstanceCountExceeded`) launches the rest of the request on-demand, in the
-//!   same subnet.
+//!   same subnet, and launches of that instance type go on-demand directly for
+//!   [`AwsSettings::spot_backoff`] (5 minutes). A node type whose
+//!   `node_config.InstanceMarketOptions` asks for spot ([`SpotMarketOptions`]: `MaxPrice`,
+//!   `SpotInstanceType` `one-time`, `InstanceInterruptionBehavior` `terminate`) is
+//!   launched as spot with those options and never falls back to on-demand.
+//! * **Cached stopped nodes**: with [`AwsSettings::cache_stopped_nodes`]
+//!   (`cache_stopped_nodes`), `terminate_nodes` sends `StopInstances` (chunks of 1,000)
+//!   instead of `TerminateInstances`, except for spot instances (read from the
+//!   instance's `InstanceLifecycle`), which are terminated. A launch first looks for the
+//!   cluster's stopped instances with the request's `cloudtik-node-kind`,
+//!   `cloudtik-launch-config` and `cloudtik-user-node-type` (one `DescribeInstances`),
+//!   tags up to the missing count with the request's tags and new launch token
+//!   (`CreateTags` per distinct (key, value)), starts them (`StartInstances`), and
+//!   launches only the rest. Stopped instances already tagged with the token (a launch
+//!   that stopped between `CreateTags` and `StartInstances`) are taken first, so a
+//!   re-run never starts or creates more than `count` for a token. Cached instances go
+//!   for good only through [`AwsNodeProvider::terminate_stopped_nodes`] (listed by
+//!   [`AwsNodeProvider::stopped_nodes`]); workspace delete is refused while they exist
+//!   and says so.
 //! * **Image**: a `node_config` without `ImageId` launches the newest available x86_64
 //!   image named like [`DEFAULT_IMAGE_NAME`] owned by [`AwsSettings::image_owners`]
 //!   (Canonical's Ubuntu 22.04), found with `DescribeImages` once per provider; none
 //!   found is a `NotFound` error naming the region and the filter.
 //! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
-//!   batch, in chunks of 1,000 instances.
+//!   batch, in chunks of 1,000 instances. Concurrent `set_node_tags` calls are
+//!   coalesced: the first waits [`AwsSettings::tag_batch_window`] (100 ms), then sends
+//!   the updates of every call queued meanwhile together, and each caller gets its own
+//!   result (a missing node fails only the call that named it). Ids of the cluster's
+//!   instances seen in listings and launches are remembered, so only ids not seen are
+//!   checked with a `DescribeInstances` by id; a `CreateTags` EC2 refuses because an
+//!   instance is gone (`InvalidInstanceID.NotFound`) is sent again without it, and the
+//!   gone node is `NotFound` for its caller. (A node terminated by someone else since
+//!   the last listing may be tagged without an error until the next unfiltered
+//!   listing.)
 //! * **Instance types**: `DescribeInstanceTypes`, one call for up to 100 types, gives
 //!   the `resources` (CPU = vCPUs, memory in bytes, GPU count) that
 //!   [`AwsNodeProvider::bootstrap_resources`] fills into node types that set none.
-//! * **Terminate**: `TerminateInstances` in chunks of 1,000 ids; ids that are gone are
-//!   skipped, so terminating twice succeeds.
+//! * **Terminate**: `TerminateInstances` in chunks of 1,000 ids (`StopInstances` with
+//!   cached stopped nodes, above); ids that are gone are skipped, so terminating twice
+//!   succeeds.
+//!
+//! # Not built
+//!
+//! Persistent spot requests (`SpotInstanceType: persistent`: terminating the instance
+//! would not end the request) and `stop`/`hibernate` interruption behaviour;
+//! `permanent_data_volumes`. `prefer_spot_node` applies to every launch (CloudTik: to
+//! worker node types only, and `prefer_spot_node: false` there removes a node type's
+//! spot options; here a node type's own `InstanceMarketOptions` always wins).
 //!
 //! # Launch tokens and `ClientToken`
 //!
@@ -76,7 +113,7 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 
 pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
-pub use node_config::{Ec2NodeConfig, SUPPORTED_KEYS};
+pub use node_config::{Ec2NodeConfig, SPOT_OPTION_KEYS, SUPPORTED_KEYS, SpotMarketOptions};
 pub use node_provider::AwsNodeProvider;
 pub use rate_limit::{RateLimit, RateLimits};
 pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, VpcPeering, WorkspaceVpc};
@@ -110,7 +147,35 @@ pub struct AwsSettings {
     /// x86_64 image named like [`DEFAULT_IMAGE_NAME`]. Default: Canonical
     /// ([`CANONICAL_OWNER`]).
     pub image_owners: Vec<String>,
+    /// Keep nodes for reuse (`provider.cache_stopped_nodes`): `terminate_nodes` stops
+    /// on-demand instances instead of terminating them, and `create_nodes` starts
+    /// stopped instances of the same node kind, node type and launch hash before it
+    /// launches new ones. Spot instances are always terminated. Default `false` (also
+    /// when the key is absent from the config; CloudTik's code defaults to `true`): a
+    /// stopped instance still pays for its volumes, and the workspace cannot be
+    /// deleted while it exists (see
+    /// [`AwsNodeProvider::terminate_stopped_nodes`](crate::aws::AwsNodeProvider::terminate_stopped_nodes)).
+    pub cache_stopped_nodes: bool,
+    /// After a spot capacity or price error for an instance type, launches of that type
+    /// that asked for spot only because of [`prefer_spot`](Self::prefer_spot) go
+    /// on-demand directly for this long, instead of asking EC2 for spot again on every
+    /// controller pass. Default 5 minutes; zero asks for spot every time.
+    pub spot_backoff: Duration,
+    /// How long the first of concurrent `set_node_tags` calls waits for others to join
+    /// it, so that all of them are sent as one `CreateTags` per distinct (key, value).
+    /// Default 100 ms (see [`DEFAULT_TAG_BATCH_WINDOW`]); zero still joins the calls
+    /// already queued.
+    pub tag_batch_window: Duration,
 }
+
+/// The default [`AwsSettings::tag_batch_window`]: 100 ms. CloudTik waits 1 s; node
+/// setups that finish in the same controller pass call `set_node_tags` within a few
+/// milliseconds of each other, so 100 ms gathers them while adding little latency to a
+/// lone call (the CLI's head launch, a single node's status change).
+pub const DEFAULT_TAG_BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// The default [`AwsSettings::spot_backoff`]: 5 minutes.
+pub const DEFAULT_SPOT_BACKOFF: Duration = Duration::from_secs(300);
 
 /// The AWS account of Canonical, the publisher of the Ubuntu images.
 pub const CANONICAL_OWNER: &str = "099720109477";
@@ -130,6 +195,9 @@ impl AwsSettings {
             rate_limits: RateLimits::default(),
             prefer_spot: false,
             image_owners: vec![CANONICAL_OWNER.to_string()],
+            cache_stopped_nodes: false,
+            spot_backoff: DEFAULT_SPOT_BACKOFF,
+            tag_batch_window: DEFAULT_TAG_BATCH_WINDOW,
         }
     }
 
@@ -138,6 +206,7 @@ impl AwsSettings {
         let mut settings = AwsSettings::new(config.region.clone());
         settings.endpoint_url = config.endpoint_url.clone();
         settings.prefer_spot = config.prefer_spot_node.unwrap_or(false);
+        settings.cache_stopped_nodes = config.cache_stopped_nodes.unwrap_or(false);
         settings
     }
 
@@ -159,6 +228,29 @@ impl AwsSettings {
     #[must_use]
     pub fn with_prefer_spot(mut self, prefer_spot: bool) -> Self {
         self.prefer_spot = prefer_spot;
+        self
+    }
+
+    /// Keeps stopped nodes for reuse (see [`cache_stopped_nodes`](Self::cache_stopped_nodes)).
+    #[must_use]
+    pub fn with_cache_stopped_nodes(mut self, cache: bool) -> Self {
+        self.cache_stopped_nodes = cache;
+        self
+    }
+
+    /// Sets how long a spot shortage of an instance type sends `prefer_spot` launches
+    /// of that type on-demand (see [`spot_backoff`](Self::spot_backoff)).
+    #[must_use]
+    pub fn with_spot_backoff(mut self, backoff: Duration) -> Self {
+        self.spot_backoff = backoff;
+        self
+    }
+
+    /// Sets how long concurrent `set_node_tags` calls are gathered (see
+    /// [`tag_batch_window`](Self::tag_batch_window)).
+    #[must_use]
+    pub fn with_tag_batch_window(mut self, window: Duration) -> Self {
+        self.tag_batch_window = window;
         self
     }
 

@@ -5,7 +5,7 @@ use cloudtik_core::{Error, Result};
 use serde_json::{Map, Value};
 
 /// The `node_config` keys the AWS provider understands.
-pub const SUPPORTED_KEYS: [&str; 9] = [
+pub const SUPPORTED_KEYS: [&str; 10] = [
     "InstanceType",
     "ImageId",
     "SubnetId",
@@ -15,7 +15,32 @@ pub const SUPPORTED_KEYS: [&str; 9] = [
     "IamInstanceProfile",
     "UserData",
     "EbsOptimized",
+    "InstanceMarketOptions",
 ];
+
+/// The keys of `node_config.InstanceMarketOptions.SpotOptions` the provider passes on.
+pub const SPOT_OPTION_KEYS: [&str; 3] = ["MaxPrice", "SpotInstanceType", "InstanceInterruptionBehavior"];
+
+/// `node_config.InstanceMarketOptions` with `MarketType: spot`: the node type asks for
+/// spot instances itself, whatever `prefer_spot_node` says.
+///
+/// Unlike a spot launch asked for by `prefer_spot_node`, such a launch does **not** fall
+/// back to on-demand after a spot capacity or price error: the node type said spot, so
+/// the error is the launch's (a capacity error still moves on to the next subnet, and
+/// the autoscaler backs the node type off).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpotMarketOptions {
+    /// `SpotOptions.MaxPrice`: the highest hourly price in USD, as EC2 takes it (a
+    /// string such as `"0.05"`; a YAML number is accepted). `None`: the on-demand price.
+    pub max_price: Option<String>,
+    /// `SpotOptions.SpotInstanceType`: only `one-time` is accepted. A `persistent`
+    /// request would launch a replacement after the provider terminates the instance.
+    pub spot_instance_type: Option<String>,
+    /// `SpotOptions.InstanceInterruptionBehavior`: only `terminate`, the one behaviour
+    /// EC2 allows for one-time requests.
+    pub instance_interruption_behavior: Option<String>,
+}
 
 /// The launch parameters of one node type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +65,8 @@ pub struct Ec2NodeConfig {
     pub user_data: Option<String>,
     /// `EbsOptimized`.
     pub ebs_optimized: Option<bool>,
+    /// `InstanceMarketOptions` with `MarketType: spot`; `None` without the key.
+    pub spot: Option<SpotMarketOptions>,
 }
 
 impl Ec2NodeConfig {
@@ -101,6 +128,10 @@ impl Ec2NodeConfig {
                 ));
             }
         };
+        let spot = match map.get("InstanceMarketOptions") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(market_options(v)?),
+        };
         Ok(Ec2NodeConfig {
             instance_type: required(map, "InstanceType")?,
             image_id: string(map, "ImageId")?,
@@ -111,8 +142,98 @@ impl Ec2NodeConfig {
             iam_instance_profile_name: name,
             user_data: string(map, "UserData")?,
             ebs_optimized,
+            spot,
         })
     }
+}
+
+/// Reads `node_config.InstanceMarketOptions`.
+fn market_options(value: &Value) -> Result<SpotMarketOptions> {
+    const AT: &str = "node_config.InstanceMarketOptions";
+    let Value::Object(map) = value else {
+        return Err(Error::config(
+            AT,
+            format!("expected an object with MarketType and SpotOptions, found {value}"),
+        ));
+    };
+    if let Some(key) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "MarketType" | "SpotOptions"))
+    {
+        return Err(Error::config(
+            format!("{AT}.{key}"),
+            "the AWS provider does not support this key; supported: MarketType, SpotOptions",
+        ));
+    }
+    match map.get("MarketType") {
+        Some(Value::String(s)) if s == "spot" => {}
+        Some(other) => {
+            return Err(Error::config(
+                format!("{AT}.MarketType"),
+                format!("expected `spot` (the only market type the AWS provider launches), found {other}"),
+            ));
+        }
+        None => {
+            return Err(Error::config(format!("{AT}.MarketType"), "is required: `spot`"));
+        }
+    }
+    let options = match map.get("SpotOptions") {
+        None | Some(Value::Null) => return Ok(SpotMarketOptions::default()),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(Error::config(
+                format!("{AT}.SpotOptions"),
+                format!(
+                    "expected an object of {}, found {other}",
+                    SPOT_OPTION_KEYS.join(", ")
+                ),
+            ));
+        }
+    };
+    let at = |key: &str| format!("{AT}.SpotOptions.{key}");
+    if let Some(key) = options.keys().find(|k| !SPOT_OPTION_KEYS.contains(&k.as_str())) {
+        return Err(Error::config(
+            at(key),
+            format!(
+                "the AWS provider does not support this key; supported: {}",
+                SPOT_OPTION_KEYS.join(", ")
+            ),
+        ));
+    }
+    let max_price = match options.get("MaxPrice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.parse::<f64>().is_ok_and(|p| p > 0.0) => Some(s.clone()),
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|p| p > 0.0) => Some(n.to_string()),
+        Some(other) => {
+            return Err(Error::config(
+                at("MaxPrice"),
+                format!("expected a positive price in USD per hour, e.g. \"0.05\", found {other}"),
+            ));
+        }
+    };
+    let one_of = |key: &str, allowed: &str, why: &str| -> Result<Option<String>> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s == allowed => Ok(Some(s.clone())),
+            Some(other) => Err(Error::config(
+                at(key),
+                format!("expected `{allowed}`, found {other}: {why}"),
+            )),
+        }
+    };
+    Ok(SpotMarketOptions {
+        max_price,
+        spot_instance_type: one_of(
+            "SpotInstanceType",
+            "one-time",
+            "a persistent spot request would launch a new instance after the provider terminates one",
+        )?,
+        instance_interruption_behavior: one_of(
+            "InstanceInterruptionBehavior",
+            "terminate",
+            "EC2 allows stop and hibernate only for persistent spot requests, which the provider does not launch",
+        )?,
+    })
 }
 
 fn not_a_string(key: &str) -> Error {
@@ -207,5 +328,77 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(e.location().unwrap().path, "node_config.SecurityGroupIds");
+    }
+
+    #[test]
+    fn reads_spot_market_options() {
+        let base = json!({"InstanceType": "m5.large", "ImageId": "ami-1"});
+        assert_eq!(Ec2NodeConfig::from_value(&base).unwrap().spot, None);
+        let mut c = base.clone();
+        c["InstanceMarketOptions"] = json!({"MarketType": "spot"});
+        assert_eq!(
+            Ec2NodeConfig::from_value(&c).unwrap().spot,
+            Some(SpotMarketOptions::default())
+        );
+        c["InstanceMarketOptions"] = json!({
+            "MarketType": "spot",
+            "SpotOptions": {
+                "MaxPrice": "0.05",
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate"
+            }
+        });
+        let spot = Ec2NodeConfig::from_value(&c).unwrap().spot.unwrap();
+        assert_eq!(spot.max_price.as_deref(), Some("0.05"));
+        assert_eq!(spot.spot_instance_type.as_deref(), Some("one-time"));
+        assert_eq!(spot.instance_interruption_behavior.as_deref(), Some("terminate"));
+        // A YAML number is a price too.
+        c["InstanceMarketOptions"] = json!({"MarketType": "spot", "SpotOptions": {"MaxPrice": 0.1}});
+        let spot = Ec2NodeConfig::from_value(&c).unwrap().spot.unwrap();
+        assert_eq!(spot.max_price.as_deref(), Some("0.1"));
+    }
+
+    #[test]
+    fn spot_market_errors_name_the_key() {
+        let at = |market: serde_json::Value| {
+            let c = json!({"InstanceType": "m5.large", "ImageId": "ami-1", "InstanceMarketOptions": market});
+            let e = Ec2NodeConfig::from_value(&c).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            (e.location().unwrap().path.clone(), e.to_string())
+        };
+        let (path, _) = at(json!("spot"));
+        assert_eq!(path, "node_config.InstanceMarketOptions");
+        let (path, text) = at(json!({"MarketType": "capacity-block"}));
+        assert_eq!(path, "node_config.InstanceMarketOptions.MarketType");
+        assert!(text.contains("capacity-block"), "{text}");
+        let (path, _) = at(json!({"SpotOptions": {}}));
+        assert_eq!(path, "node_config.InstanceMarketOptions.MarketType");
+        let (path, _) = at(json!({"MarketType": "spot", "Spot": {}}));
+        assert_eq!(path, "node_config.InstanceMarketOptions.Spot");
+        let (path, _) = at(json!({"MarketType": "spot", "SpotOptions": "cheap"}));
+        assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions");
+        let (path, _) = at(json!({"MarketType": "spot", "SpotOptions": {"MaxPrice": "free"}}));
+        assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions.MaxPrice");
+        let (path, _) = at(json!({"MarketType": "spot", "SpotOptions": {"MaxPrice": -1}}));
+        assert_eq!(path, "node_config.InstanceMarketOptions.SpotOptions.MaxPrice");
+        let (path, text) =
+            at(json!({"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "persistent"}}));
+        assert_eq!(
+            path,
+            "node_config.InstanceMarketOptions.SpotOptions.SpotInstanceType"
+        );
+        assert!(text.contains("persistent"), "{text}");
+        let (path, _) = at(json!({
+            "MarketType": "spot", "SpotOptions": {"InstanceInterruptionBehavior": "stop"}
+        }));
+        assert_eq!(
+            path,
+            "node_config.InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"
+        );
+        let (path, _) = at(json!({"MarketType": "spot", "SpotOptions": {"BlockDurationMinutes": 60}}));
+        assert_eq!(
+            path,
+            "node_config.InstanceMarketOptions.SpotOptions.BlockDurationMinutes"
+        );
     }
 }

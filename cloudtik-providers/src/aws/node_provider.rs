@@ -1,16 +1,18 @@
 //! [`AwsNodeProvider`]: the nodes of one cluster as EC2 instances.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceMarketOptionsRequest, InstanceStateName,
-    InstanceType, MarketType, ResourceType, Tag, TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceLifecycleType,
+    InstanceMarketOptionsRequest, InstanceStateName, InstanceType, MarketType, ResourceType,
+    SpotInstanceType, Tag, TagSpecification,
 };
 use cloudtik_core::node::tags;
 use cloudtik_core::{
@@ -19,7 +21,7 @@ use cloudtik_core::{
 };
 
 use super::errors::{ec2_code, is_rate_limited};
-use super::node_config::Ec2NodeConfig;
+use super::node_config::{Ec2NodeConfig, SpotMarketOptions};
 use super::rate_limit::RateLimiter;
 use super::{AwsSettings, DEFAULT_IMAGE_NAME, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
@@ -38,6 +40,11 @@ const LISTED_STATES: [&str; 2] = ["pending", "running"];
 const DESCRIBE_TYPES_BATCH: usize = 100;
 /// States of instances that can still be terminated or tagged.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+/// States of instances kept by `cache_stopped_nodes` (or stopped by someone else).
+const STOPPED_STATES: [&str; 2] = ["stopping", "stopped"];
+/// The tags a stopped instance must share with a launch request to be reused: the same
+/// node kind, node type and launch hash (CloudTik's rule).
+const REUSE_TAGS: [&str; 3] = [tags::NODE_KIND, tags::LAUNCH_CONFIG, tags::USER_NODE_TYPE];
 
 /// The nodes of one cluster as EC2 instances.
 ///
@@ -71,6 +78,98 @@ struct Inner {
     default_image: Arc<tokio::sync::OnceCell<String>>,
     /// The client-side rate limit (shared with [`AwsNodeProvider::for_cluster`]).
     limiter: Arc<RateLimiter>,
+    /// Ids of this cluster's instances seen alive in listings and launches:
+    /// `set_node_tags` describes only the ids not in here. An unfiltered listing
+    /// replaces the set; filtered listings and launches add to it; terminates remove.
+    known: Mutex<HashSet<String>>,
+    /// When spot launches of each instance type last lacked capacity or price.
+    spot_shortages: Mutex<SpotShortages>,
+    /// `set_node_tags` calls waiting to be sent together.
+    tag_queue: Mutex<TagQueue>,
+    /// One reuse of stopped instances at a time, so two launches do not start the same
+    /// instance for two tokens.
+    reuse: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    fn new(
+        cluster: &str,
+        settings: AwsSettings,
+        client: Client,
+        default_image: Arc<tokio::sync::OnceCell<String>>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        Inner {
+            cluster: cluster.to_string(),
+            settings,
+            client,
+            default_image,
+            limiter,
+            known: Mutex::default(),
+            spot_shortages: Mutex::default(),
+            tag_queue: Mutex::default(),
+            reuse: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How a launch asks EC2 for instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Market {
+    /// On-demand instances.
+    OnDemand,
+    /// Spot because of `prefer_spot`: a spot capacity or price error launches the rest
+    /// on-demand.
+    SpotOrOnDemand,
+    /// Spot because the node type's `node_config.InstanceMarketOptions` says so: no
+    /// fallback.
+    SpotOnly,
+}
+
+/// The market a launch starts in: the node type's own spot request wins; otherwise
+/// `prefer_spot` asks for spot unless a spot shortage of the instance type was seen
+/// less than `backoff` before `now`.
+fn initial_market(
+    explicit_spot: bool,
+    prefer_spot: bool,
+    last_shortage: Option<Instant>,
+    now: Instant,
+    backoff: Duration,
+) -> Market {
+    if explicit_spot {
+        Market::SpotOnly
+    } else if prefer_spot && last_shortage.is_none_or(|at| now.saturating_duration_since(at) >= backoff) {
+        Market::SpotOrOnDemand
+    } else {
+        Market::OnDemand
+    }
+}
+
+/// The last spot shortage (capacity or price error) per instance type.
+#[derive(Debug, Default)]
+struct SpotShortages(HashMap<String, Instant>);
+
+/// `set_node_tags` calls gathered for one batch.
+#[derive(Debug, Default)]
+struct TagQueue {
+    /// Each call's updates and where its result goes.
+    waiting: Vec<(Vec<TagUpdate>, tokio::sync::oneshot::Sender<Result<()>>)>,
+    /// A task is gathering calls and will send them.
+    gathering: bool,
+}
+
+/// What a batch of tag writes did to each node.
+#[derive(Debug, Default)]
+struct TagWrites {
+    /// Nodes that are not live instances of the cluster.
+    missing: BTreeSet<String>,
+    /// Nodes whose tags could not be written, with the error (shared by the nodes of
+    /// one call).
+    failed: BTreeMap<String, Arc<Error>>,
 }
 
 impl AwsNodeProvider {
@@ -115,13 +214,7 @@ impl AwsNodeProvider {
         let client = ec2_client(builder, &settings);
         let limiter = Arc::new(RateLimiter::new(settings.rate_limits));
         Ok(AwsNodeProvider {
-            inner: Arc::new(Inner {
-                cluster: cluster.to_string(),
-                settings,
-                client,
-                default_image: Arc::default(),
-                limiter,
-            }),
+            inner: Arc::new(Inner::new(cluster, settings, client, Arc::default(), limiter)),
         })
     }
 
@@ -129,13 +222,13 @@ impl AwsNodeProvider {
     pub fn for_cluster(&self, cluster: &str) -> Result<Self> {
         check_cluster_name(cluster)?;
         Ok(AwsNodeProvider {
-            inner: Arc::new(Inner {
-                cluster: cluster.to_string(),
-                settings: self.inner.settings.clone(),
-                client: self.inner.client.clone(),
-                default_image: self.inner.default_image.clone(),
-                limiter: self.inner.limiter.clone(),
-            }),
+            inner: Arc::new(Inner::new(
+                cluster,
+                self.inner.settings.clone(),
+                self.inner.client.clone(),
+                self.inner.default_image.clone(),
+                self.inner.limiter.clone(),
+            )),
         })
     }
 
@@ -410,7 +503,21 @@ impl AwsNodeProvider {
         ids: &[String],
         states: &[&str],
     ) -> Result<BTreeSet<String>> {
-        let mut found = BTreeSet::new();
+        Ok(self
+            .live_instances(operation, ids, states)
+            .await?
+            .into_keys()
+            .collect())
+    }
+
+    /// The instances among `ids` that are this cluster's, in one of `states`, by id.
+    async fn live_instances(
+        &self,
+        operation: &'static str,
+        ids: &[String],
+        states: &[&str],
+    ) -> Result<BTreeMap<String, Instance>> {
+        let mut found = BTreeMap::new();
         for chunk in ids.chunks(FILTER_VALUES) {
             let filters = vec![
                 filter("instance-id", chunk.iter().cloned()),
@@ -422,11 +529,336 @@ impl AwsNodeProvider {
             ];
             for instance in self.describe(operation, filters).await? {
                 if let Some(id) = instance.instance_id() {
-                    found.insert(id.to_string());
+                    found.insert(id.to_string(), instance);
                 }
             }
         }
         Ok(found)
+    }
+
+    /// The cluster's stopped (and stopping) instances: the nodes `cache_stopped_nodes`
+    /// keeps for reuse, and any the cluster's owner stopped. One `DescribeInstances`
+    /// listing; `list_nodes` never shows them.
+    pub async fn stopped_nodes(&self) -> Result<Vec<NodeInfo>> {
+        let filters = vec![
+            filter(
+                format!("tag:{}", tags::CLUSTER_NAME),
+                [self.inner.cluster.clone()],
+            ),
+            filter("instance-state-name", STOPPED_STATES),
+        ];
+        Ok(self
+            .describe("stopped_nodes", filters)
+            .await?
+            .iter()
+            .filter_map(node_info)
+            .filter(|n| n.tag(tags::CLUSTER_NAME) == Some(self.inner.cluster.as_str()))
+            .collect())
+    }
+
+    /// Terminates the cluster's stopped instances for good and returns their ids.
+    ///
+    /// With [`AwsSettings::cache_stopped_nodes`], `terminate_nodes` (the autoscaler
+    /// scaling down, `cloudtik stop`) only stops instances; this is what removes them,
+    /// e.g. before the workspace is deleted (which is refused while they exist).
+    /// `TerminateInstances` in chunks of 1,000; instances gone meanwhile are skipped.
+    pub async fn terminate_stopped_nodes(&self) -> Result<Vec<NodeId>> {
+        const OP: &str = "terminate_stopped_nodes";
+        let ids: Vec<NodeId> = self.stopped_nodes().await?.into_iter().map(|n| n.id).collect();
+        self.act_chunked(OP, Action::Terminate, &ids).await?;
+        Ok(ids)
+    }
+
+    /// Runs `action` on `ids` in chunks of 1,000. A `NotFound` answer (an instance
+    /// vanished since it was described) is retried once with the instances that still
+    /// live; a second one means they are gone.
+    async fn act_chunked(&self, op: &'static str, action: Action, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(EC2_BATCH) {
+            let mut targets = chunk.to_vec();
+            for attempt in 0..2 {
+                match self.act(op, action, &targets).await {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        if attempt == 1 {
+                            break;
+                        }
+                        targets = self
+                            .existing_ids(op, &targets, &LIVE_STATES)
+                            .await?
+                            .into_iter()
+                            .collect();
+                        if targets.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        return Err(e
+                            .with_context("cluster", &self.inner.cluster)
+                            .with_context("nodes", targets.join(",")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `TerminateInstances`, `StopInstances` or `StartInstances` call on `ids`.
+    async fn act(&self, op: &'static str, action: Action, ids: &[String]) -> Result<()> {
+        let ids = Some(ids.to_vec());
+        let client = &self.inner.client;
+        match action {
+            Action::Terminate => {
+                let request = client.terminate_instances().set_instance_ids(ids);
+                self.call(op, "TerminateInstances", || request.clone().send())
+                    .await
+                    .map(drop)
+            }
+            Action::Stop => {
+                let request = client.stop_instances().set_instance_ids(ids);
+                self.call(op, "StopInstances", || request.clone().send())
+                    .await
+                    .map(drop)
+            }
+            Action::Start => {
+                let request = client.start_instances().set_instance_ids(ids);
+                self.call(op, "StartInstances", || request.clone().send())
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    /// With `cache_stopped_nodes`: starts up to `wanted` of the cluster's stopped
+    /// instances whose node kind, launch hash and node type equal the request's, after
+    /// tagging them with `launch_tags` (the new token among them). Instances already
+    /// tagged with the request's token come first: they are the ones a launch that
+    /// stopped between `CreateTags` and `StartInstances` had picked. Returns the
+    /// started nodes; none when the request lacks one of the three tags.
+    async fn reuse_stopped(
+        &self,
+        request: &LaunchRequest,
+        launch_tags: &Tags,
+        wanted: usize,
+    ) -> Result<Vec<NodeInfo>> {
+        const OP: &str = "create_nodes";
+        let mut ec2_filters = vec![
+            filter(
+                format!("tag:{}", tags::CLUSTER_NAME),
+                [self.inner.cluster.clone()],
+            ),
+            filter("instance-state-name", ["stopped"]),
+        ];
+        for key in REUSE_TAGS {
+            let Some(value) = request.tags.get(key) else {
+                return Ok(Vec::new());
+            };
+            ec2_filters.push(filter(format!("tag:{key}"), [value.clone()]));
+        }
+        let _one_at_a_time = self.inner.reuse.lock().await;
+        let mut candidates: Vec<NodeInfo> = self
+            .describe(OP, ec2_filters)
+            .await?
+            .iter()
+            .filter_map(node_info)
+            .filter(|n| {
+                n.state == NodeState::Stopped
+                    && n.tag(tags::CLUSTER_NAME) == Some(self.inner.cluster.as_str())
+                    && REUSE_TAGS
+                        .iter()
+                        .all(|k| n.tag(k) == request.tags.get(*k).map(String::as_str))
+            })
+            .collect();
+        // The token's own first, then by id (a stable choice).
+        candidates.sort_by_key(|n| {
+            (
+                n.tag(tags::LAUNCH_TOKEN) != Some(request.token.as_str()),
+                n.id.clone(),
+            )
+        });
+        candidates.truncate(wanted);
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let per_node: BTreeMap<String, Tags> = candidates
+            .iter()
+            .map(|n| (n.id.clone(), launch_tags.clone()))
+            .collect();
+        self.inner.known().extend(per_node.keys().cloned());
+        let writes = self.write_tags(OP, &per_node).await;
+        if let Some(e) = writes.failed.values().next() {
+            return Err(duplicate(e));
+        }
+        candidates.retain(|n| !writes.missing.contains(&n.id));
+        let ids: Vec<String> = candidates.iter().map(|n| n.id.clone()).collect();
+        self.act(OP, Action::Start, &ids)
+            .await
+            .map_err(|e| e.with_context("nodes", ids.join(",")))?;
+        tracing::debug!(nodes = %ids.join(","), "started stopped instances for a launch");
+        for node in &mut candidates {
+            node.state = NodeState::Pending;
+            node.tags.extend(launch_tags.clone());
+        }
+        Ok(candidates)
+    }
+
+    /// Writes tags: one `CreateTags` per distinct (key, value) across the nodes, in
+    /// chunks of 1,000 (`cloudtik-node-name` also sets `Name`). Ids the provider has not
+    /// seen alive are described first (one call per 200); those that are not live
+    /// instances of the cluster are `missing`. A `CreateTags` that EC2 refuses because an
+    /// instance is gone (`InvalidInstanceID.NotFound`) is sent again once without the
+    /// gone ones.
+    async fn write_tags(&self, op: &'static str, per_node: &BTreeMap<String, Tags>) -> TagWrites {
+        let mut writes = TagWrites::default();
+        let unknown: Vec<String> = {
+            let known = self.inner.known();
+            per_node
+                .keys()
+                .filter(|id| !known.contains(*id))
+                .cloned()
+                .collect()
+        };
+        if !unknown.is_empty() {
+            match self.existing_ids(op, &unknown, &LIVE_STATES).await {
+                Ok(found) => {
+                    writes
+                        .missing
+                        .extend(unknown.iter().filter(|id| !found.contains(*id)).cloned());
+                    self.inner.known().extend(found);
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for id in per_node.keys() {
+                        writes.failed.insert(id.clone(), e.clone());
+                    }
+                    return writes;
+                }
+            }
+        }
+        let mut groups: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+        for (id, node_tags) in per_node.iter().filter(|(id, _)| !writes.missing.contains(*id)) {
+            for (k, v) in node_tags {
+                groups
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(id.clone());
+                if k == tags::NODE_NAME && !node_tags.contains_key(NAME_TAG) {
+                    groups.entry((NAME_TAG, v.as_str())).or_default().push(id.clone());
+                }
+            }
+        }
+        for ((key, value), nodes) in &groups {
+            for chunk in nodes.chunks(EC2_BATCH) {
+                let mut targets: Vec<String> = chunk
+                    .iter()
+                    .filter(|id| !writes.missing.contains(*id))
+                    .cloned()
+                    .collect();
+                for attempt in 0..2 {
+                    if targets.is_empty() {
+                        break;
+                    }
+                    match self.create_tags(op, key, value, &targets).await {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == ErrorKind::NotFound && attempt == 0 => {
+                            match self.existing_ids(op, &targets, &LIVE_STATES).await {
+                                Ok(found) => {
+                                    let mut known = self.inner.known();
+                                    for id in targets.iter().filter(|id| !found.contains(*id)) {
+                                        known.remove(id);
+                                        writes.missing.insert(id.clone());
+                                    }
+                                    targets.retain(|id| found.contains(id));
+                                }
+                                Err(e) => {
+                                    let e = Arc::new(e);
+                                    for id in &targets {
+                                        writes.failed.insert(id.clone(), e.clone());
+                                    }
+                                    break;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let e = Arc::new(e);
+                            for id in &targets {
+                                writes.failed.insert(id.clone(), e.clone());
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        writes
+    }
+
+    /// One `CreateTags` call setting `key` = `value` on `ids`.
+    async fn create_tags(&self, op: &'static str, key: &str, value: &str, ids: &[String]) -> Result<()> {
+        let request = self
+            .inner
+            .client
+            .create_tags()
+            .set_resources(Some(ids.to_vec()))
+            .tags(Tag::builder().key(key).value(value).build());
+        self.call(op, "CreateTags", || request.clone().send())
+            .await
+            .map(drop)
+            .map_err(|e| {
+                e.with_context("cluster", &self.inner.cluster)
+                    .with_context("tag", key)
+                    .with_context("nodes", ids.join(","))
+            })
+    }
+
+    /// Sends the queued `set_node_tags` calls of one batch and answers each caller:
+    /// later calls win over earlier ones for the same node and key; a caller fails only
+    /// for its own nodes (`NotFound` naming its missing nodes, or the error of a
+    /// `CreateTags` that carried one of its nodes).
+    async fn send_tag_batch(&self, batch: Vec<(Vec<TagUpdate>, tokio::sync::oneshot::Sender<Result<()>>)>) {
+        const OP: &str = "set_node_tags";
+        let mut per_node: BTreeMap<String, Tags> = BTreeMap::new();
+        for (updates, _) in &batch {
+            for u in updates {
+                per_node
+                    .entry(u.node_id.clone())
+                    .or_default()
+                    .extend(u.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        tracing::debug!(
+            calls = batch.len(),
+            nodes = per_node.len(),
+            "sending a batch of tag updates"
+        );
+        let writes = self.write_tags(OP, &per_node).await;
+        for (updates, answer) in batch {
+            let ids: BTreeSet<&str> = updates.iter().map(|u| u.node_id.as_str()).collect();
+            let result = if let Some(e) = ids.iter().find_map(|id| writes.failed.get(*id)) {
+                Err(duplicate(e))
+            } else {
+                let missing: Vec<&str> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| writes.missing.contains(*id))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "no pending, running or stopped instance of cluster {} has id {}",
+                            self.inner.cluster,
+                            missing.join(", ")
+                        ),
+                    )
+                    .with_operation(OP)
+                    .with_context("nodes", missing.join(",")))
+                }
+            };
+            // The caller may have gone (its future dropped): nothing to answer then.
+            let _ = answer.send(result);
+        }
     }
 
     /// The tags a launch sets: the request's, the cluster name, the token, and `Name`.
@@ -441,12 +873,12 @@ impl AwsNodeProvider {
     }
 
     /// One `RunInstances` call for up to `count` instances in `subnet`, as spot
-    /// instances when `spot`.
+    /// instances with `spot`'s options when given.
     async fn run_instances(
         &self,
         config: &Ec2NodeConfig,
         subnet: Option<&str>,
-        spot: bool,
+        spot: Option<&SpotMarketOptions>,
         count: usize,
         client_token: &str,
         launch_tags: &Tags,
@@ -482,12 +914,25 @@ impl AwsNodeProvider {
             .set_key_name(config.key_name.clone())
             .set_user_data(config.user_data.clone())
             .set_ebs_optimized(config.ebs_optimized);
-        if spot {
-            request = request.instance_market_options(
-                InstanceMarketOptionsRequest::builder()
-                    .market_type(MarketType::Spot)
-                    .build(),
-            );
+        if let Some(options) = spot {
+            let mut market = InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot);
+            if options != &SpotMarketOptions::default() {
+                market = market.spot_options(
+                    aws_sdk_ec2::types::SpotMarketOptions::builder()
+                        .set_max_price(options.max_price.clone())
+                        .set_spot_instance_type(
+                            options.spot_instance_type.as_deref().map(SpotInstanceType::from),
+                        )
+                        .set_instance_interruption_behavior(
+                            options
+                                .instance_interruption_behavior
+                                .as_deref()
+                                .map(InstanceInterruptionBehavior::from),
+                        )
+                        .build(),
+                );
+            }
+            request = request.instance_market_options(market.build());
         }
         if !config.security_group_ids.is_empty() {
             request = request.set_security_group_ids(Some(config.security_group_ids.clone()));
@@ -523,7 +968,7 @@ impl AwsNodeProvider {
                 e.with_context("cluster", &self.inner.cluster)
                     .with_context("instance_type", &config.instance_type)
                     .with_context("subnet", subnet.unwrap_or("default"))
-                    .with_context("market", if spot { "spot" } else { "on-demand" })
+                    .with_context("market", if spot.is_some() { "spot" } else { "on-demand" })
             })?;
         Ok(output.instances().to_vec())
     }
@@ -545,6 +990,8 @@ impl NodeProvider for AwsNodeProvider {
             .with_max_launch_batch(EC2_BATCH)
             .with_max_terminate_batch(EC2_BATCH)
             .with_max_tag_batch(EC2_BATCH)
+            .with_spot(true)
+            .with_stop_nodes(self.inner.settings.cache_stopped_nodes)
     }
 
     async fn list_nodes(&self, filters: &Tags) -> Result<Vec<NodeInfo>> {
@@ -560,7 +1007,7 @@ impl NodeProvider for AwsNodeProvider {
         }
         let instances = self.describe("list_nodes", ec2_filters).await?;
         // EC2 filter values are patterns (`*`, `?`); apply the filters exactly again.
-        Ok(instances
+        let nodes: Vec<NodeInfo> = instances
             .iter()
             .filter_map(node_info)
             .filter(|n| {
@@ -568,7 +1015,13 @@ impl NodeProvider for AwsNodeProvider {
                     && n.tag(tags::CLUSTER_NAME) == Some(self.inner.cluster.as_str())
                     && n.matches(filters)
             })
-            .collect())
+            .collect();
+        let mut known = self.inner.known();
+        if filters.is_empty() {
+            known.clear();
+        }
+        known.extend(nodes.iter().map(|n| n.id.clone()));
+        Ok(nodes)
     }
 
     async fn create_nodes(&self, request: &LaunchRequest) -> Result<LaunchOutcome> {
@@ -608,6 +1061,31 @@ impl NodeProvider for AwsNodeProvider {
                 shortfall: None,
             });
         }
+        if self.inner.settings.cache_stopped_nodes {
+            // A failed reuse is not the launch's failure: new instances are launched
+            // instead (a re-run with the token finds what the reuse did start).
+            match self
+                .reuse_stopped(request, &launch_tags, request.count - nodes.len())
+                .await
+            {
+                Ok(started) => {
+                    for node in started {
+                        if !nodes.iter().any(|n| n.id == node.id) {
+                            nodes.push(node);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reusing stopped instances failed; launching new ones");
+                }
+            }
+            if nodes.len() >= request.count {
+                return Ok(LaunchOutcome {
+                    nodes,
+                    shortfall: None,
+                });
+            }
+        }
         if config.image_id.is_none() {
             config.image_id = Some(self.default_image_id().await.map_err(with_request)?);
         }
@@ -620,13 +1098,32 @@ impl NodeProvider for AwsNodeProvider {
         // asked for again until an error stops it (each call creates at least one
         // instance or fails, so this ends). A capacity error moves on to the next subnet.
         let mut subnet_index = 0;
-        let mut spot = self.inner.settings.prefer_spot;
+        let last_shortage = self.spot_shortage(&config.instance_type);
+        let mut market = initial_market(
+            config.spot.is_some(),
+            self.inner.settings.prefer_spot,
+            last_shortage,
+            Instant::now(),
+            self.inner.settings.spot_backoff,
+        );
+        if market == Market::OnDemand && self.inner.settings.prefer_spot && config.spot.is_none() {
+            tracing::debug!(
+                instance_type = %config.instance_type,
+                "a recent spot shortage of the instance type: launching on-demand"
+            );
+        }
+        let default_spot = SpotMarketOptions::default();
         let mut failure = None;
         let mut lost_answers = 0;
         while nodes.len() < request.count {
             let have = nodes.len();
-            let market = if spot { "s" } else { "" };
-            let client_token = format!("{}-{have}-{subnet_index}{market}", request.token);
+            let spot = match market {
+                Market::OnDemand => None,
+                Market::SpotOrOnDemand => Some(config.spot.as_ref().unwrap_or(&default_spot)),
+                Market::SpotOnly => config.spot.as_ref(),
+            };
+            let suffix = if spot.is_some() { "s" } else { "" };
+            let client_token = format!("{}-{have}-{subnet_index}{suffix}", request.token);
             match self
                 .run_instances(
                     &config,
@@ -664,9 +1161,10 @@ impl NodeProvider for AwsNodeProvider {
                         break;
                     }
                 }
-                Err(e) if spot && is_spot_shortage(&e) => {
+                Err(e) if market == Market::SpotOrOnDemand && is_spot_shortage(&e) => {
                     tracing::debug!(error = %e, "no spot capacity; launching the rest on-demand");
-                    spot = false;
+                    self.record_spot_shortage(&config.instance_type, Instant::now());
+                    market = Market::OnDemand;
                 }
                 // The call failed in transit (its answer may be lost after EC2 launched
                 // instances): wait, list the token's instances again, and go on with the
@@ -695,6 +1193,7 @@ impl NodeProvider for AwsNodeProvider {
                 }
             }
         }
+        self.inner.known().extend(nodes.iter().map(|n| n.id.clone()));
         if nodes.is_empty() {
             return Err(failure.unwrap_or_else(|| {
                 with_request(Error::new(
@@ -711,6 +1210,11 @@ impl NodeProvider for AwsNodeProvider {
         Ok(LaunchOutcome { nodes, shortfall })
     }
 
+    /// Sets tags, coalescing concurrent calls: the first call waits
+    /// [`AwsSettings::tag_batch_window`] for others, then the updates of every call
+    /// queued meanwhile go out together, one `CreateTags` per distinct (key, value)
+    /// (see the module docs). Each caller gets its own result. The identity tags
+    /// (cluster name, launch token) are refused.
     async fn set_node_tags(&self, updates: &[TagUpdate]) -> Result<()> {
         const OP: &str = "set_node_tags";
         if updates.is_empty() {
@@ -726,67 +1230,47 @@ impl NodeProvider for AwsNodeProvider {
                 .with_context("node", &update.node_id));
             }
         }
-        let ids: Vec<String> = updates
-            .iter()
-            .map(|u| u.node_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let existing = self.existing_ids(OP, &ids, &LIVE_STATES).await?;
-
-        // One CreateTags per distinct (key, value) across the nodes.
-        let mut groups: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-        for update in updates.iter().filter(|u| existing.contains(&u.node_id)) {
-            for (k, v) in &update.tags {
-                groups
-                    .entry((k.as_str(), v.as_str()))
-                    .or_default()
-                    .push(update.node_id.clone());
-                if k == tags::NODE_NAME {
-                    groups
-                        .entry((NAME_TAG, v.as_str()))
-                        .or_default()
-                        .push(update.node_id.clone());
+        let (answer, result) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = self.inner.tag_queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.waiting.push((updates.to_vec(), answer));
+            !std::mem::replace(&mut queue.gathering, true)
+        };
+        if lead {
+            // A task of its own, so that the batch is sent even if this caller's
+            // future is dropped while it waits.
+            let this = self.clone();
+            tokio::spawn(async move {
+                let window = this.inner.settings.tag_batch_window;
+                if window.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(window).await;
                 }
-            }
+                let batch = {
+                    let mut queue = this.inner.tag_queue.lock().unwrap_or_else(|e| e.into_inner());
+                    queue.gathering = false;
+                    std::mem::take(&mut queue.waiting)
+                };
+                this.send_tag_batch(batch).await;
+            });
         }
-        for ((key, value), nodes) in &groups {
-            for chunk in nodes.chunks(EC2_BATCH) {
-                let request = self
-                    .inner
-                    .client
-                    .create_tags()
-                    .set_resources(Some(chunk.to_vec()))
-                    .tags(Tag::builder().key(*key).value(*value).build());
-                self.call(OP, "CreateTags", || request.clone().send())
-                    .await
-                    .map_err(|e| {
-                        e.with_context("cluster", &self.inner.cluster)
-                            .with_context("tag", key)
-                            .with_context("nodes", chunk.join(","))
-                    })?;
-            }
-        }
-        let missing: Vec<&str> = ids
-            .iter()
-            .filter(|id| !existing.contains(*id))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::new(
-                ErrorKind::NotFound,
+        result.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Unexpected,
                 format!(
-                    "no pending, running or stopped instance of cluster {} has id {}",
-                    self.inner.cluster,
-                    missing.join(", ")
+                    "the batch of tag updates for cluster {} ended without an answer",
+                    self.inner.cluster
                 ),
             )
-            .with_operation(OP)
-            .with_context("nodes", missing.join(",")));
-        }
-        Ok(())
+            .with_operation(OP))
+        })
     }
 
+    /// Terminates nodes; with [`AwsSettings::cache_stopped_nodes`] stops them instead,
+    /// except spot instances (EC2 cannot stop one-time spot instances), which are
+    /// terminated. Instances already stopping or stopped are left as they are; a pending
+    /// instance EC2 refuses to stop (`IncorrectInstanceState`) is terminated.
     async fn terminate_nodes(&self, ids: &[NodeId]) -> Result<()> {
         const OP: &str = "terminate_nodes";
         if ids.is_empty() {
@@ -795,48 +1279,106 @@ impl NodeProvider for AwsNodeProvider {
         // Only instances of this cluster that still live are terminated; ids that are
         // gone (or never were this cluster's) are skipped, which makes terminate
         // idempotent and keeps other clusters' instances safe.
-        let live: Vec<String> = self
-            .existing_ids(OP, ids, &LIVE_STATES)
-            .await?
-            .into_iter()
-            .collect();
-        for chunk in live.chunks(EC2_BATCH) {
-            let mut targets = chunk.to_vec();
-            // A NotFound answer (an instance vanished since the describe) is retried
-            // once with the instances that still live; a second one means they are gone.
-            for attempt in 0..2 {
-                let request = self
-                    .inner
-                    .client
-                    .terminate_instances()
-                    .set_instance_ids(Some(targets.clone()));
-                match self
-                    .call(OP, "TerminateInstances", || request.clone().send())
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        if attempt == 1 {
-                            break;
-                        }
-                        targets = self
-                            .existing_ids(OP, &targets, &LIVE_STATES)
-                            .await?
-                            .into_iter()
-                            .collect();
-                        if targets.is_empty() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        return Err(e
-                            .with_context("cluster", &self.inner.cluster)
-                            .with_context("nodes", targets.join(",")));
-                    }
-                }
+        let live = self.live_instances(OP, ids, &LIVE_STATES).await?;
+        {
+            let mut known = self.inner.known();
+            for id in ids {
+                known.remove(id);
             }
         }
-        Ok(())
+        let (stop, terminate) = split_for_cache(&live, self.inner.settings.cache_stopped_nodes);
+        for chunk in stop.chunks(EC2_BATCH) {
+            match self.act_chunked(OP, Action::Stop, chunk).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    tracing::debug!(error = %e, "EC2 refused to stop instances; terminating them");
+                    self.act_chunked(OP, Action::Terminate, chunk).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.act_chunked(OP, Action::Terminate, &terminate).await
+    }
+}
+
+/// Splits live instances into those to stop and those to terminate: with caching,
+/// pending and running on-demand instances are stopped, spot instances terminated, and
+/// stopping or stopped ones left alone; without, all are terminated.
+fn split_for_cache(live: &BTreeMap<String, Instance>, cache: bool) -> (Vec<String>, Vec<String>) {
+    if !cache {
+        return (Vec::new(), live.keys().cloned().collect());
+    }
+    let mut stop = Vec::new();
+    let mut terminate = Vec::new();
+    for (id, instance) in live {
+        let state = instance.state().and_then(|s| s.name());
+        if matches!(
+            state,
+            Some(InstanceStateName::Stopping | InstanceStateName::Stopped)
+        ) {
+            continue;
+        }
+        if instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot) {
+            terminate.push(id.clone());
+        } else {
+            stop.push(id.clone());
+        }
+    }
+    (stop, terminate)
+}
+
+/// An instance call of [`AwsNodeProvider::act`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Terminate,
+    Stop,
+    Start,
+}
+
+/// A copy of `e` for one more caller (an [`Error`] is not `Clone`): kind, status,
+/// message, operation, context and the source's text.
+fn duplicate(e: &Error) -> Error {
+    let mut copy = Error::new(e.kind(), e.message());
+    copy = match e.status() {
+        cloudtik_core::ErrorStatus::Permanent => copy.set_permanent(),
+        cloudtik_core::ErrorStatus::Temporary => copy.set_temporary(),
+        cloudtik_core::ErrorStatus::Persistent => copy.set_persistent(),
+    };
+    if let Some(op) = e.operation() {
+        copy = copy.with_operation(op);
+    }
+    for (k, v) in e.context() {
+        copy = copy.with_context(k, v);
+    }
+    if let Some(location) = e.location() {
+        copy = copy.with_location(location.clone());
+    }
+    if let Some(source) = std::error::Error::source(e) {
+        copy = copy.with_source(source.to_string());
+    }
+    copy
+}
+
+impl AwsNodeProvider {
+    /// When a spot launch of `instance_type` last lacked capacity or price.
+    fn spot_shortage(&self, instance_type: &str) -> Option<Instant> {
+        self.inner
+            .spot_shortages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(instance_type)
+            .copied()
+    }
+
+    /// Remembers a spot shortage of `instance_type` at `at`.
+    fn record_spot_shortage(&self, instance_type: &str, at: Instant) {
+        self.inner
+            .spot_shortages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .insert(instance_type.to_string(), at);
     }
 }
 
@@ -897,4 +1439,116 @@ fn node_info(instance: &Instance) -> Option<NodeInfo> {
         external_ip: instance.public_ip_address().map(str::to_string),
         instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::InstanceState;
+
+    use super::*;
+
+    #[test]
+    fn a_spot_shortage_sends_prefer_spot_launches_on_demand_for_the_backoff() {
+        let backoff = Duration::from_secs(300);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // No shortage seen: prefer_spot asks for spot, with fallback.
+        assert_eq!(
+            initial_market(false, true, None, at(0), backoff),
+            Market::SpotOrOnDemand
+        );
+        // A shortage 10 s or 299 s ago: on-demand directly.
+        assert_eq!(
+            initial_market(false, true, Some(at(0)), at(10), backoff),
+            Market::OnDemand
+        );
+        assert_eq!(
+            initial_market(false, true, Some(at(0)), at(299), backoff),
+            Market::OnDemand
+        );
+        // After the backoff: spot again.
+        assert_eq!(
+            initial_market(false, true, Some(at(0)), at(300), backoff),
+            Market::SpotOrOnDemand
+        );
+        // A zero backoff never skips spot.
+        assert_eq!(
+            initial_market(false, true, Some(at(0)), at(0), Duration::ZERO),
+            Market::SpotOrOnDemand
+        );
+        // The node type's own spot request ignores shortages and never falls back.
+        assert_eq!(
+            initial_market(true, false, Some(at(0)), at(1), backoff),
+            Market::SpotOnly
+        );
+        assert_eq!(
+            initial_market(true, true, Some(at(0)), at(1), backoff),
+            Market::SpotOnly
+        );
+        // Neither: on-demand.
+        assert_eq!(
+            initial_market(false, false, None, at(0), backoff),
+            Market::OnDemand
+        );
+    }
+
+    #[test]
+    fn spot_shortages_are_remembered_per_instance_type() {
+        let p = AwsNodeProvider::from_ec2_config(
+            "shortages",
+            aws_sdk_ec2::config::Builder::new()
+                .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest()),
+            AwsSettings::new("us-east-1"),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(p.spot_shortage("m5.large"), None);
+        p.record_spot_shortage("m5.large", t0);
+        assert_eq!(p.spot_shortage("m5.large"), Some(t0));
+        assert_eq!(p.spot_shortage("c5.large"), None);
+    }
+
+    fn instance(id: &str, state: InstanceStateName, spot: bool) -> Instance {
+        let mut b = Instance::builder()
+            .instance_id(id)
+            .state(InstanceState::builder().name(state).build());
+        if spot {
+            b = b.instance_lifecycle(InstanceLifecycleType::Spot);
+        }
+        b.build()
+    }
+
+    #[test]
+    fn caching_stops_on_demand_instances_and_terminates_spot_ones() {
+        let live: BTreeMap<String, Instance> = [
+            instance("i-run", InstanceStateName::Running, false),
+            instance("i-pending", InstanceStateName::Pending, false),
+            instance("i-spot", InstanceStateName::Running, true),
+            instance("i-stopped", InstanceStateName::Stopped, false),
+            instance("i-stopping", InstanceStateName::Stopping, false),
+        ]
+        .into_iter()
+        .map(|i| (i.instance_id().unwrap().to_string(), i))
+        .collect();
+        let (stop, terminate) = split_for_cache(&live, true);
+        assert_eq!(stop, ["i-pending", "i-run"]);
+        assert_eq!(terminate, ["i-spot"]);
+        let (stop, terminate) = split_for_cache(&live, false);
+        assert!(stop.is_empty());
+        assert_eq!(terminate.len(), 5);
+    }
+
+    #[test]
+    fn a_duplicated_error_keeps_kind_operation_and_context() {
+        let e = Error::new(ErrorKind::PermissionDenied, "no")
+            .with_operation("set_node_tags")
+            .with_context("call", "CreateTags")
+            .with_source("denied by policy");
+        let d = duplicate(&e);
+        assert_eq!(d.kind(), e.kind());
+        assert_eq!(d.status(), e.status());
+        assert_eq!(d.operation(), Some("set_node_tags"));
+        assert_eq!(d.context_value("call"), Some("CreateTags"));
+        assert_eq!(d.to_string(), e.to_string());
+    }
 }

@@ -511,7 +511,10 @@ impl WorkingVpc {
 ///
 /// Refused with [`ErrorKind::Conflict`] while instances (pending, running, stopping or
 /// stopped) are in the workspace's VPC (a working VPC: in its subnets) or carry the
-/// workspace tag. Otherwise in reverse: the managed bucket (emptied first; only with
+/// workspace tag; the error names the clusters, and for stopped instances a cluster keeps
+/// with `cache_stopped_nodes` it names them and says how to terminate them
+/// ([`AwsNodeProvider::terminate_stopped_nodes`](super::AwsNodeProvider::terminate_stopped_nodes)).
+/// Otherwise in reverse: the managed bucket (emptied first; only with
 /// `delete_managed_storage`, else it is kept and the workspace stays incomplete),
 /// instance profiles and roles (policies detached
 /// first), the routes through the workspace's peering connections (in both VPCs, also
@@ -3160,10 +3163,30 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
         let found = self.find(OP).await?;
         let instances = self.instances(OP, &found).await?;
         if !instances.is_empty() {
+            let is_stopped = |i: &&Instance| {
+                matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(
+                        aws_sdk_ec2::types::InstanceStateName::Stopping
+                            | aws_sdk_ec2::types::InstanceStateName::Stopped
+                    )
+                )
+            };
+            // Clusters with a pending or running instance, and the stopped instances
+            // (kept by `cache_stopped_nodes`) of clusters with none running.
             let clusters: BTreeSet<&str> = instances
                 .iter()
+                .filter(|i| !is_stopped(i))
                 .filter_map(|i| tag_value(i.tags(), tags::CLUSTER_NAME))
                 .collect();
+            let mut stopped: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for i in instances.iter().filter(is_stopped) {
+                if let (Some(cluster), Some(id)) = (tag_value(i.tags(), tags::CLUSTER_NAME), i.instance_id())
+                    && !clusters.contains(cluster)
+                {
+                    stopped.entry(cluster).or_default().push(id);
+                }
+            }
             let others: Vec<&str> = instances
                 .iter()
                 .filter(|i| tag_value(i.tags(), tags::CLUSTER_NAME).is_none())
@@ -3174,6 +3197,15 @@ impl WorkspaceProvider for AwsWorkspaceProvider {
                 what.push(format!(
                     "clusters {} (stop them first: `cloudtik stop`)",
                     clusters.into_iter().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            for (cluster, ids) in &stopped {
+                what.push(format!(
+                    "stopped instances {} of cluster {cluster}, kept for reuse by cache_stopped_nodes \
+                     (terminate them: AwsNodeProvider::terminate_stopped_nodes for cluster {cluster}, \
+                     or `aws ec2 terminate-instances --instance-ids {}`)",
+                    ids.join(", "),
+                    ids.join(" ")
                 ));
             }
             if !others.is_empty() {
