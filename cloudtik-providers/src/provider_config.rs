@@ -133,6 +133,16 @@ pub struct AwsProviderConfig {
     /// An EC2-compatible endpoint (moto, LocalStack) instead of AWS.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// The accounts whose images are searched for the default image of node types
+    /// without `ImageId` (`Owners` of `DescribeImages`: account ids, or `self`, `amazon`,
+    /// `aws-marketplace`). Not a CloudTik key (CloudTik searches Amazon's and Canonical's
+    /// images); default: Canonical.
+    #[serde(default)]
+    pub image_owners: Option<Vec<String>>,
+    /// The name pattern (`name` filter of `DescribeImages`, `*` and `?` wildcards) of the
+    /// default image. Not a CloudTik key; default: Ubuntu 22.04 server for amd64.
+    #[serde(default)]
+    pub image_name: Option<String>,
     /// Other keys.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -271,6 +281,26 @@ pub fn validate_aws(p: &ProviderSection) -> Result<()> {
         return Err(Error::config(
             "provider.working_vpc_id",
             format!("`{id}` is not a VPC id: expected vpc- and letters or digits, e.g. vpc-0a1b2c3d"),
+        ));
+    }
+    if let Some(owners) = &c.image_owners {
+        if owners.is_empty() {
+            return Err(Error::config(
+                "provider.image_owners",
+                "list at least one owner (an account id, `self`, `amazon` or `aws-marketplace`), or leave it out",
+            ));
+        }
+        if let Some(i) = owners.iter().position(|o| o.trim().is_empty()) {
+            return Err(Error::config(
+                format!("provider.image_owners[{i}]"),
+                "must be an account id, `self`, `amazon` or `aws-marketplace`",
+            ));
+        }
+    }
+    if c.image_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(Error::config(
+            "provider.image_name",
+            "must be an image name pattern, e.g. ubuntu/images/hvm-ssd*/ubuntu-*-24.04-amd64-server-*",
         ));
     }
     check_cidrs(&c.allowed_ssh_sources)

@@ -48,15 +48,19 @@ pub fn bootstrap_cluster_config(config: &mut ClusterConfig) -> Result<()> {
     Ok(())
 }
 
-/// [`bootstrap_cluster_config`], plus what needs the provider's API: for the `aws`
-/// provider, each node type's `resources` (CPU, memory, GPU) from EC2's
-/// `DescribeInstanceTypes` for its `node_config.InstanceType`, when the type sets none
-/// (see `AwsNodeProvider::bootstrap_resources`).
+/// [`bootstrap_cluster_config`], plus what needs the provider's API. For the `aws`
+/// provider (see `aws::AwsClusterBootstrap`): the workspace named by `workspace_name`
+/// must be complete; each node type's `node_config` gets the workspace's subnets
+/// (public for the head, private for workers), security group and instance profile, and
+/// the cluster's key pair (`auth.ssh_public_key`, imported into EC2 once), where the user
+/// did not set them; and each node type's `resources` (CPU, memory, GPU) from EC2's
+/// `DescribeInstanceTypes` for its `node_config.InstanceType`, when the type sets none.
+/// Credentials come from the standard AWS chain.
 pub async fn bootstrap_cluster_config_async(config: &mut ClusterConfig) -> Result<()> {
     #[cfg(feature = "aws")]
     if config.provider.provider_type == crate::aws::PROVIDER_TYPE {
-        let provider = crate::aws::AwsNodeProvider::from_cluster_config(config).await?;
-        return provider.bootstrap_resources(config).await;
+        let bootstrap = crate::aws::AwsClusterBootstrap::from_cluster_config(config).await?;
+        return bootstrap.bootstrap(config).await;
     }
     bootstrap_cluster_config(config)
 }

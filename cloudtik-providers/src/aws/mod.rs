@@ -1,8 +1,11 @@
 //! The `aws` provider: the nodes of a cluster as EC2 instances (CloudTik's AWS node
-//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2); and the workspace they run in
+//! provider, reference §3), on [aws-sdk-ec2](aws_sdk_ec2); the workspace they run in
 //! ([`AwsWorkspaceProvider`]: VPC, subnets, gateways, security group, VPC peering with
 //! the working VPC for `use_internal_ips`, IAM roles and the managed S3 bucket, on EC2,
-//! IAM and S3).
+//! IAM and S3); and the cluster bootstrap that ties a cluster's
+//! node types to that workspace ([`AwsClusterBootstrap`], CloudTik's `bootstrap_aws`:
+//! subnets, security group, instance profiles and the cluster's key pair, run by
+//! [`bootstrap_cluster_config_async`](crate::bootstrap_cluster_config_async)).
 //!
 //! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
 //!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;
@@ -38,9 +41,11 @@
 //!   [`AwsNodeProvider::stopped_nodes`]); workspace delete is refused while they exist
 //!   and says so.
 //! * **Image**: a `node_config` without `ImageId` launches the newest available x86_64
-//!   image named like [`DEFAULT_IMAGE_NAME`] owned by [`AwsSettings::image_owners`]
-//!   (Canonical's Ubuntu 22.04), found with `DescribeImages` once per provider; none
-//!   found is a `NotFound` error naming the region and the filter.
+//!   image named like [`AwsSettings::image_name`] owned by [`AwsSettings::image_owners`]
+//!   (default: Canonical's Ubuntu 22.04, [`DEFAULT_IMAGE_NAME`]; `provider.image_owners`
+//!   and `provider.image_name` in a config, keys of this SDK, not CloudTik's), found with
+//!   `DescribeImages` once per provider; none found is a `NotFound` error naming the
+//!   region and the filter.
 //! * **Tags**: `CreateTags`, one call per distinct (key, value) across the nodes of a
 //!   batch, in chunks of 1,000 instances. Concurrent `set_node_tags` calls are
 //!   coalesced: the first waits [`AwsSettings::tag_batch_window`] (100 ms), then sends
@@ -58,6 +63,13 @@
 //! * **Terminate**: `TerminateInstances` in chunks of 1,000 ids (`StopInstances` with
 //!   cached stopped nodes, above); ids that are gone are skipped, so terminating twice
 //!   succeeds.
+//! * **Bootstrap** ([`AwsClusterBootstrap`]): the workspace must be complete; node types
+//!   get its subnets, security group and instance profile where they set none, and
+//!   `KeyName` the cluster's key pair (`ImportKeyPair` once, then found with
+//!   `DescribeKeyPairs`); user-set subnets and groups must be in the workspace's VPC.
+//!   Not built: CloudTik's launch templates, `worker_role_for_cloud_storage: false`
+//!   (workers always get the worker profile), managed storage and database settings, and
+//!   pinning `ImageId` at bootstrap (the default image is looked up at launch).
 //!
 //! # Not built
 //!
@@ -101,6 +113,7 @@
 //! role). The region is `provider.region`; `provider.endpoint_url` points the client at
 //! an EC2-compatible server such as moto.
 
+mod cluster_bootstrap;
 mod errors;
 mod node_config;
 mod node_provider;
@@ -112,6 +125,7 @@ use std::time::Duration;
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 
+pub use cluster_bootstrap::{AwsClusterBootstrap, WorkspaceResources, key_pair_name};
 pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
 pub use node_config::{Ec2NodeConfig, SPOT_OPTION_KEYS, SUPPORTED_KEYS, SpotMarketOptions};
 pub use node_provider::AwsNodeProvider;
@@ -145,7 +159,7 @@ pub struct AwsSettings {
     /// The owners (`Owners` of `DescribeImages`) whose images are searched for the
     /// default image, used when a `node_config` has no `ImageId`: the newest available
     /// x86_64 image named like [`DEFAULT_IMAGE_NAME`]. Default: Canonical
-    /// ([`CANONICAL_OWNER`]).
+    /// ([`CANONICAL_OWNER`]); `provider.image_owners` in a config.
     pub image_owners: Vec<String>,
     /// Keep nodes for reuse (`provider.cache_stopped_nodes`): `terminate_nodes` stops
     /// on-demand instances instead of terminating them, and `create_nodes` starts
@@ -166,6 +180,9 @@ pub struct AwsSettings {
     /// Default 100 ms (see [`DEFAULT_TAG_BATCH_WINDOW`]); zero still joins the calls
     /// already queued.
     pub tag_batch_window: Duration,
+    /// The name pattern (`name` filter of `DescribeImages`) of the default image.
+    /// Default: [`DEFAULT_IMAGE_NAME`]; `provider.image_name` in a config.
+    pub image_name: String,
 }
 
 /// The default [`AwsSettings::tag_batch_window`]: 100 ms. CloudTik waits 1 s; node
@@ -198,15 +215,24 @@ impl AwsSettings {
             cache_stopped_nodes: false,
             spot_backoff: DEFAULT_SPOT_BACKOFF,
             tag_batch_window: DEFAULT_TAG_BATCH_WINDOW,
+            image_name: DEFAULT_IMAGE_NAME.to_string(),
         }
     }
 
-    /// Settings from the `provider` section of a config.
+    /// Settings from the `provider` section of a config: `region`, `endpoint_url`,
+    /// `prefer_spot_node`, `image_owners` and `image_name` (the last two are this SDK's
+    /// keys, not CloudTik's).
     pub fn from_provider_config(config: &crate::provider_config::AwsProviderConfig) -> Self {
         let mut settings = AwsSettings::new(config.region.clone());
         settings.endpoint_url = config.endpoint_url.clone();
         settings.prefer_spot = config.prefer_spot_node.unwrap_or(false);
         settings.cache_stopped_nodes = config.cache_stopped_nodes.unwrap_or(false);
+        if let Some(owners) = config.image_owners.as_ref().filter(|o| !o.is_empty()) {
+            settings.image_owners = owners.clone();
+        }
+        if let Some(name) = &config.image_name {
+            settings.image_name = name.clone();
+        }
         settings
     }
 
@@ -265,6 +291,13 @@ impl AwsSettings {
     #[must_use]
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
         self.rate_limits = limits;
+        self
+    }
+
+    /// Sets the name pattern of the default image.
+    #[must_use]
+    pub fn with_image_name(mut self, name: impl Into<String>) -> Self {
+        self.image_name = name.into();
         self
     }
 

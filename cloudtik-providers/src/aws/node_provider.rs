@@ -23,7 +23,7 @@ use cloudtik_core::{
 use super::errors::{ec2_code, is_rate_limited};
 use super::node_config::{Ec2NodeConfig, SpotMarketOptions};
 use super::rate_limit::RateLimiter;
-use super::{AwsSettings, DEFAULT_IMAGE_NAME, EC2_BATCH, PROVIDER_TYPE, ec2_client};
+use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
 /// Tags that name the node's place; `set_node_tags` may not change them.
 const IDENTITY_TAGS: [&str; 2] = [tags::CLUSTER_NAME, tags::LAUNCH_TOKEN];
@@ -404,21 +404,22 @@ impl AwsNodeProvider {
     }
 
     /// The image launched when a `node_config` has no `ImageId`: the newest (by
-    /// `CreationDate`) available x86_64 image named like [`DEFAULT_IMAGE_NAME`] owned by
-    /// [`AwsSettings::image_owners`], looked up once per provider. None found is
+    /// `CreationDate`) available x86_64 image named like [`AwsSettings::image_name`] owned
+    /// by [`AwsSettings::image_owners`], looked up once per provider. None found is
     /// `NotFound`, naming the region and the filter.
     pub async fn default_image_id(&self) -> Result<String> {
         self.inner
             .default_image
             .get_or_try_init(|| async {
                 let owners = &self.inner.settings.image_owners;
+                let name = &self.inner.settings.image_name;
                 let answer = self
                     .call("default_image", "DescribeImages", || {
                         self.inner
                             .client
                             .describe_images()
                             .set_owners(Some(owners.clone()))
-                            .filters(filter("name", [DEFAULT_IMAGE_NAME]))
+                            .filters(filter("name", [name.as_str()]))
                             .filters(filter("architecture", ["x86_64"]))
                             .filters(filter("state", ["available"]))
                             .send()
@@ -435,7 +436,7 @@ impl AwsNodeProvider {
                             ErrorKind::NotFound,
                             format!(
                                 "no default image in region {}: DescribeImages found no available \
-                                 x86_64 image named {DEFAULT_IMAGE_NAME} owned by {}; set \
+                                 x86_64 image named {name} owned by {}; set \
                                  node_config.ImageId",
                                 self.inner.settings.region,
                                 owners.join(", ")
@@ -448,8 +449,18 @@ impl AwsNodeProvider {
             .cloned()
     }
 
+    /// The EC2 client (shared by clones).
+    pub(crate) fn ec2(&self) -> &Client {
+        &self.inner.client
+    }
+
     /// Runs one EC2 call with the provider's retry policy, classifying its errors.
-    async fn call<T, E, F, Fut>(&self, operation: &'static str, call: &'static str, mut f: F) -> Result<T>
+    pub(crate) async fn call<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        call: &'static str,
+        mut f: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
