@@ -1241,3 +1241,37 @@ async fn a_missing_node_fails_only_its_caller_in_a_batch() {
             .all(|n| n.tag(tags::NODE_STATUS) == Some("setting-up"))
     );
 }
+
+/// `node_config.BlockDeviceMappings` as CloudTik's templates write it (a 100 GiB gp3
+/// root volume) reaches `RunInstances`: the instance's volume has that size and type.
+#[tokio::test(flavor = "multi_thread")]
+async fn block_device_mappings_size_the_root_volume() {
+    let Some(moto) = start_moto() else { return };
+    let p = provider(&moto, "volumes").await;
+    let mut config = node_config(&moto).await;
+    config["BlockDeviceMappings"] = json!([{
+        "DeviceName": "/dev/sda1",
+        "Ebs": {"VolumeSize": 100, "VolumeType": "gp3", "DeleteOnTermination": true}
+    }]);
+    let outcome = p.create_nodes(&worker_request(&config, 1)).await.unwrap();
+    let ec2 = raw_client(&moto).await;
+    let described = ec2
+        .describe_instances()
+        .instance_ids(outcome.nodes[0].id.clone())
+        .send()
+        .await
+        .unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    let volume_id = instance
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some("/dev/sda1"))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_id())
+        .expect("a volume at /dev/sda1")
+        .to_string();
+    let volumes = ec2.describe_volumes().volume_ids(volume_id).send().await.unwrap();
+    let volume = &volumes.volumes()[0];
+    assert_eq!(volume.size(), Some(100));
+    assert_eq!(volume.volume_type().map(|t| t.as_str()), Some("gp3"));
+}

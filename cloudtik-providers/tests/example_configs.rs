@@ -178,3 +178,34 @@ fn workspace_examples_load() {
     let ws = loader.load_workspace_file(example("aws-workspace.yaml")).unwrap();
     assert_eq!(ws.provider.provider_type, "aws");
 }
+
+/// Every node type of the AWS example and of the built-in AWS templates has a
+/// `node_config` the AWS provider can launch (CloudTik's templates set
+/// `BlockDeviceMappings`, which an earlier provider refused).
+#[cfg(feature = "aws")]
+#[test]
+fn aws_node_configs_of_examples_and_templates_are_launchable() {
+    let loader = cloudtik_providers::config_loader().with_env_template_dirs(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = vec![example("aws.yaml")];
+    for template in ["aws/standard", "aws/gpu"] {
+        let f = dir.path().join(format!("{}.yaml", template.replace('/', "-")));
+        std::fs::write(
+            &f,
+            format!("from: {template}\ncluster_name: t\nworkspace_name: w\nprovider:\n  type: aws\n  region: us-east-1\n"),
+        )
+        .unwrap();
+        files.push(f);
+    }
+    for file in files {
+        let c = loader
+            .load_cluster_file(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for (name, t) in &c.available_node_types {
+            let config = serde_json::Value::Object(t.node_config.clone());
+            let parsed = cloudtik_providers::aws::Ec2NodeConfig::from_value(&config)
+                .unwrap_or_else(|e| panic!("{} {name}: {e}", file.display()));
+            assert!(!parsed.instance_type.is_empty());
+        }
+    }
+}

@@ -127,7 +127,10 @@ use aws_sdk_ec2::config::timeout::TimeoutConfig;
 
 pub use cluster_bootstrap::{AwsClusterBootstrap, WorkspaceResources, key_pair_name};
 pub use errors::{RetryPolicy, classify_code, classify_sdk_error};
-pub use node_config::{Ec2NodeConfig, SPOT_OPTION_KEYS, SUPPORTED_KEYS, SpotMarketOptions};
+pub use node_config::{
+    BlockDeviceMapping, EBS_KEYS, EbsVolume, Ec2NodeConfig, SPOT_OPTION_KEYS, SUPPORTED_KEYS,
+    SpotMarketOptions,
+};
 pub use node_provider::AwsNodeProvider;
 pub use rate_limit::{RateLimit, RateLimits};
 pub use workspace::{AwsWorkspaceOptions, AwsWorkspaceProvider, VpcPeering, WorkspaceVpc};

@@ -5,7 +5,7 @@ use cloudtik_core::{Error, Result};
 use serde_json::{Map, Value};
 
 /// The `node_config` keys the AWS provider understands.
-pub const SUPPORTED_KEYS: [&str; 10] = [
+pub const SUPPORTED_KEYS: [&str; 11] = [
     "InstanceType",
     "ImageId",
     "SubnetId",
@@ -16,7 +16,57 @@ pub const SUPPORTED_KEYS: [&str; 10] = [
     "UserData",
     "EbsOptimized",
     "InstanceMarketOptions",
+    "BlockDeviceMappings",
 ];
+
+/// The keys of a `node_config.BlockDeviceMappings[i].Ebs` the provider passes on.
+pub const EBS_KEYS: [&str; 8] = [
+    "VolumeSize",
+    "VolumeType",
+    "DeleteOnTermination",
+    "Iops",
+    "Throughput",
+    "Encrypted",
+    "KmsKeyId",
+    "SnapshotId",
+];
+
+/// One of `node_config.BlockDeviceMappings`: a device of the instance and the EBS volume
+/// (or instance store, or none) behind it, as `RunInstances` takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlockDeviceMapping {
+    /// `DeviceName`, e.g. `/dev/sda1` (the root device of Ubuntu images).
+    pub device_name: String,
+    /// `VirtualName`: an instance store volume (`ephemeral0`).
+    pub virtual_name: Option<String>,
+    /// `NoDevice`: leave out a mapping of the image.
+    pub no_device: Option<String>,
+    /// `Ebs`.
+    pub ebs: Option<EbsVolume>,
+}
+
+/// `Ebs` of a [`BlockDeviceMapping`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EbsVolume {
+    /// `VolumeSize` in GiB.
+    pub volume_size: Option<i32>,
+    /// `VolumeType`: `gp3`, `gp2`, `io1`, `io2`, `st1`, `sc1` or `standard`.
+    pub volume_type: Option<String>,
+    /// `DeleteOnTermination`.
+    pub delete_on_termination: Option<bool>,
+    /// `Iops` (gp3, io1, io2).
+    pub iops: Option<i32>,
+    /// `Throughput` in MiB/s (gp3).
+    pub throughput: Option<i32>,
+    /// `Encrypted`.
+    pub encrypted: Option<bool>,
+    /// `KmsKeyId`.
+    pub kms_key_id: Option<String>,
+    /// `SnapshotId`.
+    pub snapshot_id: Option<String>,
+}
 
 /// The keys of `node_config.InstanceMarketOptions.SpotOptions` the provider passes on.
 pub const SPOT_OPTION_KEYS: [&str; 3] = ["MaxPrice", "SpotInstanceType", "InstanceInterruptionBehavior"];
@@ -67,6 +117,8 @@ pub struct Ec2NodeConfig {
     pub ebs_optimized: Option<bool>,
     /// `InstanceMarketOptions` with `MarketType: spot`; `None` without the key.
     pub spot: Option<SpotMarketOptions>,
+    /// `BlockDeviceMappings` (CloudTik's templates size the root volume with it).
+    pub block_device_mappings: Vec<BlockDeviceMapping>,
 }
 
 impl Ec2NodeConfig {
@@ -143,8 +195,157 @@ impl Ec2NodeConfig {
             user_data: string(map, "UserData")?,
             ebs_optimized,
             spot,
+            block_device_mappings: block_device_mappings(map.get("BlockDeviceMappings"))?,
         })
     }
+}
+
+/// Reads `node_config.BlockDeviceMappings`.
+fn block_device_mappings(value: Option<&Value>) -> Result<Vec<BlockDeviceMapping>> {
+    const AT: &str = "node_config.BlockDeviceMappings";
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(Error::config(
+                AT,
+                format!("expected a list of {{DeviceName, Ebs}} objects, found {other}"),
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{AT}[{i}]");
+        let Value::Object(map) = item else {
+            return Err(Error::config(
+                at,
+                format!("expected an object with DeviceName and Ebs, found {item}"),
+            ));
+        };
+        if let Some(key) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), "DeviceName" | "VirtualName" | "NoDevice" | "Ebs"))
+        {
+            return Err(Error::config(
+                format!("{at}.{key}"),
+                "the AWS provider does not support this key; supported: DeviceName, VirtualName, NoDevice, Ebs",
+            ));
+        }
+        let text = |map: &Map<String, Value>, path: String, key: &str| -> Result<Option<String>> {
+            match map.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(other) => Err(Error::config(
+                    path,
+                    format!("expected a non-empty string, found {other}"),
+                )),
+            }
+        };
+        let device_name = text(map, format!("{at}.DeviceName"), "DeviceName")?.ok_or_else(|| {
+            Error::config(
+                format!("{at}.DeviceName"),
+                "is required, e.g. /dev/sda1 (the root device of Ubuntu images)",
+            )
+        })?;
+        let ebs = match map.get("Ebs") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(e)) => Some(ebs_volume(e, &format!("{at}.Ebs"))?),
+            Some(other) => {
+                return Err(Error::config(
+                    format!("{at}.Ebs"),
+                    format!("expected an object of {}, found {other}", EBS_KEYS.join(", ")),
+                ));
+            }
+        };
+        out.push(BlockDeviceMapping {
+            virtual_name: text(map, format!("{at}.VirtualName"), "VirtualName")?,
+            no_device: match map.get("NoDevice") {
+                // EC2 takes an empty string here.
+                Some(Value::String(s)) => Some(s.clone()),
+                None | Some(Value::Null) => None,
+                Some(other) => {
+                    return Err(Error::config(
+                        format!("{at}.NoDevice"),
+                        format!("expected a string (usually \"\"), found {other}"),
+                    ));
+                }
+            },
+            device_name,
+            ebs,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads one `Ebs` object at `at`.
+fn ebs_volume(map: &Map<String, Value>, at: &str) -> Result<EbsVolume> {
+    if let Some(key) = map.keys().find(|k| !EBS_KEYS.contains(&k.as_str())) {
+        return Err(Error::config(
+            format!("{at}.{key}"),
+            format!(
+                "the AWS provider does not support this key; supported: {}",
+                EBS_KEYS.join(", ")
+            ),
+        ));
+    }
+    let int = |key: &str| -> Result<Option<i32>> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_i64().and_then(|v| i32::try_from(v).ok()) {
+                Some(v) if v > 0 => Ok(Some(v)),
+                _ => Err(Error::config(
+                    format!("{at}.{key}"),
+                    format!("expected a positive whole number, found {n}"),
+                )),
+            },
+            Some(other) => Err(Error::config(
+                format!("{at}.{key}"),
+                format!("expected a positive whole number, found {other}"),
+            )),
+        }
+    };
+    let boolean = |key: &str| -> Result<Option<bool>> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(Error::config(
+                format!("{at}.{key}"),
+                format!("expected true or false, found {other}"),
+            )),
+        }
+    };
+    let text = |key: &str| -> Result<Option<String>> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(other) => Err(Error::config(
+                format!("{at}.{key}"),
+                format!("expected a non-empty string, found {other}"),
+            )),
+        }
+    };
+    let volume_type = text("VolumeType")?;
+    if let Some(t) = &volume_type
+        && !matches!(
+            t.as_str(),
+            "gp3" | "gp2" | "io1" | "io2" | "st1" | "sc1" | "standard"
+        )
+    {
+        return Err(Error::config(
+            format!("{at}.VolumeType"),
+            format!("`{t}` is not an EBS volume type: expected gp3, gp2, io1, io2, st1, sc1 or standard"),
+        ));
+    }
+    Ok(EbsVolume {
+        volume_size: int("VolumeSize")?,
+        volume_type,
+        delete_on_termination: boolean("DeleteOnTermination")?,
+        iops: int("Iops")?,
+        throughput: int("Throughput")?,
+        encrypted: boolean("Encrypted")?,
+        kms_key_id: text("KmsKeyId")?,
+        snapshot_id: text("SnapshotId")?,
+    })
 }
 
 /// Reads `node_config.InstanceMarketOptions`.
@@ -319,10 +520,10 @@ mod tests {
             "no ImageId: the provider looks up the default image"
         );
         let e = Ec2NodeConfig::from_value(&json!({
-            "InstanceType": "m5.large", "ImageId": "ami-1", "BlockDeviceMappings": []
+            "InstanceType": "m5.large", "ImageId": "ami-1", "Placement": {}
         }))
         .unwrap_err();
-        assert_eq!(e.location().unwrap().path, "node_config.BlockDeviceMappings");
+        assert_eq!(e.location().unwrap().path, "node_config.Placement");
         let e = Ec2NodeConfig::from_value(&json!({
             "InstanceType": "m5.large", "ImageId": "ami-1", "SecurityGroupIds": "sg-1"
         }))
@@ -400,5 +601,74 @@ mod tests {
             path,
             "node_config.InstanceMarketOptions.SpotOptions.BlockDurationMinutes"
         );
+    }
+
+    #[test]
+    fn reads_block_device_mappings_as_the_templates_write_them() {
+        let c = Ec2NodeConfig::from_value(&json!({
+            "InstanceType": "m5.2xlarge",
+            "BlockDeviceMappings": [
+                {"DeviceName": "/dev/sda1",
+                 "Ebs": {"VolumeSize": 100, "VolumeType": "gp3", "DeleteOnTermination": true,
+                         "Iops": 3000, "Throughput": 125, "Encrypted": true}},
+                {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"},
+                {"DeviceName": "/dev/sdc", "NoDevice": ""}
+            ]
+        }))
+        .unwrap();
+        let m = &c.block_device_mappings;
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].device_name, "/dev/sda1");
+        let ebs = m[0].ebs.as_ref().unwrap();
+        assert_eq!(ebs.volume_size, Some(100));
+        assert_eq!(ebs.volume_type.as_deref(), Some("gp3"));
+        assert_eq!(ebs.delete_on_termination, Some(true));
+        assert_eq!(
+            (ebs.iops, ebs.throughput, ebs.encrypted),
+            (Some(3000), Some(125), Some(true))
+        );
+        assert_eq!(m[1].virtual_name.as_deref(), Some("ephemeral0"));
+        assert_eq!(m[2].no_device.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn block_device_mapping_errors_name_the_item_and_key() {
+        let cases = [
+            (
+                json!({"Ebs": {"VolumeSize": 10}}),
+                "node_config.BlockDeviceMappings[0].DeviceName",
+            ),
+            (
+                json!({"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": "big"}}),
+                "node_config.BlockDeviceMappings[0].Ebs.VolumeSize",
+            ),
+            (
+                json!({"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": -5}}),
+                "node_config.BlockDeviceMappings[0].Ebs.VolumeSize",
+            ),
+            (
+                json!({"DeviceName": "/dev/sda1", "Ebs": {"VolumeType": "ssd"}}),
+                "node_config.BlockDeviceMappings[0].Ebs.VolumeType",
+            ),
+            (
+                json!({"DeviceName": "/dev/sda1", "Ebs": {"Size": 10}}),
+                "node_config.BlockDeviceMappings[0].Ebs.Size",
+            ),
+            (
+                json!({"DeviceName": "/dev/sda1", "Disk": {}}),
+                "node_config.BlockDeviceMappings[0].Disk",
+            ),
+            (json!("/dev/sda1"), "node_config.BlockDeviceMappings[0]"),
+        ];
+        for (item, path) in cases {
+            let e = Ec2NodeConfig::from_value(&json!({
+                "InstanceType": "m5.large", "BlockDeviceMappings": [item]
+            }))
+            .unwrap_err();
+            assert_eq!(e.location().unwrap().path, path, "{e}");
+        }
+        let e = Ec2NodeConfig::from_value(&json!({"InstanceType": "m5.large", "BlockDeviceMappings": {}}))
+            .unwrap_err();
+        assert_eq!(e.location().unwrap().path, "node_config.BlockDeviceMappings");
     }
 }

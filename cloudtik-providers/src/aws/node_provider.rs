@@ -21,7 +21,7 @@ use cloudtik_core::{
 };
 
 use super::errors::{ec2_code, is_rate_limited};
-use super::node_config::{Ec2NodeConfig, SpotMarketOptions};
+use super::node_config::{BlockDeviceMapping, Ec2NodeConfig, SpotMarketOptions};
 use super::rate_limit::RateLimiter;
 use super::{AwsSettings, EC2_BATCH, PROVIDER_TYPE, ec2_client};
 
@@ -945,6 +945,9 @@ impl AwsNodeProvider {
             }
             request = request.instance_market_options(market.build());
         }
+        for m in &config.block_device_mappings {
+            request = request.block_device_mappings(block_device_mapping(m));
+        }
         if !config.security_group_ids.is_empty() {
             request = request.set_security_group_ids(Some(config.security_group_ids.clone()));
         }
@@ -1418,6 +1421,28 @@ fn check_cluster_name(cluster: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A `node_config.BlockDeviceMappings` item as the SDK's type.
+fn block_device_mapping(m: &BlockDeviceMapping) -> aws_sdk_ec2::types::BlockDeviceMapping {
+    let ebs = m.ebs.as_ref().map(|e| {
+        aws_sdk_ec2::types::EbsBlockDevice::builder()
+            .set_volume_size(e.volume_size)
+            .set_volume_type(e.volume_type.as_deref().map(aws_sdk_ec2::types::VolumeType::from))
+            .set_delete_on_termination(e.delete_on_termination)
+            .set_iops(e.iops)
+            .set_throughput(e.throughput)
+            .set_encrypted(e.encrypted)
+            .set_kms_key_id(e.kms_key_id.clone())
+            .set_snapshot_id(e.snapshot_id.clone())
+            .build()
+    });
+    aws_sdk_ec2::types::BlockDeviceMapping::builder()
+        .device_name(&m.device_name)
+        .set_virtual_name(m.virtual_name.clone())
+        .set_no_device(m.no_device.clone())
+        .set_ebs(ebs)
+        .build()
 }
 
 /// An EC2 filter.
