@@ -247,9 +247,26 @@ pub(crate) enum ClusterCommand {
     },
 }
 
+/// Whether a command may launch nodes (only `start` does: the head; workers are
+/// launched by the head's controller with the config `start` uploaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Launches {
+    Yes,
+    No,
+}
+
 /// Loads a cluster config and prepares what every cluster command needs: the key pair,
 /// provider resources, the `cloudtik-node` program for virtual nodes.
-pub(crate) async fn open_cluster(file: &Path, progress: Option<&Progress>) -> Result<ManagedCluster> {
+///
+/// The provider's bootstrap ties node types to the workspace (on AWS: its subnets,
+/// security group and profiles). A command that launches nothing still works when that
+/// fails because the workspace is missing or incomplete (e.g. `stop` after a partial
+/// `workspace delete`): it says so on stderr and goes on with the config as written.
+pub(crate) async fn open_cluster(
+    file: &Path,
+    progress: Option<&Progress>,
+    launches: Launches,
+) -> Result<ManagedCluster> {
     let loader = cloudtik_providers::config_loader();
     let mut config: ClusterConfig = loader.load_cluster_file(file)?;
     let dir = ClusterDir::new(ClusterDir::default_base(), &config);
@@ -261,7 +278,14 @@ pub(crate) async fn open_cluster(file: &Path, progress: Option<&Progress>) -> Re
             .extra
             .insert("node_binary".into(), binary.display().to_string().into());
     }
-    cloudtik_providers::bootstrap_cluster_config_async(&mut config).await?;
+    match cloudtik_providers::bootstrap_cluster_config_async(&mut config).await {
+        Ok(()) => {}
+        Err(e) if launches == Launches::No && e.context_value("workspace").is_some() => {
+            eprintln!("warning: {e}; going on without the workspace's settings (only `start` needs them)");
+            cloudtik_providers::bootstrap_cluster_config(&mut config)?;
+        }
+        Err(e) => return Err(e),
+    }
     let head_config = cloudtik_providers::head_cluster_config(&config)?;
     let provider = cloudtik_providers::node_provider(&config, ProviderPlace::Client).await?;
     let mut settings = ClusterSettings::new(dir, cloudtik_providers::node_binary_on_nodes(&config))
@@ -326,7 +350,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
         } => {
             let progress = Progress::start(verbose);
             let result = async {
-                let cluster = open_cluster(&file, Some(&progress)).await?;
+                let cluster = open_cluster(&file, Some(&progress), Launches::Yes).await?;
                 let c = cluster.config();
                 let existing = cluster.head().await?;
                 let question = match &existing {
@@ -377,7 +401,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
         } => {
             let progress = Progress::start(false);
             let result = async {
-                let cluster = open_cluster(&file, Some(&progress)).await?;
+                let cluster = open_cluster(&file, Some(&progress), Launches::No).await?;
                 let nodes = cluster.nodes().await?;
                 if nodes.is_empty() {
                     progress.say(format!("cluster {} has no nodes", cluster.config().cluster_name));
@@ -405,7 +429,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             Ok(0)
         }
         ClusterCommand::Status { file, json } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let status = cluster.status().await?;
             if json {
                 ui::print_json(&status)?;
@@ -478,7 +502,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             Ok(0)
         }
         ClusterCommand::Info { file, json } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let status = cluster.status().await?;
             let workers: Vec<_> = status.nodes.iter().filter(|n| n.kind != NodeKind::Head).collect();
             let ready = workers
@@ -524,7 +548,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             timeout,
             json,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let target = target.target();
             let single = target != NodeTarget::All;
             let mut options = ExecOptions::default();
@@ -580,7 +604,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             node_ip,
             port_forward,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let nodes = cluster.nodes().await?;
             let head = nodes.iter().find(|n| n.kind() == Some(NodeKind::Head)).cloned();
             let node = match &node_ip {
@@ -613,7 +637,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             target,
             nodes,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             cluster.rsync_up(&source, &target, &nodes.target()).await?;
             Ok(0)
         }
@@ -623,7 +647,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             target,
             node_ip,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             cluster
                 .rsync_down(&source, &target, &node_target(node_ip))
                 .await?;
@@ -636,7 +660,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             tmux,
             screen,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let name = script
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -680,7 +704,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             up_only,
             override_previous,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let mut r = ScaleRequest::default();
             r.workers = workers;
             r.worker_type = worker_type;
@@ -716,12 +740,12 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             Ok(0)
         }
         ClusterCommand::HeadIp { file } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             println!("{}", cluster.head_ip().await?.unwrap_or_default());
             Ok(0)
         }
         ClusterCommand::WorkerIps { file, json } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let ips = cluster.worker_ips().await?;
             if json {
                 ui::print_json(&ips)?;
@@ -733,7 +757,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             Ok(0)
         }
         ClusterCommand::KillNode { file, node_ip, yes } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             ui::confirm(&format!("Terminate the node {node_ip}?"), yes)?;
             cluster.kill_node(&NodeTarget::Ip(node_ip.clone())).await?;
             println!("Terminated {node_ip}.");
@@ -744,7 +768,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             lines,
             no_follow,
         } => {
-            let log = open_cluster(&file, None).await?.layout().head_log();
+            let log = open_cluster(&file, None, Launches::No).await?.layout().head_log();
             let quoted = cloudtik_core::command::shell_quote(&log);
             let cmd = if no_follow {
                 format!("tail -n {lines} {quoted}")
@@ -758,7 +782,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             min_workers,
             timeout,
         } => {
-            let cluster = open_cluster(&file, None).await?;
+            let cluster = open_cluster(&file, None, Launches::No).await?;
             let n = min_workers.unwrap_or_else(|| cluster.config().sum_min_workers());
             cluster.wait_for_ready(n, Duration::from_secs(timeout)).await?;
             println!("Ready: the head and {n} worker(s) are up to date and heartbeating.");
