@@ -113,7 +113,7 @@
 //! role). The region is `provider.region`; `provider.endpoint_url` points the client at
 //! an EC2-compatible server such as moto.
 
-mod cluster_bootstrap;
+pub mod cluster_bootstrap;
 mod errors;
 mod node_config;
 mod node_provider;
