@@ -7,13 +7,9 @@
 mod moto;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
-use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_ec2::error::BoxError;
 use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{Filter, Instance};
 use cloudtik_core::config::ClusterConfig;
@@ -23,7 +19,7 @@ use cloudtik_providers::aws::{
     key_pair_name,
 };
 use cloudtik_providers::provider_config::AwsProviderConfig;
-use moto::{Moto, raw_client, sdk_config, settings, start_moto};
+use moto::{CallLog, Moto, raw_client, sdk_config, settings, start_moto};
 use serde_json::{Value, json};
 
 /// The cluster's public key (made with `ssh-keygen -t ed25519`).
@@ -34,36 +30,6 @@ const OTHER_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ9nM3mgaW1JdW8tlsJCUF0sIb/O/4xbx8VrEAJrjxXS other";
 /// moto's Deep Learning AMI (owner 898082745236), picked by `image_owners`/`image_name`.
 const DLAMI: &str = "ami-dca37ea5";
-
-/// Records the `Action` of every EC2 request.
-#[derive(Debug, Clone, Default)]
-struct CallLog(Arc<Mutex<Vec<String>>>);
-
-impl CallLog {
-    fn count(&self, action: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|a| *a == action).count()
-    }
-}
-
-impl Intercept for CallLog {
-    fn name(&self) -> &'static str {
-        "CallLog"
-    }
-
-    fn modify_before_transmit(
-        &self,
-        context: &mut BeforeTransmitInterceptorContextMut<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let body = context.request().body().bytes().unwrap_or_default();
-        let body = String::from_utf8_lossy(body);
-        if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
-            self.0.lock().unwrap().push(action.to_string());
-        }
-        Ok(())
-    }
-}
 
 fn options() -> AwsWorkspaceOptions {
     AwsWorkspaceOptions::default()

@@ -14,8 +14,8 @@
 mod moto;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -25,7 +25,7 @@ use cloudtik_core::provider::new_launch_token;
 use cloudtik_core::testing::conformance::{CheckOutcome, ConformanceConfig, run_all};
 use cloudtik_core::{ErrorKind, ErrorStatus, LaunchRequest, NodeKind, NodeProvider, TagUpdate, Tags};
 use cloudtik_providers::aws::{AwsNodeProvider, DEFAULT_IMAGE_NAME};
-use moto::{Moto, free_port, raw_client, sdk_config, settings, start_moto};
+use moto::{CallLog, Moto, free_port, raw_client, sdk_config, settings, start_moto};
 use serde_json::json;
 
 async fn provider(moto: &Moto, cluster: &str) -> AwsNodeProvider {
@@ -99,50 +99,6 @@ impl Intercept for FailLaterLaunches {
                 .request_mut()
                 .set_uri(self.0.dead_url.as_str())
                 .map_err(|e| BoxError::from(format!("bad URI: {e}")))?;
-        }
-        Ok(())
-    }
-}
-
-/// Records the `Action` and the body of every EC2 request.
-#[derive(Debug, Clone, Default)]
-struct CallLog(Arc<Mutex<Vec<(String, String)>>>);
-
-impl CallLog {
-    fn count(&self, action: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|(a, _)| a == action).count()
-    }
-
-    /// The bodies of the requests of `action`, URL-decoded.
-    fn bodies(&self, action: &str) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(a, _)| a == action)
-            .map(|(_, b)| b.replace("%2F", "/").replace("%3A", ":"))
-            .collect()
-    }
-}
-
-impl Intercept for CallLog {
-    fn name(&self) -> &'static str {
-        "CallLog"
-    }
-
-    fn modify_before_transmit(
-        &self,
-        context: &mut BeforeTransmitInterceptorContextMut<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let body = context.request().body().bytes().unwrap_or_default();
-        let body = String::from_utf8_lossy(body);
-        if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
-            self.0
-                .lock()
-                .unwrap()
-                .push((action.to_string(), body.to_string()));
         }
         Ok(())
     }

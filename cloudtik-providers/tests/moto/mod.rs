@@ -7,10 +7,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::config::Credentials;
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_ec2::config::{ConfigBag, Credentials, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::BoxError;
 use cloudtik_providers::aws::{AwsSettings, RetryPolicy};
 
 /// Only one test at a time creates the virtual environment.
@@ -168,4 +170,48 @@ pub fn settings(url: &str) -> AwsSettings {
 /// A raw EC2 client on moto, for what the provider does not do.
 pub async fn raw_client(moto: &Moto) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&sdk_config(&moto.url).await)
+}
+
+/// Records the `Action` and the body of every EC2 request.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog(Arc<Mutex<Vec<(String, String)>>>);
+
+impl CallLog {
+    pub fn count(&self, action: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|(a, _)| a == action).count()
+    }
+
+    /// The bodies of the requests of `action`, URL-decoded.
+    pub fn bodies(&self, action: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, b)| b.replace("%2F", "/").replace("%3A", ":"))
+            .collect()
+    }
+}
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "CallLog"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let body = String::from_utf8_lossy(body);
+        if let Some(action) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((action.to_string(), body.to_string()));
+        }
+        Ok(())
+    }
 }
