@@ -94,15 +94,18 @@ fn user_template_folders_come_before_built_in_ones() {
         c.available_node_types["head.default"].node_config["InstanceType"],
         "c5.xlarge"
     );
-    assert!(!c.available_node_types.contains_key("worker.gpu"));
 
-    // A user aws/standard that inherits the built-in aws/gpu, which says `from: aws/standard`,
-    // finds the user's template again: a cycle, reported as such.
-    std::fs::write(dir.path().join("aws/standard.yaml"), "from: aws/gpu\n").unwrap();
+    // A user aws/standard that inherits the built-in aws/latest/standard, which says
+    // `from: aws/standard`, finds the user's template again: a cycle, reported as such.
+    std::fs::write(
+        dir.path().join("aws/standard.yaml"),
+        "from: aws/latest/standard\n",
+    )
+    .unwrap();
     let e = loader.load_cluster_file(example("aws.yaml")).unwrap_err();
     assert!(
         e.message()
-            .contains("cycle: aws/standard -> aws/gpu -> aws/standard"),
+            .contains("cycle: aws/standard -> aws/latest/standard -> aws/standard"),
         "{e}"
     );
 }
@@ -179,7 +182,7 @@ fn workspace_examples_load() {
     assert_eq!(ws.provider.provider_type, "aws");
 }
 
-/// Every node type of the AWS example and of the built-in AWS templates has a
+/// Every node type of the AWS example and of every built-in AWS template has a
 /// `node_config` the AWS provider can launch (CloudTik's templates set
 /// `BlockDeviceMappings`, which an earlier provider refused).
 #[cfg(feature = "aws")]
@@ -188,7 +191,12 @@ fn aws_node_configs_of_examples_and_templates_are_launchable() {
     let loader = cloudtik_providers::config_loader().with_env_template_dirs(false);
     let dir = tempfile::tempdir().unwrap();
     let mut files = vec![example("aws.yaml")];
-    for template in ["aws/standard", "aws/gpu"] {
+    let templates: Vec<&str> = cloudtik_core::config::template::built_in_template_names()
+        .into_iter()
+        .filter(|n| n.starts_with("aws/"))
+        .collect();
+    assert_eq!(templates.len(), 31, "{templates:?}");
+    for template in templates {
         let f = dir.path().join(format!("{}.yaml", template.replace('/', "-")));
         std::fs::write(
             &f,

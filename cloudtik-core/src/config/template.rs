@@ -86,11 +86,16 @@ mod tests {
         );
         let names = built_in_template_names();
         assert!(names.windows(2).all(|w| w[0] < w[1]));
-        for name in ["aws/standard", "virtual/standard"] {
+        for name in [
+            "aws/standard",
+            "aws/gpu/t4/standard",
+            "gcp/gpu/a100-40/utra-large",
+            "virtual/standard",
+        ] {
             assert!(names.contains(&name), "{name}");
         }
         assert!(!names.contains(&"aws/defaults") && !names.contains(&"defaults"));
-        assert!(built_in("aws/standard.yaml").is_some_and(|t| t.contains("m5.2xlarge")));
+        assert!(built_in("aws/latest/small.yaml").is_some_and(|t| t.contains("m6i.xlarge")));
         assert!(built_in("aws/nothing").is_none());
     }
 }
