@@ -213,6 +213,23 @@ pub trait Runtime: Debug + Send + Sync + 'static {
     }
 }
 
+/// What to say of a runtime name that `registry` does not have: that this build lacks
+/// it, and which runtimes it has.
+pub fn unknown_runtime_message(registry: &RuntimeRegistry, name: &str) -> String {
+    let known: Vec<&str> = registry.names().collect();
+    if known.is_empty() {
+        format!(
+            "runtime `{name}` is not available in this build, which has no runtimes: \
+             remove it from the list, or register a runtime of that name"
+        )
+    } else {
+        format!(
+            "runtime `{name}` is not available in this build; available runtimes: {}",
+            known.join(", ")
+        )
+    }
+}
+
 /// Runtimes by name.
 #[derive(Clone, Default)]
 pub struct RuntimeRegistry {
@@ -288,10 +305,9 @@ impl RuntimeRegistry {
         let mut listed: Vec<(usize, &str)> = Vec::new();
         for (i, name) in types.iter().enumerate() {
             if !self.runtimes.contains_key(name) {
-                let known: Vec<&str> = self.names().collect();
                 return Err(Error::config(
                     format!("runtime.types[{i}]"),
-                    format!("unknown runtime {name:?}; known runtimes: {}", known.join(", ")),
+                    unknown_runtime_message(self, name),
                 ));
             }
             if !listed.iter().any(|(_, n)| n == name) {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use cloudtik_core::config::{ConfigLoader, ProviderSection};
+use cloudtik_core::config::{ClusterConfig, ConfigLoader, ProviderSection};
 use cloudtik_core::{Error, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -253,17 +253,57 @@ pub fn validate_local(p: &ProviderSection) -> Result<()> {
                 format!("`{}` is listed twice", n.ip),
             ));
         }
+    }
+    Ok(())
+}
+
+/// What keeps a local cluster config from being used, as CloudTik finds it when the
+/// cluster starts: instance types (of hosts and of node types) that
+/// `provider.instance_types` does not define (`default`, this machine's type, needs no
+/// definition).
+pub fn local_warnings(config: &ClusterConfig) -> Vec<Error> {
+    let Ok(c) = config.provider.parse::<LocalProviderConfig>() else {
+        return Vec::new();
+    };
+    let defined = |t: &str| t == "default" || c.instance_types.contains_key(t);
+    let known = || {
+        let mut names: Vec<&str> = c.instance_types.keys().map(String::as_str).collect();
+        names.insert(0, "default");
+        names.join(", ")
+    };
+    let mut out = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
         if let Some(t) = &n.instance_type
-            && t != "default"
-            && !c.instance_types.contains_key(t)
+            && !defined(t)
         {
-            return Err(Error::config(
+            out.push(Error::config(
                 format!("provider.nodes[{i}].instance_type"),
-                format!("`{t}` is not one of provider.instance_types"),
+                format!(
+                    "instance type `{t}` is not defined in provider.instance_types ({})",
+                    known()
+                ),
             ));
         }
     }
-    Ok(())
+    for (name, t) in &config.available_node_types {
+        if let Some(Value::String(it)) = t.node_config.get("instance_type")
+            && !defined(it)
+        {
+            let path = cloudtik_core::config::YamlPath::root()
+                .key("available_node_types")
+                .key(name)
+                .key("node_config")
+                .key("instance_type");
+            out.push(Error::config(
+                path.to_string(),
+                format!(
+                    "instance type `{it}` is not defined in provider.instance_types ({})",
+                    known()
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Checks AWS keys.
@@ -329,6 +369,7 @@ pub fn register_validators(loader: ConfigLoader) -> ConfigLoader {
     loader
         .with_provider_validator("virtual", validate_virtual)
         .with_provider_validator("local", validate_local)
+        .with_provider_warnings("local", local_warnings)
         .with_provider_validator("aws", validate_aws)
         .with_provider_validator("gcp", validate_gcp)
         .with_provider_validator("azure", validate_azure)

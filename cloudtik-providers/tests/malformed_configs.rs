@@ -199,15 +199,15 @@ fn cases(template_dir: &std::path::Path) -> Vec<Case> {
                 "head type missing",
                 with_base("available_node_types:\n  worker:\n    node_config: {}\nhead_node_type: head\n"),
                 "head_node_type",
-                "`head` is not one of available_node_types (worker)",
+                "`head` is not one of available_node_types (head.default, worker, worker.default)",
             ),
             8,
         ),
         case(
-            "no head type named",
-            with_base("available_node_types:\n  worker:\n    node_config: {}\n"),
+            "head type emptied",
+            with_base("available_node_types:\n  worker:\n    node_config: {}\nhead_node_type:\n"),
             "head_node_type",
-            "missing",
+            "found null, expected a string",
         ),
         at_line(
             case(
@@ -347,10 +347,10 @@ fn cases(template_dir: &std::path::Path) -> Vec<Case> {
             "either before or after",
         ),
         case(
-            "docker enabled without image",
-            with_base("docker:\n  enabled: true\n"),
-            "docker.image",
-            "no image",
+            "docker enabled (container mode is not built)",
+            with_base("docker:\n  enabled: true\n  image: some/image\n"),
+            "docker.enabled",
+            "container execution mode is not available yet",
         ),
         case(
             "docker enabled not a bool",

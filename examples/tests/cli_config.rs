@@ -80,3 +80,158 @@ fn schema_is_printed() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["title"], "ClusterConfig");
 }
+
+fn cloudtik_home(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudtik"))
+        .args(args)
+        .env_remove("CLOUDTIK_USER_TEMPLATES")
+        .env("HOME", home)
+        .output()
+        .expect("run cloudtik");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Files and folders under `dir`, for "nothing was made" checks.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn runtimes_this_build_lacks_are_warned_by_validate_and_refused_by_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("spark.yaml");
+    std::fs::write(
+        &f,
+        "cluster_name: c\nworkspace_name: w\nprovider:\n  type: virtual\nruntime:\n  types: [hdfs, spark]\n",
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = cloudtik(&["config", "validate", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid"), "{out}");
+    assert!(
+        err.contains("warning: invalid config at runtime.types[0] (")
+            && err.contains("runtime `hdfs` is not available"),
+        "{err}"
+    );
+    assert!(
+        err.contains("runtime.types[1]") && err.contains("`spark`"),
+        "{err}"
+    );
+    assert!(err.contains("`cloudtik start` refuses"), "{err}");
+    let (code, out, _) = cloudtik(&["config", "validate", "--json", f]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["usable"], false);
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 2);
+    // show warns too, and still shows the config with its runtimes
+    let (code, out, err) = cloudtik(&["config", "show", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("runtime `hdfs` is not available"), "{err}");
+    assert!(out.contains("- spark"), "{out}");
+
+    // start refuses before anything is made: exit 3, the path, nothing under HOME.
+    let home = tempfile::tempdir().unwrap();
+    let (code, _, err) = cloudtik_home(home.path(), &["start", f, "--yes"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("runtime.types[0]") && err.contains("`hdfs`"),
+        "{err}"
+    );
+    assert_eq!(tree(home.path()), Vec::<String>::new());
+}
+
+#[test]
+fn start_of_a_local_cluster_says_the_provider_is_not_built_and_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("local.yaml");
+    std::fs::write(
+        &f,
+        "cluster_name: c\nprovider:\n  type: local\n  nodes:\n    - ip: 10.0.0.1\n    - ip: 10.0.0.2\n\
+         available_node_types:\n  worker.default:\n    min_workers: 1\n",
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = cloudtik(&["config", "validate", "--json", f]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["workspace_name"], "default");
+    assert_eq!(v["usable"], true);
+    let home = tempfile::tempdir().unwrap();
+    let (code, _, err) = cloudtik_home(home.path(), &["start", f, "--yes"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("the `local` provider is not built yet"), "{err}");
+    assert!(err.contains("provider.type"), "{err}");
+    assert_eq!(tree(home.path()), Vec::<String>::new());
+}
+
+#[test]
+fn validate_and_show_tell_where_each_node_type_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("types.yaml");
+    std::fs::write(
+        &f,
+        "from: aws/standard\ncluster_name: c\nworkspace_name: w\nprovider: {type: aws, region: us-east-1}\n\
+         available_node_types:\n  worker.big:\n    min_workers: 1\n    node_config: {InstanceType: m5.4xlarge}\n",
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = cloudtik(&["config", "validate", f]);
+    assert_eq!(code, 0, "{err}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("worker.big").contains("types.yaml"), "{out}");
+    assert!(
+        row("worker.default").contains("aws/defaults (built-in) < aws/standard (built-in)"),
+        "{out}"
+    );
+    assert!(row("head.default").contains("(head)"), "{out}");
+    // worker.default comes from the defaults and the template only, with a worker: a note.
+    assert!(
+        !err.contains("note:"),
+        "aws/standard defines worker.default: no note expected\n{err}"
+    );
+    let g = dir.path().join("gcp.yaml");
+    std::fs::write(
+        &g,
+        "cluster_name: c\nworkspace_name: w\nprovider: {type: gcp, region: us-central1, availability_zone: us-central1-a, project_id: p}\n\
+         available_node_types:\n  worker.big:\n    node_config: {machineType: n2-standard-16}\n",
+    )
+    .unwrap();
+    let (code, _, err) = cloudtik(&["config", "validate", g.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "note: node type `worker.default` comes from the provider defaults (gcp/defaults (built-in))"
+        ),
+        "{err}"
+    );
+    let (code, out, _) = cloudtik(&["config", "show", g.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("#   worker.default: gcp/defaults (built-in)\n"),
+        "{out}"
+    );
+    assert!(out.contains("#   worker.big: "), "{out}");
+}

@@ -8,10 +8,16 @@
 //! 2. **Inherit** (`from:`): the config is laid over its template chain (see
 //!    [`template`]).
 //! 3. **Defaults**: the result is laid over the provider's defaults
-//!    (`<provider>/defaults`, which inherit the global `defaults`). When the config (or
-//!    its templates) define `available_node_types`, the provider defaults' node types
-//!    and `head_node_type` are left out, so a config never gains node types it did not
-//!    ask for.
+//!    (`<provider>/defaults`, which inherit the global `defaults`) exactly as CloudTik
+//!    does (`merge_config_hierarchy`): a deep merge, so `head_node_type`, the defaults'
+//!    node types (`head.default`, `worker.default`) and each type's `node_config` come
+//!    from the defaults where the config leaves them out. As in CloudTik, this means a
+//!    config that defines other node types still has the defaults' `head.default` and
+//!    `worker.default` (with the defaults' `min_workers`; 1 on the clouds): name your
+//!    types `head.default` / `worker.default` to change them, or set `min_workers: 0`
+//!    and `max_workers: 0` on a default type you do not want.
+//!    [`MergedConfig::node_type_sources`] tells where each node type came from. Every template a config inherits must be
+//!    for the config's provider (or name none).
 //! 4. **Merge** rules are CloudTik's ([`merge`]): deep map merge, single named list items
 //!    merge by name, `key++` appends, `++key` prepends, everything else replaces.
 //! 5. **Type** the result into [`ClusterConfig`] (unknown top-level keys are refused)
@@ -29,10 +35,11 @@
 //! available_node_types:
 //!   worker.default: {min_workers: 2}
 //! ";
-//! let err = ConfigLoader::new().load_cluster_str("cluster.yaml", yaml).unwrap_err();
-//! // The config defines node types, so the defaults' types are not merged in and the
-//! // worker type lacks its node_config:
-//! assert_eq!(err.location().unwrap().path, "available_node_types.\"worker.default\".node_config");
+//! let config = ConfigLoader::new().load_cluster_str("cluster.yaml", yaml).unwrap();
+//! // The head's type and every type's node_config come from the provider defaults:
+//! assert_eq!(config.head_node_type, "head.default");
+//! assert!(config.available_node_types["worker.default"].node_config.contains_key("instance_type"));
+//! assert_eq!(config.min_workers_of("worker.default"), 2);
 //! ```
 
 pub mod cluster;
@@ -70,6 +77,12 @@ const MAX_TEMPLATE_DEPTH: usize = 16;
 /// A provider's check of its own `provider` keys.
 pub type ProviderValidator = Arc<dyn Fn(&ProviderSection) -> Result<()> + Send + Sync>;
 
+/// A provider's check of a whole cluster config for what keeps it from being used but not
+/// from being read and shown (e.g. a node type naming an instance type the provider
+/// section does not define): config errors that `load_*` refuses and `check_*` returns
+/// as warnings.
+pub type ProviderWarnings = Arc<dyn Fn(&ClusterConfig) -> Vec<Error> + Send + Sync>;
+
 /// Loads cluster and workspace configs: templates, defaults, typing and validation.
 #[derive(Clone)]
 pub struct ConfigLoader {
@@ -77,7 +90,8 @@ pub struct ConfigLoader {
     use_env_dirs: bool,
     provider_defaults: HashMap<String, String>,
     validators: HashMap<String, ProviderValidator>,
-    runtimes: Option<Arc<crate::runtime::RuntimeRegistry>>,
+    warners: HashMap<String, ProviderWarnings>,
+    runtimes: Arc<crate::runtime::RuntimeRegistry>,
 }
 
 impl fmt::Debug for ConfigLoader {
@@ -90,6 +104,7 @@ impl fmt::Debug for ConfigLoader {
                 &self.provider_defaults.keys().collect::<Vec<_>>(),
             )
             .field("validators", &self.validators.keys().collect::<Vec<_>>())
+            .field("warners", &self.warners.keys().collect::<Vec<_>>())
             .field("runtimes", &self.runtimes)
             .finish()
     }
@@ -101,6 +116,24 @@ impl Default for ConfigLoader {
     }
 }
 
+/// A cluster config checked by [`ConfigLoader::check_cluster_file`]: the config, how it
+/// was merged (where each part came from) and what keeps it from being used in this
+/// build.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CheckedConfig {
+    /// The typed, validated config. Runtimes this build does not have are kept in
+    /// `runtime.types`, after the known ones.
+    pub config: ClusterConfig,
+    /// The merged config and its documents.
+    pub merged: MergedConfig,
+    /// Config errors ([`ErrorKind::InvalidConfig`], with their YAML paths) that
+    /// [`ConfigLoader::load_cluster_file`] would refuse the config for: runtimes this
+    /// build does not have, and what providers report
+    /// ([`ConfigLoader::with_provider_warnings`]).
+    pub warnings: Vec<Error>,
+}
+
 /// A config after templates and defaults were merged, before typing, with the documents
 /// it came from (to locate errors).
 #[derive(Debug, Clone)]
@@ -110,9 +143,45 @@ pub struct MergedConfig {
     /// The user's document first, then its templates from the nearest to the farthest,
     /// then the provider defaults.
     pub documents: Vec<Document>,
+    /// Index in `documents` of the first provider-defaults document, if any.
+    defaults_from: Option<usize>,
 }
 
 impl MergedConfig {
+    /// Where each node type of the merged config was defined: for every name under
+    /// `available_node_types`, the sources (files or built-in templates) that define it,
+    /// in merge order (provider defaults first, the user's file last). A type whose only
+    /// sources are the provider defaults was not asked for by the config or its templates.
+    pub fn node_type_sources(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(Value::Object(types)) = self.value.get("available_node_types") else {
+            return out;
+        };
+        for name in types.keys() {
+            let sources: Vec<String> = self
+                .documents
+                .iter()
+                .rev()
+                .filter(|d| {
+                    d.value
+                        .get("available_node_types")
+                        .and_then(|t| t.get(name))
+                        .is_some()
+                })
+                .map(|d| d.source.clone())
+                .collect();
+            out.insert(name.clone(), sources);
+        }
+        out
+    }
+
+    /// Whether `source` (a [`Document::source`] of this config) is one of the provider
+    /// defaults rather than the user's file or a template it inherits.
+    pub fn is_provider_defaults(&self, source: &str) -> bool {
+        self.defaults_from
+            .is_some_and(|i| self.documents[i..].iter().any(|d| d.source == source))
+    }
+
     /// Fills in the file, line and column of a config error from the documents: the
     /// first document that has the error's path (or, failing that, its nearest parent).
     pub fn locate(&self, mut err: Error) -> Error {
@@ -177,18 +246,26 @@ impl ConfigLoader {
             use_env_dirs: true,
             provider_defaults: HashMap::new(),
             validators: HashMap::new(),
-            runtimes: None,
+            warners: HashMap::new(),
+            runtimes: Arc::new(crate::runtime::RuntimeRegistry::new()),
         }
     }
 
-    /// Checks `runtime.types` against a registry of runtimes: names must be known,
-    /// required runtimes are added and the list is put in start order (for the cluster
-    /// and for each node type), each runtime's defaults are laid under its section
-    /// (`runtime.<name>`) and the runtime validates the result. Without a registry,
-    /// runtime names and sections are taken as they are.
+    /// The runtimes this loader knows (default: none). `runtime.types` is checked
+    /// against them: required runtimes are added and the list is put in start order (for
+    /// the cluster and for each node type), each runtime's defaults are laid under its
+    /// section (`runtime.<name>`) and the runtime validates the result. A name the
+    /// registry does not have is refused by `load_*` and reported as a warning by
+    /// `check_*` (see [`CheckedConfig`]), naming `runtime.types[i]` and the runtimes
+    /// that exist.
     pub fn with_runtimes(mut self, registry: Arc<crate::runtime::RuntimeRegistry>) -> Self {
-        self.runtimes = Some(registry);
+        self.runtimes = registry;
         self
+    }
+
+    /// The runtimes this loader knows.
+    pub fn runtimes(&self) -> &crate::runtime::RuntimeRegistry {
+        &self.runtimes
     }
 
     /// Adds a user template folder, searched before `$CLOUDTIK_USER_TEMPLATES` and the
@@ -223,6 +300,19 @@ impl ConfigLoader {
         self
     }
 
+    /// Registers a provider's check of whole cluster configs for what stops them from
+    /// being used: [`load_cluster_file`](Self::load_cluster_file) refuses a config it
+    /// reports, [`check_cluster_file`](Self::check_cluster_file) returns its reports as
+    /// warnings.
+    pub fn with_provider_warnings(
+        mut self,
+        provider_type: &str,
+        check: impl Fn(&ClusterConfig) -> Vec<Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.warners.insert(provider_type.to_string(), Arc::new(check));
+        self
+    }
+
     /// The provider types this loader has defaults for.
     pub fn provider_types(&self) -> Vec<String> {
         let mut v: Vec<String> = template::built_in_provider_types()
@@ -250,7 +340,9 @@ impl ConfigLoader {
         dirs
     }
 
-    /// Loads, merges, types and validates a cluster config file.
+    /// Loads, merges, types and validates a cluster config file, for use: what
+    /// [`check_cluster_file`](Self::check_cluster_file) would only warn of (a runtime
+    /// this build does not have) is an error here.
     pub fn load_cluster_file(&self, path: impl AsRef<Path>) -> Result<ClusterConfig> {
         let merged = self.merge_cluster_file(path)?;
         self.finish_cluster(&merged)
@@ -262,19 +354,56 @@ impl ConfigLoader {
         self.finish_cluster(&merged)
     }
 
-    /// Types and validates an already merged config.
+    /// Types and validates an already merged config; a warning is an error here.
     pub fn finish_cluster(&self, merged: &MergedConfig) -> Result<ClusterConfig> {
+        let (config, warnings) = self.type_and_validate(merged)?;
+        match warnings.into_iter().next() {
+            Some(w) => Err(w),
+            None => Ok(config),
+        }
+    }
+
+    /// Loads, merges, types and validates a cluster config file, for checking and
+    /// showing it: like [`load_cluster_file`](Self::load_cluster_file), but what only
+    /// stops the config from being used (a runtime this build does not have) is returned
+    /// as a warning with the config, along with where each part came from.
+    pub fn check_cluster_file(&self, path: impl AsRef<Path>) -> Result<CheckedConfig> {
+        let merged = self.merge_cluster_file(path)?;
+        let (config, warnings) = self.type_and_validate(&merged)?;
+        Ok(CheckedConfig {
+            config,
+            merged,
+            warnings,
+        })
+    }
+
+    /// [`check_cluster_file`](Self::check_cluster_file) of config text; `source` names
+    /// it in errors.
+    pub fn check_cluster_str(&self, source: &str, text: &str) -> Result<CheckedConfig> {
+        let merged = self.merge_cluster(Document::parse(source, text)?)?;
+        let (config, warnings) = self.type_and_validate(&merged)?;
+        Ok(CheckedConfig {
+            config,
+            merged,
+            warnings,
+        })
+    }
+
+    fn type_and_validate(&self, merged: &MergedConfig) -> Result<(ClusterConfig, Vec<Error>)> {
         check_mappings(&merged.value).map_err(|e| merged.locate(e))?;
         let mut config: ClusterConfig =
             typed::from_value(&merged.value, &YamlPath::root()).map_err(|e| merged.locate(e))?;
         validate::validate_cluster(&config).map_err(|e| merged.locate(e))?;
-        if let Some(registry) = &self.runtimes {
-            apply_runtimes(registry, &mut config).map_err(|e| merged.locate(e))?;
-        }
+        let mut warnings = Vec::new();
+        apply_runtimes(&self.runtimes, &mut config, &mut warnings).map_err(|e| merged.locate(e))?;
         if let Some(v) = self.validators.get(&config.provider.provider_type) {
             v(&config.provider).map_err(|e| merged.locate(e))?;
         }
-        Ok(config)
+        if let Some(w) = self.warners.get(&config.provider.provider_type) {
+            warnings.extend(w(&config));
+        }
+        let warnings = warnings.into_iter().map(|w| merged.locate(w)).collect();
+        Ok((config, warnings))
     }
 
     /// Reads a cluster config file and merges its templates and defaults.
@@ -308,15 +437,15 @@ impl ConfigLoader {
                 return Err(locate_in(&documents, e));
             }
         };
+        check_template_providers(&documents, &provider_type)?;
         let defaults_doc = self
             .provider_defaults_doc(&provider_type)
             .map_err(|e| locate_in(&documents, e))?;
+        let defaults_from = documents.len();
         let mut defaults = self.resolve_chain(defaults_doc, &mut documents, true)?;
-        if chain.contains_key("available_node_types") {
-            defaults.remove("available_node_types");
-            defaults.remove("head_node_type");
-        }
-        // Lay the chain over the defaults.
+        // Lay the chain over the defaults, CloudTik's way: a deep merge, so node types,
+        // `head_node_type` and each type's `node_config` come from the defaults where
+        // the config leaves them out.
         merge::merge_into(&mut defaults, &chain, &YamlPath::root()).map_err(|e| locate_in(&documents, e))?;
         chain = defaults;
         match user_from {
@@ -330,6 +459,7 @@ impl ConfigLoader {
         Ok(MergedConfig {
             value: Value::Object(chain),
             documents,
+            defaults_from: Some(defaults_from),
         })
     }
 
@@ -466,6 +596,7 @@ impl ConfigLoader {
         let merged = MergedConfig {
             value: Value::Object(map),
             documents,
+            defaults_from: None,
         };
         let ws = workspace::WorkspaceConfig::from_merged(&merged.value).map_err(|e| merged.locate(e))?;
         if !self.provider_types().contains(&ws.provider.provider_type) {
@@ -487,9 +618,15 @@ impl ConfigLoader {
 }
 
 /// Orders runtime types, merges each runtime's defaults under its section and lets it
-/// validate the section.
-fn apply_runtimes(registry: &crate::runtime::RuntimeRegistry, config: &mut ClusterConfig) -> Result<()> {
-    config.runtime.types = registry.order(&config.runtime.types)?;
+/// validate the section. Names the registry does not have are pushed onto `unknown` (one
+/// error each, naming `runtime.types[i]`) and kept, after the known ones, as they are.
+fn apply_runtimes(
+    registry: &crate::runtime::RuntimeRegistry,
+    config: &mut ClusterConfig,
+    unknown: &mut Vec<Error>,
+) -> Result<()> {
+    let root = YamlPath::root();
+    config.runtime.types = order_known(registry, &config.runtime.types, &root, unknown)?;
     for name in config.runtime.types.clone() {
         let Some(rt) = registry.get(&name) else { continue };
         let path = YamlPath::root().key("runtime").key(&name);
@@ -518,17 +655,51 @@ fn apply_runtimes(registry: &crate::runtime::RuntimeRegistry, config: &mut Clust
         if let Some(rt) = t.runtime.as_mut()
             && !rt.types.is_empty()
         {
-            rt.types = registry.order(&rt.types).map_err(|e| {
-                let loc = e.location().map(|l| l.path.clone()).unwrap_or_default();
-                let path = format!(
-                    "{}.{loc}",
-                    YamlPath::root().key("available_node_types").key(type_name)
-                );
-                Error::config(path, e.message().to_string())
-            })?;
+            let at = root.key("available_node_types").key(type_name);
+            // The cluster's list already reported names this build does not have.
+            let mut again = Vec::new();
+            rt.types = order_known(registry, &rt.types, &at, &mut again)?;
         }
     }
     Ok(())
+}
+
+/// `types` in start order with required runtimes added ([`RuntimeRegistry::order`]),
+/// for the names the registry has; each other name is reported in `unknown` (path
+/// `<at>.runtime.types[i]`) and kept at the end. Errors of the registry's order are
+/// placed under `at`.
+///
+/// [`RuntimeRegistry::order`]: crate::runtime::RuntimeRegistry::order
+fn order_known(
+    registry: &crate::runtime::RuntimeRegistry,
+    types: &[String],
+    at: &YamlPath,
+    unknown: &mut Vec<Error>,
+) -> Result<Vec<String>> {
+    let mut known = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for (i, name) in types.iter().enumerate() {
+        if registry.get(name).is_some() {
+            known.push(name.clone());
+        } else {
+            if !missing.contains(name) {
+                missing.push(name.clone());
+            }
+            unknown.push(Error::config(
+                at.key("runtime").key("types").index(i).to_string(),
+                crate::runtime::unknown_runtime_message(registry, name),
+            ));
+        }
+    }
+    let mut ordered = registry.order(&known).map_err(|e| {
+        if at.is_empty() {
+            return e;
+        }
+        let loc = e.location().map(|l| l.path.clone()).unwrap_or_default();
+        Error::config(format!("{at}.{loc}"), e.message().to_string())
+    })?;
+    ordered.extend(missing);
+    Ok(ordered)
 }
 
 /// serde reads a struct from a list as readily as from a mapping (`auth: [root]` would
@@ -570,10 +741,32 @@ fn check_mappings(v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// CloudTik's check that every template a config inherits is for the config's provider
+/// (a template that names no provider fits any).
+fn check_template_providers(documents: &[Document], provider_type: &str) -> Result<()> {
+    for (i, doc) in documents.iter().enumerate().skip(1) {
+        if let Some(Value::String(t)) = doc.value.get("provider").and_then(|p| p.get("type"))
+            && t != provider_type
+        {
+            let e = Error::config(
+                "from",
+                format!(
+                    "template `{}` is for provider `{t}`, but this config's provider.type is \
+                     `{provider_type}`: inherit a {provider_type} template (e.g. `{provider_type}/standard`)",
+                    doc.source
+                ),
+            );
+            return Err(locate_in(&documents[i - 1..i], e));
+        }
+    }
+    Ok(())
+}
+
 fn locate_in(documents: &[Document], e: Error) -> Error {
     MergedConfig {
         value: Value::Null,
         documents: documents.to_vec(),
+        defaults_from: None,
     }
     .locate(e)
 }

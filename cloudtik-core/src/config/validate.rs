@@ -2,6 +2,8 @@
 
 use super::cluster::ClusterConfig;
 use super::path::YamlPath;
+use serde_json::Value;
+
 use crate::error::{Error, Result};
 
 fn at(path: YamlPath, msg: impl Into<String>) -> Error {
@@ -146,14 +148,23 @@ pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
             "must be a port from 1 to 65535",
         ));
     }
-    if c.docker.enabled
-        && c.docker.image.is_none()
-        && (c.docker.head_image.is_none() || c.docker.worker_image.is_none())
-    {
+    // Container execution mode is not built yet: a config that asks for it would run its
+    // nodes in host mode without saying so.
+    const NO_CONTAINER_MODE: &str = "container execution mode is not available yet: nodes run \
+         their commands on the host; set `docker.enabled: false` (or leave it out)";
+    if c.docker.enabled {
         return Err(at(
-            YamlPath::root().key("docker").key("image"),
-            "docker is enabled but no image is set: set docker.image (or both head_image and worker_image)",
+            YamlPath::root().key("docker").key("enabled"),
+            NO_CONTAINER_MODE,
         ));
+    }
+    for (name, t) in &c.available_node_types {
+        if let Some(Value::Bool(true)) = t.docker.as_ref().and_then(|d| d.get("enabled")) {
+            return Err(at(
+                node_type_path(name).key("docker").key("enabled"),
+                NO_CONTAINER_MODE,
+            ));
+        }
     }
     for remote in c.file_mounts.keys() {
         if !(remote.starts_with('/') || remote.starts_with('~')) {

@@ -268,7 +268,19 @@ pub(crate) async fn open_cluster(
     launches: Launches,
 ) -> Result<ManagedCluster> {
     let loader = cloudtik_providers::config_loader();
-    let mut config: ClusterConfig = loader.load_cluster_file(file)?;
+    let mut config: ClusterConfig = match launches {
+        // What would run must be what the config asks for.
+        Launches::Yes => loader.load_cluster_file(file)?,
+        // A cluster that exists is stopped, shown and used with what this build has.
+        Launches::No => {
+            let checked = loader.check_cluster_file(file)?;
+            for w in &checked.warnings {
+                eprintln!("warning: {w}");
+            }
+            checked.config
+        }
+    };
+    cloudtik_providers::providers::check_node_provider(&config.provider.provider_type)?;
     let dir = ClusterDir::new(ClusterDir::default_base(), &config);
     dir.prepare_auth(&mut config)?;
     if config.provider.provider_type == "virtual" && !config.provider.extra.contains_key("node_binary") {
