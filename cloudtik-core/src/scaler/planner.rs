@@ -44,36 +44,45 @@
 //!    scores well if it would hold GPU demands, then the number of the type's resource kinds the
 //!    held demands use, then the lowest and the mean utilization of the type's resources
 //!    (plain fractions; Ray weighs them by amount, which would let memory bytes dominate). Ties
-//!    go to the type whose name sorts first. Never above a type's or the global max.
-//! 5. *upscaling cap*, per type, on demand-driven launches only:
-//!    `max(5, floor(upscaling_speed * max(running, 1))) - (in flight + booting)`, where the
-//!    min and request launches of the type count against it but are never cut by it.
-//! 6. *launch_priority*: only the types with the highest `launch_priority` among those with
+//!    go to the type whose name sorts first. Never above a type's or the global max. The
+//!    upscaling cap plays no part here: it comes last (rule 7).
+//! 5. *launch_priority*: only the types with the highest `launch_priority` among those with
 //!    something to launch launch in this round; the others wait for a later round (by then the
 //!    launches of this round are in flight and count as capacity).
-//! 7. *final packing, top-up and minimality*: the requests and demands are finally packed onto
+//! 6. *final packing, top-up and minimality*: the requests and demands are finally packed onto
 //!    the new nodes in type order (after the existing capacity as in steps 2-3), which can
 //!    differ from the greedy order of step 4. What that leaves unplaced gets another round of
-//!    step 4 (requests uncapped; demands chosen and then capped as in step 5, so capped work
-//!    waits instead of spilling onto another type, e.g. CPU work onto GPU nodes; then rule 6
-//!    again). Step 4 only sees what is left, but one more node can also place more demands by
-//!    taking work off the nodes of types after it in that order (a CPU node taking CPU work
-//!    off a GPU node, which then holds a waiting GPU demand): while one more launch of a type
-//!    within the limits, the cap and rule 6 (the priority of what launches) would place more
-//!    demands (and no fewer requests) in that packing, the one that places the most is added
-//!    (ties: type order); a GPU type only if it places more GPU work (rule 4). Then a launch is
-//!    dropped while dropping it keeps every type at its effective min and places as many
-//!    requests and as many demands. Adding and dropping alternate until neither changes
+//!    step 4 (then rule 5 again). Step 4 only sees what is left, but one more node can also
+//!    place more demands by taking work off the nodes of types after it in that order (a CPU
+//!    node taking CPU work off a GPU node, which then holds a waiting GPU demand): while one
+//!    more launch of a type within the limits and rule 5 (the priority of what launches) would
+//!    place more demands (and no fewer requests) in that packing, the one that places the most
+//!    is added (ties: type order); a GPU type only if it places more GPU work (rule 4). Then a
+//!    launch is dropped while dropping it keeps every type at its effective min and places as
+//!    many requests and as many demands. Adding and dropping alternate until neither changes
 //!    anything (each addition places more demands, each drop saves a node). Top-up, adding and
 //!    dropping make a round; a round that ends where it started is the last, and there are at
 //!    most four; usually one.
+//! 7. *upscaling cap*, per type: it limits speed, never choice (as in CloudTik and Ray). Rules
+//!    1-6 plan without it; then each type launches `min(planned, max(allowed, protected))`,
+//!    where `allowed = max(5, floor(upscaling_speed * max(running, 1))) - (in flight +
+//!    booting)` and `protected` is the larger of the type's min launches (step 1) and its new
+//!    nodes that hold requests in the final packing (its first ones; the nodes after them can
+//!    go without moving a request). So min and request launches count against the cap but are
+//!    never cut by it. What the cut nodes would hold stays unplaced (reported as unfulfilled)
+//!    and waits for a later round, when this round's launches count as capacity; it is never
+//!    re-planned onto another type that still has room, and a type cut to nothing still holds
+//!    lower priorities back (rule 5). As first fit is not monotone, launches that then place
+//!    nothing the others would not are dropped as in rule 6.
 //!
 //! So no single planned launch can be removed without breaking a min, a request or a demand's
 //! placement, and with the cap and priorities out of the way no single extra launch within the
 //! limits would place one more demand, except a GPU node that would place no more GPU work
 //! (rule 4: the CPU work it would hold waits, even when GPU work stays unplaced because first
 //! fit would give that node's CPUs to larger CPU demands first). Both by the packing described here;
-//! first fit is a heuristic, so a cleverer packing could sometimes do with fewer nodes.
+//! first fit is a heuristic, so a cleverer packing could sometimes do with fewer nodes. The cap
+//! only cuts: a plan launches no type more often, and no more nodes in all, than the same
+//! snapshot would with the cap out of the way.
 //!
 //! **Time**: `idle_since` and `now` are wall-clock times ([`SystemTime`]) because idle times
 //! come from heartbeats of other machines.
@@ -112,7 +121,7 @@ pub struct NodeTypeConfig {
     pub min_workers: usize,
     /// Workers of the type at most.
     pub max_workers: usize,
-    /// Types with a higher priority launch first (see the module docs, rule 6).
+    /// Types with a higher priority launch first (see the module docs, rule 5).
     pub launch_priority: i32,
 }
 
@@ -664,32 +673,20 @@ impl<'a> Planner<'a> {
         let so_far: Vec<usize> = (0..nt).map(|t| min_launch[t] + req_launch[t]).collect();
         let mut counts = dem_residual.clone();
         packing::pack(&mut self.new_bins(&so_far), &demands.shapes.vectors, &mut counts);
-        // 4. New nodes for the rest.
+        // 4. New nodes for the rest, within the limits but not the cap (rule 7 comes last).
         let dem_launch = self.choose(&mut room, &mut global_room, &demands.shapes, &mut counts);
+        let mut launches: Vec<usize> = (0..nt).map(|t| so_far[t] + dem_launch[t]).collect();
 
-        // 5. The upscaling cap on demand-driven launches: a type launches at most
-        // max(cap - in flight, its min and request launches).
-        let mut limit = vec![0usize; nt];
-        for t in 0..nt {
-            let scaled = (self.config.upscaling_speed * running_of[t].max(1) as f64).floor();
-            let cap = 5usize.max(if scaled.is_finite() { scaled as usize } else { 0 });
-            limit[t] = cap.saturating_sub(launching_of[t] + booting_of[t]).max(so_far[t]);
-        }
-        let mut launches: Vec<usize> = (0..nt)
-            .map(|t| (so_far[t] + dem_launch[t]).min(limit[t]))
-            .collect();
-
-        // 6. Only the highest launch priority with something to launch.
-        let top = self.keep_top_priority(&mut launches);
-
-        // 7. The new nodes, in type order, are what requests and demands are finally packed
-        // on. That packing can differ from the greedy one's: top up what it leaves unplaced
-        // (chosen as in step 4, then capped and filtered as in steps 5-6), add single nodes
-        // that place more and drop launches nothing needs, until stable.
-        if top.is_none() {
+        // 5. Only the highest launch priority with something to launch.
+        if self.keep_top_priority(&mut launches).is_none() {
             // Nothing to launch at all.
             return self.finish(plan, &launches, demands, requests, dem_residual);
         }
+
+        // 6. The new nodes, in type order, are what requests and demands are finally packed
+        // on. That packing can differ from the greedy one's: top up what it leaves unplaced
+        // (chosen as in step 4, then filtered as in step 5), add single nodes that place more
+        // and drop launches nothing needs, until stable.
         let global_base = kept.len() + launching_total;
         let dem_gpu_work =
             packing::gpu_work(&self.type_caps(&room), &demands.shapes.vectors, self.space.gpu());
@@ -697,12 +694,10 @@ impl<'a> Planner<'a> {
         let mut dem_placed = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
         for _round in 0..4 {
             let start = launches.clone();
-            for is_request in [true, false] {
-                let (shapes, residual) = if is_request {
-                    (&requests.shapes, &req_residual)
-                } else {
-                    (&demands.shapes, &dem_residual)
-                };
+            for (shapes, residual) in [
+                (&requests.shapes, &req_residual),
+                (&demands.shapes, &dem_residual),
+            ] {
                 let mut counts = residual.clone();
                 packing::pack(&mut self.new_bins(&launches), &shapes.vectors, &mut counts);
                 if counts.iter().all(|c| *c == 0) {
@@ -719,18 +714,11 @@ impl<'a> Planner<'a> {
                     .max_workers
                     .saturating_sub(global_base + launches.iter().sum::<usize>());
                 let added = self.choose(&mut room, &mut global, shapes, &mut counts);
-                for t in 0..nt {
-                    launches[t] += added[t];
-                    if is_request {
-                        limit[t] += added[t];
-                    } else {
-                        // Chosen, then capped as in rule 5: a capped type's demands wait
-                        // rather than spill onto another type (a GPU type, say).
-                        launches[t] = launches[t].min(limit[t]);
-                    }
+                for (l, a) in launches.iter_mut().zip(added) {
+                    *l += a;
                 }
             }
-            // What the top-up chose for a lower priority waits, as in rule 6.
+            // What the top-up chose for a lower priority waits, as in rule 5.
             self.keep_top_priority(&mut launches);
             if launches != start {
                 req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
@@ -756,7 +744,6 @@ impl<'a> Planner<'a> {
                         let ty = &self.types[t];
                         if top.is_some_and(|p| ty.config.launch_priority != p)
                             || count_of[t] + launches[t] >= ty.config.max_workers
-                            || launches[t] >= limit[t]
                         {
                             continue;
                         }
@@ -782,22 +769,13 @@ impl<'a> Planner<'a> {
                     req_placed = self.placed_on_new(&launches, &requests.shapes, &req_residual);
                     grown = true;
                 }
-                // Drop launches nothing needs.
-                let mut dropped = false;
-                for t in 0..nt {
-                    while launches[t] > 0 && count_of[t] + launches[t] > self.types[t].eff_min {
-                        launches[t] -= 1;
-                        let r = self.placed_on_new(&launches, &requests.shapes, &req_residual);
-                        let d = self.placed_on_new(&launches, &demands.shapes, &dem_residual);
-                        if r >= req_placed && d >= dem_placed {
-                            (req_placed, dem_placed) = (r, d);
-                            dropped = true;
-                        } else {
-                            launches[t] += 1;
-                            break;
-                        }
-                    }
-                }
+                let dropped = self.drop_unneeded(
+                    &mut launches,
+                    &count_of,
+                    (&requests.shapes, &req_residual),
+                    (&demands.shapes, &dem_residual),
+                    (&mut req_placed, &mut dem_placed),
+                );
                 if !grown && !dropped {
                     break;
                 }
@@ -807,10 +785,108 @@ impl<'a> Planner<'a> {
                 break;
             }
         }
-        self.finish(plan, &launches, demands, requests, dem_residual)
+
+        // 7. The upscaling cap limits speed, never choice: each type launches at most its
+        // allowance of what the plan so far (without the cap) launches of it; what the cut
+        // nodes would hold waits for a later round instead of moving onto another type. The
+        // type's min launches and its new nodes that hold requests count against the
+        // allowance but are never cut (the first such nodes of the type in the final packing:
+        // cutting only nodes after them leaves every request where it was).
+        let req_nodes = self.nodes_used(&launches, &requests.shapes, &req_residual);
+        let mut capped = launches.clone();
+        for t in 0..nt {
+            let scaled = (self.config.upscaling_speed * running_of[t].max(1) as f64).floor();
+            let cap = 5usize.max(if scaled.is_finite() { scaled as usize } else { 0 });
+            let allowed = cap.saturating_sub(launching_of[t] + booting_of[t]);
+            capped[t] = launches[t].min(allowed.max(min_launch[t]).max(req_nodes[t]));
+        }
+        if capped != launches {
+            // First fit is not monotone: with fewer nodes of one type, a node of another can
+            // end up placing nothing that the others would not. Drop such launches.
+            let mut req_placed = self.placed_on_new(&capped, &requests.shapes, &req_residual);
+            let mut dem_placed = self.placed_on_new(&capped, &demands.shapes, &dem_residual);
+            while self.drop_unneeded(
+                &mut capped,
+                &count_of,
+                (&requests.shapes, &req_residual),
+                (&demands.shapes, &dem_residual),
+                (&mut req_placed, &mut dem_placed),
+            ) {}
+        }
+        self.finish(plan, &capped, demands, requests, dem_residual)
     }
 
-    /// Rule 6: zeroes the launches of types below the highest priority that launches; returns
+    /// Drops launches nothing needs: per type, one at a time while the type stays at its
+    /// effective min and the new nodes still place as many requests and demands as `placed`
+    /// (requests, demands; updated). `count_of` is each type's workers kept plus launches in
+    /// flight. Returns true when something was dropped.
+    fn drop_unneeded(
+        &self,
+        launches: &mut [usize],
+        count_of: &[usize],
+        (req_shapes, req_residual): (&Shapes, &[usize]),
+        (dem_shapes, dem_residual): (&Shapes, &[usize]),
+        (req_placed, dem_placed): (&mut usize, &mut usize),
+    ) -> bool {
+        let mut dropped = false;
+        for t in 0..launches.len() {
+            while launches[t] > 0 && count_of[t] + launches[t] > self.types[t].eff_min {
+                launches[t] -= 1;
+                let r = self.placed_on_new(launches, req_shapes, req_residual);
+                let d = self.placed_on_new(launches, dem_shapes, dem_residual);
+                if r >= *req_placed && d >= *dem_placed {
+                    (*req_placed, *dem_placed) = (r, d);
+                    dropped = true;
+                } else {
+                    launches[t] += 1;
+                    break;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Per type, how many of the new nodes `launches` hold part of `residual` in the final
+    /// packing (type order, as [`Planner::placed_on_new`]). First fit fills a type's identical
+    /// empty nodes in order, so these are the type's first nodes, and any after them can go
+    /// without moving anything: the least number of the type's nodes that place as many.
+    fn nodes_used(&self, launches: &[usize], shapes: &Shapes, residual: &[usize]) -> Vec<usize> {
+        let mut counts = residual.to_vec();
+        let mut used = vec![0; launches.len()];
+        // First fit over a list of node groups is first fit over each group in turn.
+        let place = |t: usize, n: usize, counts: &mut [usize]| {
+            let mut group = vec![BinGroup {
+                free: self.types[t].cap.clone(),
+                count: n,
+            }];
+            packing::pack(&mut group, &shapes.vectors, counts)
+        };
+        for (t, n) in launches.iter().enumerate() {
+            if *n == 0 || counts.iter().all(|c| *c == 0) {
+                continue;
+            }
+            let mut after = counts.clone();
+            let all = place(t, *n, &mut after);
+            if all == 0 {
+                continue;
+            }
+            // Placed on the first m nodes grows with m up to `all`, reached at m = used.
+            let (mut lo, mut hi) = (1, *n);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if place(t, mid, &mut counts.clone()) == all {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            used[t] = lo;
+            counts = after;
+        }
+        used
+    }
+
+    /// Rule 5: zeroes the launches of types below the highest priority that launches; returns
     /// that priority.
     fn keep_top_priority(&self, launches: &mut [usize]) -> Option<i32> {
         let top = (0..launches.len())

@@ -290,6 +290,14 @@ fn min_workers_and_requests_bypass_the_upscaling_cap() {
         ..ClusterSnapshot::default()
     };
     assert_eq!(launches(&plan(&c, &s, now())), vec![("cpu", 9)]);
+    // Demands as well: the 9 request nodes count against the cap of 5, so no more launch.
+    let s = ClusterSnapshot {
+        demands: vec![cpu(1.0); 50],
+        ..s
+    };
+    let p = plan(&c, &s, now());
+    assert_eq!(launches(&p), vec![("cpu", 9)]);
+    assert_eq!(p.unfulfilled_count(), 41);
 }
 
 #[test]
@@ -330,6 +338,46 @@ fn capped_cpu_work_waits_instead_of_spilling_onto_gpu_nodes() {
     let p = plan(&c, &snapshot(vec![], vec![cpu(8.0); 100]), now());
     assert_eq!(launches(&p), vec![("cpu", 5)]);
     assert_eq!(p.unfulfilled_count(), 95);
+}
+
+#[test]
+fn capped_work_waits_instead_of_moving_onto_a_type_with_room() {
+    let mut c = config(vec![
+        ("large", ty(cpu(16.0), 0, 100)),
+        ("small", ty(cpu(4.0), 0, 100)),
+    ]);
+    let d = vec![cpu(1.0); 200];
+    // Uncapped: full large nodes (a tie with full small ones, broken by name) while 16 are
+    // left, then small ones for the last 8.
+    let u = plan(&c, &snapshot(vec![], d.clone()), now());
+    assert_eq!(launches(&u), vec![("large", 12), ("small", 2)]);
+    // Capped at 5 per type: large is cut to 5 and its work waits; small, with room under its
+    // own cap, still launches only its 2 (it used to take 3 more of the large type's work).
+    c.upscaling_speed = 1.0;
+    let p = plan(&c, &snapshot(vec![], d), now());
+    assert_eq!(launches(&p), vec![("large", 5), ("small", 2)]);
+    assert_eq!(p.unfulfilled_count(), 200 - 5 * 16 - 2 * 4);
+}
+
+#[test]
+fn a_type_cut_to_nothing_by_the_cap_still_holds_lower_priorities_back() {
+    let mut c = config(vec![("h", ty(cpu(8.0), 0, 100)), ("l", ty(cpu(8.0), 2, 100))]);
+    c.node_types.get_mut("h").unwrap().launch_priority = 1;
+    c.upscaling_speed = 1.0;
+    let mut s = snapshot(vec![], vec![cpu(8.0); 20]);
+    s.launching.insert("h".into(), 5);
+    // Without the cap, h launches for the 15 demands its 5 launches in flight leave, and l's
+    // min waits for a later round (rule 5). With it, h's allowance is 5 - 5 = 0: its work
+    // waits, and so does l's min, as it would without the cap.
+    let mut fast = c.clone();
+    fast.upscaling_speed = 1e9;
+    assert_eq!(launches(&plan(&fast, &s, now())), vec![("h", 15)]);
+    let p = plan(&c, &s, now());
+    assert!(p.to_launch.is_empty(), "{p:?}");
+    assert_eq!(p.unfulfilled_count(), 15);
+    // Once h has nothing to launch, l's min launches.
+    s.demands.truncate(5);
+    assert_eq!(launches(&plan(&c, &s, now())), vec![("l", 2)]);
 }
 
 #[test]
@@ -909,11 +957,18 @@ proptest! {
                 prop_assert!(f.kept_of(t) + f.launching_of(t) + n <= max, "{} above its max", t);
             }
         }
-        // Min: met unless the global max is reached or a higher priority type launches.
+        // Min: met unless the global max is reached or a higher priority type launches, or
+        // would without the cap (its work waits for it, and lower priorities wait too).
+        let mut fast = case.config.clone();
+        fast.upscaling_speed = 1e9;
+        let uncapped = plan(&fast, &case.snapshot, now());
         for t in TYPES {
             let have = f.kept_of(t) + f.launching_of(t) + p.to_launch.get(t).copied().unwrap_or(0);
             let prio = case.config.node_types[t].launch_priority;
-            let deferred = p.to_launch.keys().any(|u| case.config.node_types[u].launch_priority > prio);
+            let deferred = uncapped
+                .to_launch
+                .keys()
+                .any(|u| case.config.node_types[u].launch_priority > prio);
             prop_assert!(
                 have >= f.eff_min(t) || f.total_after(&p.to_launch) >= global || deferred,
                 "{} below its min", t
@@ -933,6 +988,35 @@ proptest! {
         prop_assert_eq!(p.unfulfilled_count(), feasible - f.demands_placed(&p.to_launch));
         // Deterministic.
         prop_assert_eq!(&plan(&case.config, &case.snapshot, now()), &p);
+    }
+
+    /// The cap limits speed, never choice (rule 7): per type and in all, a plan launches at
+    /// most what the same snapshot plans with the cap out of the way. Without requests, a type
+    /// launches beyond its allowance only what its min needs.
+    #[test]
+    fn the_cap_limits_speed_never_choice(case in arb_case(false, false)) {
+        let p = plan(&case.config, &case.snapshot, now());
+        let mut fast = case.config.clone();
+        fast.upscaling_speed = 1e9;
+        let u = plan(&fast, &case.snapshot, now());
+        for (t, n) in &p.to_launch {
+            let un = u.to_launch.get(t).copied().unwrap_or(0);
+            prop_assert!(*n <= un, "{} launches {} capped, {} uncapped: {:?} vs {:?}", t, n, un, p, u);
+        }
+        prop_assert!(p.launch_count() <= u.launch_count(), "{:?} vs {:?}", p, u);
+        // The cap changes launches only.
+        prop_assert_eq!(&p.to_terminate, &u.to_terminate);
+        if case.snapshot.requests.is_empty() {
+            let f = Facts::new(&case, &p);
+            for (t, n) in &p.to_launch {
+                let running = f.kept.iter().filter(|k| k.node_type == *t && k.available.is_some()).count();
+                let booting = f.kept_of(t) - running;
+                let scaled = (case.config.upscaling_speed * running.max(1) as f64).floor() as usize;
+                let allowed = scaled.max(5).saturating_sub(f.launching_of(t) + booting);
+                let min_need = f.eff_min(t).saturating_sub(f.kept_of(t) + f.launching_of(t));
+                prop_assert!(*n <= allowed.max(min_need), "{} above its allowance {}: {:?}", t, allowed, p);
+            }
+        }
     }
 
     #[test]
