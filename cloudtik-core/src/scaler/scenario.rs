@@ -327,6 +327,45 @@ mod tests {
     }
 
     #[test]
+    fn upscaling_cap_limits_speed_never_choice() {
+        // The shape of issue 11: 57 running 4-CPU nodes (full but every sixth, 1 CPU free),
+        // 30 running 16-CPU nodes (2 CPUs free each) and one launching, 9 GPU nodes (3 CPUs
+        // free, GPUs in use); 880 x {CPU 1}, 64 x {CPU 1, 2 GiB}, 40 x {CPU 2, 4 GiB}, 7 x
+        // {CPU 1, GPU 1}. Without the cap: 53 cpu16, 4 cpu4 and 7 gpu nodes. The cap cuts
+        // cpu16 to max(5, 30 running) - 1 launching = 29; cpu4 (allowance 57) and gpu (9)
+        // launch what they would have anyway. Their spare allowance used to take the cut
+        // cpu16 work: 57 cpu4 nodes.
+        let name = "upscaling-cap-mixed.json";
+        expect(
+            name,
+            &[("worker.cpu16", 29), ("worker.cpu4", 4), ("worker.gpu", 7)],
+            0,
+        );
+        let mut s = Scenario::from_json(&scenario_file(name)).unwrap();
+        let capped = s.scaling_plan();
+        s.upscaling_speed = 1e9;
+        let uncapped = s.scaling_plan();
+        assert_eq!(
+            uncapped.to_launch,
+            BTreeMap::from([
+                ("worker.cpu16".to_string(), 53),
+                ("worker.cpu4".to_string(), 4),
+                ("worker.gpu".to_string(), 7)
+            ])
+        );
+        for (t, n) in &capped.to_launch {
+            assert!(
+                *n <= uncapped.to_launch[t],
+                "{t}: {n} > {}",
+                uncapped.to_launch[t]
+            );
+        }
+        // The cut work waits: 24 cpu16 nodes' worth of demands.
+        assert_eq!(uncapped.unfulfilled_count(), 0);
+        assert!(capped.unfulfilled_count() > 0);
+    }
+
+    #[test]
     fn the_issue_example_parses() {
         let s = Scenario::from_json(
             r#"{"node_types": {"worker.cpu": {"resources": {"CPU": 8, "memory": 34359738368}, "min_workers": 0, "max_workers": 1000}},
