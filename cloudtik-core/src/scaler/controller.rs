@@ -541,6 +541,7 @@ where
                     node_type: node_type.clone(),
                     count: n,
                     created_time: now_s,
+                    fence_token: None,
                 };
                 if let Err(e) = self.store.put_pending_launch(&token, &record).await {
                     tracing::warn!(error = %e, "cannot record a pending launch; launching nothing this pass");

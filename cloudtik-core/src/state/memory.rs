@@ -2,14 +2,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::lease::check_lease_args;
 use super::model::{
     ClusterEvent, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ResourceDemands, ResourceRequest,
     StandingRequests, check_key,
 };
-use super::{DEFAULT_EVENT_CAPACITY, StateStore};
+use super::{DEFAULT_EVENT_CAPACITY, Fence, Lease, LeaseAcquire, StateStore};
 use crate::error::Result;
 use crate::node::NodeId;
 
@@ -34,6 +36,8 @@ struct Tables {
     runtime_config: BTreeMap<Option<String>, serde_json::Value>,
     secrets: BTreeMap<String, Vec<u8>>,
     events: VecDeque<ClusterEvent>,
+    leases: BTreeMap<String, Lease>,
+    lease_tokens: BTreeMap<String, u64>,
 }
 
 impl Default for InMemoryStore {
@@ -206,6 +210,84 @@ impl StateStore for InMemoryStore {
         let t = self.tables();
         let skip = t.events.len().saturating_sub(limit);
         Ok(t.events.iter().skip(skip).cloned().collect())
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: f64,
+        ttl: Duration,
+    ) -> Result<LeaseAcquire> {
+        check_lease_args("try_acquire_lease", name, holder, ttl)?;
+        let expires_at = now + ttl.as_secs_f64();
+        let mut t = self.tables();
+        if let Some(cur) = t.leases.get_mut(name) {
+            if cur.holder == holder && !cur.is_expired(now) {
+                cur.renewed_at = now;
+                cur.expires_at = expires_at;
+                return Ok(LeaseAcquire::Acquired(cur.clone()));
+            }
+            if !cur.is_expired(now) {
+                return Ok(LeaseAcquire::HeldBy(cur.clone()));
+            }
+        }
+        let counter = t.lease_tokens.entry(name.to_string()).or_insert(0);
+        *counter += 1;
+        let lease = Lease {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            token: *counter,
+            acquired_at: now,
+            renewed_at: now,
+            expires_at,
+        };
+        t.leases.insert(name.to_string(), lease.clone());
+        Ok(LeaseAcquire::Acquired(lease))
+    }
+
+    async fn renew_lease(&self, fence: &Fence, now: f64, ttl: Duration) -> Result<Option<Lease>> {
+        check_lease_args("renew_lease", &fence.lease, &fence.holder, ttl)?;
+        let mut t = self.tables();
+        match t.leases.get_mut(&fence.lease) {
+            Some(cur) if cur.holder == fence.holder && cur.token == fence.token => {
+                cur.renewed_at = now;
+                cur.expires_at = now + ttl.as_secs_f64();
+                Ok(Some(cur.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<bool> {
+        let mut t = self.tables();
+        if fence.is_current(t.leases.get(&fence.lease)) {
+            t.leases.remove(&fence.lease);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        Ok(self.tables().leases.get(name).cloned())
+    }
+
+    async fn put_pending_launch_fenced(
+        &self,
+        fence: &Fence,
+        token: &str,
+        launch: &PendingLaunch,
+    ) -> Result<()> {
+        let op = "put_pending_launch_fenced";
+        check_key(op, "launch token", token)?;
+        let mut t = self.tables();
+        let current = t.leases.get(&fence.lease);
+        if !fence.is_current(current) {
+            return Err(fence.refused(op, current));
+        }
+        t.pending.insert(token.to_string(), launch.clone());
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@
 //! | runtime config (encrypted) | node type or none | controller | [`set_runtime_config`](StateStore::set_runtime_config) |
 //! | secrets (encrypted) | name | head | [`set_secret`](StateStore::set_secret) |
 //! | events (bounded, newest last) | position | anyone | [`push_event`](StateStore::push_event) |
+//! | leases (with fencing tokens; see [`Lease`]) | lease name | the cluster controller | [`try_acquire_lease`](StateStore::try_acquire_lease), [`renew_lease`](StateStore::renew_lease), [`lease`](StateStore::lease) |
 //!
 //! Rows of the node tables stay until [`StateStore::remove_nodes`] removes them (the
 //! controller does so for nodes its provider no longer lists); a node whose heartbeat is
@@ -45,6 +46,8 @@
 //! | `cloudtik:runtime_config:<node type>` | string, sealed | primary | the runtime config of one node type |
 //! | `cloudtik:secret:<name>` | string, sealed | primary | a secret's bytes |
 //! | `cloudtik:events` | list | primary | [`ClusterEvent`]s, oldest first, trimmed to the capacity |
+//! | `cloudtik:lease:<name>` | hash | primary | a [`Lease`]: fields `holder`, `token`, `acquired_at`, `renewed_at`, `expires_at` (numbers as decimal text) |
+//! | `cloudtik:lease:<name>:token` | string | primary | the lease's token counter (`INCR` on each new acquisition) |
 //! | `cloudtik:shards` | string | primary | JSON array of the extra shards' `host:port`, published by the head ([`RedisStore::publish_shards`]) |
 //!
 //! **Shards.** The primary holds the cluster-wide keys. The node tables are split over
@@ -99,6 +102,7 @@
 //! disk was too slow to keep up. The rendered config needs redis-server 7.0 or newer.
 
 mod crypto;
+mod lease;
 mod liveness;
 mod memory;
 mod model;
@@ -125,6 +129,7 @@ use crate::node::NodeId;
 use crate::resources::Resources;
 
 pub use crypto::EncryptionKey;
+pub use lease::{CONTROLLER_LEASE, Fence, Lease, LeaseAcquire};
 pub use liveness::{DEFAULT_HEARTBEAT_TIMEOUT, NodeLiveness, classify_nodes, read_node_liveness};
 pub use memory::InMemoryStore;
 pub(crate) use model::resource_id;
@@ -254,6 +259,73 @@ pub trait StateStore: Debug + Send + Sync + 'static {
 
     /// The newest `limit` events, oldest first (newest last).
     async fn events(&self, limit: usize) -> Result<Vec<ClusterEvent>>;
+
+    /// Takes the lease `name` for `holder` when it is absent or expired at `now`, with
+    /// the next fencing token, until `now + ttl`; when `holder` holds it already, renews
+    /// it (same token). Atomic. See [`Lease`].
+    ///
+    /// The default refuses with [`Unsupported`](crate::ErrorKind::Unsupported).
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: f64,
+        ttl: Duration,
+    ) -> Result<LeaseAcquire> {
+        let _ = (name, holder, now, ttl);
+        Err(lease_unsupported("try_acquire_lease"))
+    }
+
+    /// Moves the lease's expiry to `now + ttl` when `fence` is still current (same holder
+    /// and token); `None` when it is not (the lease was released, or another holder took
+    /// it). A holder may renew a lease that expired as long as nobody took it. Atomic.
+    async fn renew_lease(&self, fence: &Fence, now: f64, ttl: Duration) -> Result<Option<Lease>> {
+        let _ = (fence, now, ttl);
+        Err(lease_unsupported("renew_lease"))
+    }
+
+    /// Deletes the lease when `fence` is current, so another holder can take it at once;
+    /// false when it was not current. The token counter stays. Atomic.
+    async fn release_lease(&self, fence: &Fence) -> Result<bool> {
+        let _ = fence;
+        Err(lease_unsupported("release_lease"))
+    }
+
+    /// The lease `name` as stored, expired or not; `None` when nobody holds it.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        let _ = name;
+        Err(lease_unsupported("lease"))
+    }
+
+    /// Succeeds when `fence` is current; else an error of kind
+    /// [`Conflict`](crate::ErrorKind::Conflict) (see [`Fence::refused`]). A holder calls it
+    /// right before each step that has no fenced form (provider calls): the step may still
+    /// run after another holder took over in between, which is the remaining window.
+    async fn check_fence(&self, fence: &Fence) -> Result<()> {
+        let current = self.lease(&fence.lease).await?;
+        if fence.is_current(current.as_ref()) {
+            Ok(())
+        } else {
+            Err(fence.refused("check_fence", current.as_ref()))
+        }
+    }
+
+    /// [`put_pending_launch`](Self::put_pending_launch) when `fence` is current, in one
+    /// atomic step; else an error of kind [`Conflict`](crate::ErrorKind::Conflict) and
+    /// nothing is written.
+    async fn put_pending_launch_fenced(
+        &self,
+        fence: &Fence,
+        token: &str,
+        launch: &PendingLaunch,
+    ) -> Result<()> {
+        let _ = (fence, token, launch);
+        Err(lease_unsupported("put_pending_launch_fenced"))
+    }
+}
+
+fn lease_unsupported(op: &'static str) -> crate::Error {
+    crate::Error::new(crate::ErrorKind::Unsupported, "this state store has no leases").with_operation(op)
 }
 
 /// Every node table at one moment, as the controller reads it each pass.
@@ -419,6 +491,35 @@ impl<T: StateStore + ?Sized> StateStore for Arc<T> {
     }
     async fn events(&self, limit: usize) -> Result<Vec<ClusterEvent>> {
         (**self).events(limit).await
+    }
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: f64,
+        ttl: Duration,
+    ) -> Result<LeaseAcquire> {
+        (**self).try_acquire_lease(name, holder, now, ttl).await
+    }
+    async fn renew_lease(&self, fence: &Fence, now: f64, ttl: Duration) -> Result<Option<Lease>> {
+        (**self).renew_lease(fence, now, ttl).await
+    }
+    async fn release_lease(&self, fence: &Fence) -> Result<bool> {
+        (**self).release_lease(fence).await
+    }
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        (**self).lease(name).await
+    }
+    async fn check_fence(&self, fence: &Fence) -> Result<()> {
+        (**self).check_fence(fence).await
+    }
+    async fn put_pending_launch_fenced(
+        &self,
+        fence: &Fence,
+        token: &str,
+        launch: &PendingLaunch,
+    ) -> Result<()> {
+        (**self).put_pending_launch_fenced(fence, token, launch).await
     }
 }
 

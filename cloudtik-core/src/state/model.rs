@@ -265,6 +265,10 @@ pub struct PendingLaunch {
     pub count: usize,
     /// When the launch was recorded, in unix seconds.
     pub created_time: f64,
+    /// The fencing token of the controller that recorded it (see
+    /// [`Fence`](super::Fence)); absent in records of unfenced writers and earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_token: Option<u64>,
 }
 
 /// How serious an event is.

@@ -16,12 +16,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::crypto::EncryptionKey;
+use super::lease::check_lease_args;
 use super::model::{
     ClusterEvent, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ResourceDemands, ResourceRequest,
     StandingRequests, check_key,
 };
 use super::row::{decode_heartbeat, encode_heartbeat, heartbeat_node_id};
-use super::{DEFAULT_EVENT_CAPACITY, StateStore, shard_index};
+use super::{DEFAULT_EVENT_CAPACITY, Fence, Lease, LeaseAcquire, StateStore, shard_index};
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::NodeId;
 use crate::resources::Resources;
@@ -38,6 +39,89 @@ pub(crate) const RUNTIME_CONFIG: &str = "cloudtik:runtime_config";
 pub(crate) const SECRET_PREFIX: &str = "cloudtik:secret:";
 pub(crate) const EVENTS: &str = "cloudtik:events";
 pub(crate) const SHARDS: &str = "cloudtik:shards";
+pub(crate) const LEASE_PREFIX: &str = "cloudtik:lease:";
+
+/// Takes a lease when absent or expired (a new token from the counter), renews it when
+/// the caller holds it. KEYS: lease, counter. ARGV: holder, now, expires_at.
+/// Returns {acquired ('1'/'0'), holder, token, acquired_at, renewed_at, expires_at}.
+const LUA_ACQUIRE: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'acquired_at', 'renewed_at', 'expires_at')
+if cur[1] and cur[5] and tonumber(cur[5]) > tonumber(ARGV[2]) then
+  if cur[1] == ARGV[1] then
+    redis.call('HSET', KEYS[1], 'renewed_at', ARGV[2], 'expires_at', ARGV[3])
+    return {'1', cur[1], cur[2], cur[3], ARGV[2], ARGV[3]}
+  end
+  return {'0', cur[1], cur[2], cur[3], cur[4], cur[5]}
+end
+local token = tostring(redis.call('INCR', KEYS[2]))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token, 'acquired_at', ARGV[2], 'renewed_at', ARGV[2], 'expires_at', ARGV[3])
+return {'1', ARGV[1], token, ARGV[2], ARGV[2], ARGV[3]}
+"#;
+
+/// Renews a lease when holder and token match. KEYS: lease. ARGV: holder, token, now,
+/// expires_at. Returns the lease as LUA_ACQUIRE does, or an empty array.
+const LUA_RENEW: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'acquired_at')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return {} end
+redis.call('HSET', KEYS[1], 'renewed_at', ARGV[3], 'expires_at', ARGV[4])
+return {'1', cur[1], cur[2], cur[3], ARGV[3], ARGV[4]}
+"#;
+
+/// Deletes a lease when holder and token match. KEYS: lease. ARGV: holder, token.
+const LUA_RELEASE: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// Writes a hash field when holder and token match. KEYS: lease, hash. ARGV: holder,
+/// token, field, value.
+const LUA_FENCED_HSET: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'token')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"#;
+
+fn lease_key(name: &str) -> String {
+    format!("{LEASE_PREFIX}{name}")
+}
+
+/// A lease from the fields holder, token, acquired_at, renewed_at, expires_at.
+fn lease_from(op: &'static str, name: &str, f: &[Option<String>]) -> Result<Option<Lease>> {
+    let bad = || {
+        Error::new(
+            ErrorKind::Unexpected,
+            format!("the lease {name} is malformed in the store"),
+        )
+        .with_operation(op)
+    };
+    let [
+        Some(holder),
+        Some(token),
+        Some(acquired),
+        Some(renewed),
+        Some(expires),
+    ] = f
+    else {
+        return if f.iter().all(Option::is_none) {
+            Ok(None)
+        } else {
+            Err(bad())
+        };
+    };
+    let num = |v: &str| v.parse::<f64>().map_err(|_| bad());
+    Ok(Some(Lease {
+        name: name.to_string(),
+        holder: holder.clone(),
+        token: token.parse().map_err(|_| bad())?,
+        acquired_at: num(acquired)?,
+        renewed_at: num(renewed)?,
+        expires_at: num(expires)?,
+    }))
+}
 
 /// The address of one redis-server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -806,6 +890,105 @@ impl StateStore for RedisStore {
         cmd.arg(EVENTS).arg(start).arg(-1);
         let items: Vec<Vec<u8>> = query(&self.primary, op, &cmd).await?;
         items.iter().map(|b| decode(op, EVENTS, "", b)).collect()
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: f64,
+        ttl: Duration,
+    ) -> Result<LeaseAcquire> {
+        let op = "try_acquire_lease";
+        check_lease_args(op, name, holder, ttl)?;
+        let key = lease_key(name);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LUA_ACQUIRE)
+            .arg(2)
+            .arg(&key)
+            .arg(format!("{key}:token"))
+            .arg(holder)
+            .arg(now.to_string())
+            .arg((now + ttl.as_secs_f64()).to_string());
+        let reply: Vec<String> = query(&self.primary, op, &cmd).await?;
+        let fields: Vec<Option<String>> = reply.iter().skip(1).cloned().map(Some).collect();
+        let lease = lease_from(op, name, &fields)?.ok_or_else(|| {
+            Error::new(ErrorKind::Unexpected, "the lease script answered nothing").with_operation(op)
+        })?;
+        Ok(if reply.first().map(String::as_str) == Some("1") {
+            LeaseAcquire::Acquired(lease)
+        } else {
+            LeaseAcquire::HeldBy(lease)
+        })
+    }
+
+    async fn renew_lease(&self, fence: &Fence, now: f64, ttl: Duration) -> Result<Option<Lease>> {
+        let op = "renew_lease";
+        check_lease_args(op, &fence.lease, &fence.holder, ttl)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LUA_RENEW)
+            .arg(1)
+            .arg(lease_key(&fence.lease))
+            .arg(&fence.holder)
+            .arg(fence.token.to_string())
+            .arg(now.to_string())
+            .arg((now + ttl.as_secs_f64()).to_string());
+        let reply: Vec<String> = query(&self.primary, op, &cmd).await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let fields: Vec<Option<String>> = reply.iter().skip(1).cloned().map(Some).collect();
+        lease_from(op, &fence.lease, &fields)
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<bool> {
+        let op = "release_lease";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LUA_RELEASE)
+            .arg(1)
+            .arg(lease_key(&fence.lease))
+            .arg(&fence.holder)
+            .arg(fence.token.to_string());
+        let released: i64 = query(&self.primary, op, &cmd).await?;
+        Ok(released == 1)
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        let op = "lease";
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(lease_key(name))
+            .arg("holder")
+            .arg("token")
+            .arg("acquired_at")
+            .arg("renewed_at")
+            .arg("expires_at");
+        let fields: Vec<Option<String>> = query(&self.primary, op, &cmd).await?;
+        lease_from(op, name, &fields)
+    }
+
+    async fn put_pending_launch_fenced(
+        &self,
+        fence: &Fence,
+        token: &str,
+        launch: &PendingLaunch,
+    ) -> Result<()> {
+        let op = "put_pending_launch_fenced";
+        check_key(op, "launch token", token)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LUA_FENCED_HSET)
+            .arg(2)
+            .arg(lease_key(&fence.lease))
+            .arg(PENDING)
+            .arg(&fence.holder)
+            .arg(fence.token.to_string())
+            .arg(token)
+            .arg(encode(op, launch)?);
+        let written: i64 = query(&self.primary, op, &cmd).await?;
+        if written == 1 {
+            return Ok(());
+        }
+        let current = self.lease(&fence.lease).await?;
+        Err(fence.refused(op, current.as_ref()))
     }
 }
 

@@ -340,6 +340,7 @@ async fn restart_under_load(appendfsync: AppendFsync, kill: bool) {
                         node_type: "worker.cpu".into(),
                         count: 1,
                         created_time: unix_now(),
+                        fence_token: None,
                     };
                     let request_id = format!("res{i}");
                     let request = ResourceRequest {

@@ -293,16 +293,19 @@ pub(crate) async fn pending_launches(store: &dyn StateStore) {
         node_type: "worker.cpu".into(),
         count: 3,
         created_time: 10.0,
+        fence_token: None,
     };
     let b = PendingLaunch {
         node_type: "worker.gpu".into(),
         count: 1,
         created_time: 11.0,
+        fence_token: None,
     };
     let c = PendingLaunch {
         node_type: "worker.cpu".into(),
         count: 2,
         created_time: 12.0,
+        fence_token: None,
     };
     store.put_pending_launch("tok-a", &a).await.unwrap();
     store.put_pending_launch("tok-b", &b).await.unwrap();
@@ -410,4 +413,152 @@ pub(crate) async fn run_all(store: &dyn StateStore) {
     scaling_status(store).await;
     runtime_config_and_secrets(store).await;
     events(store).await;
+    leases(store).await;
+    fenced_pending_launches(store).await;
+}
+
+/// Leases: acquire, held by another, renew, expiry takeover with a larger token, stale
+/// renewals and releases refused, release lets another holder in at once.
+pub(crate) async fn leases(store: &dyn StateStore) {
+    let ttl = Duration::from_secs(30);
+    assert_eq!(store.lease("ctl").await.unwrap(), None);
+
+    // A takes it.
+    let LeaseAcquire::Acquired(a) = store.try_acquire_lease("ctl", "a", 1000.0, ttl).await.unwrap() else {
+        panic!("a free lease is acquired");
+    };
+    assert_eq!(
+        (a.holder.as_str(), a.acquired_at, a.renewed_at, a.expires_at),
+        ("a", 1000.0, 1000.0, 1030.0)
+    );
+    assert!(a.token >= 1);
+    assert_eq!(store.lease("ctl").await.unwrap(), Some(a.clone()));
+    store.check_fence(&a.fence()).await.unwrap();
+
+    // B is refused while it runs, and told who holds it until when.
+    match store.try_acquire_lease("ctl", "b", 1029.5, ttl).await.unwrap() {
+        LeaseAcquire::HeldBy(l) => assert_eq!(l, a),
+        other => panic!("b must not get a held lease: {other:?}"),
+    }
+    // A acquiring again renews (same token).
+    let LeaseAcquire::Acquired(a2) = store.try_acquire_lease("ctl", "a", 1005.25, ttl).await.unwrap() else {
+        panic!("the holder keeps its lease");
+    };
+    assert_eq!(
+        (a2.token, a2.renewed_at, a2.expires_at),
+        (a.token, 1005.25, 1035.25)
+    );
+    // Renewal moves the expiry; B is still refused.
+    let r = store.renew_lease(&a.fence(), 1010.5, ttl).await.unwrap().unwrap();
+    assert_eq!(
+        (r.token, r.acquired_at, r.renewed_at, r.expires_at),
+        (a.token, 1000.0, 1010.5, 1040.5)
+    );
+    assert!(matches!(
+        store.try_acquire_lease("ctl", "b", 1040.0, ttl).await.unwrap(),
+        LeaseAcquire::HeldBy(_)
+    ));
+
+    // It expires: B takes over with a larger token.
+    let LeaseAcquire::Acquired(b) = store.try_acquire_lease("ctl", "b", 1040.5, ttl).await.unwrap() else {
+        panic!("an expired lease is taken over");
+    };
+    assert_eq!(b.holder, "b");
+    assert!(b.token > a.token, "tokens grow: {} then {}", a.token, b.token);
+    // A is fenced: no renewal, no release, no check, no fenced write.
+    assert_eq!(store.renew_lease(&a.fence(), 1041.0, ttl).await.unwrap(), None);
+    assert!(!store.release_lease(&a.fence()).await.unwrap());
+    let err = store.check_fence(&a.fence()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("held by b"), "{err}");
+    assert_eq!(store.lease("ctl").await.unwrap(), Some(b.clone()));
+
+    // B releases: the lease is free at once, and the next token is larger still, also
+    // for the same holder name.
+    assert!(store.release_lease(&b.fence()).await.unwrap());
+    assert_eq!(store.lease("ctl").await.unwrap(), None);
+    assert_eq!(store.renew_lease(&b.fence(), 1042.0, ttl).await.unwrap(), None);
+    let LeaseAcquire::Acquired(a3) = store.try_acquire_lease("ctl", "a", 1042.0, ttl).await.unwrap() else {
+        panic!("a released lease is free");
+    };
+    assert!(a3.token > b.token);
+    assert!(
+        store.check_fence(&a.fence()).await.is_err(),
+        "an old token of the same holder is stale"
+    );
+    // The holder may renew its expired lease while nobody took it.
+    let late = store
+        .renew_lease(&a3.fence(), 2000.0, ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((late.token, late.expires_at), (a3.token, 2030.0));
+    // Leases are independent by name.
+    assert!(matches!(
+        store.try_acquire_lease("other", "b", 2000.0, ttl).await.unwrap(),
+        LeaseAcquire::Acquired(_)
+    ));
+    let other = store.lease("other").await.unwrap().unwrap();
+    assert!(store.release_lease(&other.fence()).await.unwrap());
+    assert!(store.release_lease(&a3.fence()).await.unwrap());
+
+    // Invalid arguments.
+    for (name, holder, ttl) in [("", "a", ttl), ("ctl", "", ttl), ("ctl", "a", Duration::ZERO)] {
+        let err = store.try_acquire_lease(name, holder, 1.0, ttl).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    }
+    // Fractional times survive the store exactly.
+    let LeaseAcquire::Acquired(f) = store
+        .try_acquire_lease("ctl", "a", 1_764_590_000.123_456, Duration::from_millis(15_500))
+        .await
+        .unwrap()
+    else {
+        panic!("free");
+    };
+    assert_eq!(store.lease("ctl").await.unwrap(), Some(f.clone()));
+    assert_eq!(f.expires_at, 1_764_590_000.123_456 + 15.5);
+    assert!(f.valid_locally(1_764_590_000.123_456 + 10.0, Duration::from_secs(5)));
+    assert!(!f.valid_locally(1_764_590_000.123_456 + 10.6, Duration::from_secs(5)));
+    assert!(store.release_lease(&f.fence()).await.unwrap());
+}
+
+/// Fenced launch records: written with a current fence, refused (and not written) with a
+/// stale one; the record keeps its fence token.
+pub(crate) async fn fenced_pending_launches(store: &dyn StateStore) {
+    let ttl = Duration::from_secs(30);
+    let LeaseAcquire::Acquired(a) = store.try_acquire_lease("ctl", "a", 100.0, ttl).await.unwrap() else {
+        panic!("free");
+    };
+    let launch = PendingLaunch {
+        node_type: "worker.cpu".into(),
+        count: 2,
+        created_time: 100.0,
+        fence_token: Some(a.token),
+    };
+    store
+        .put_pending_launch_fenced(&a.fence(), "tok-a", &launch)
+        .await
+        .unwrap();
+    assert_eq!(store.pending_launches().await.unwrap()["tok-a"], launch);
+
+    let LeaseAcquire::Acquired(b) = store.try_acquire_lease("ctl", "b", 131.0, ttl).await.unwrap() else {
+        panic!("expired");
+    };
+    let err = store
+        .put_pending_launch_fenced(&a.fence(), "tok-stale", &launch)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("fenced"), "{err}");
+    let all = store.pending_launches().await.unwrap();
+    assert_eq!(all.keys().collect::<Vec<_>>(), vec!["tok-a"]);
+    assert!(
+        store
+            .put_pending_launch_fenced(&b.fence(), "", &launch)
+            .await
+            .is_err()
+    );
+
+    store.remove_pending_launch("tok-a").await.unwrap();
+    assert!(store.release_lease(&b.fence()).await.unwrap());
 }
