@@ -536,9 +536,9 @@ impl ConfigLoader {
                     let e = Error::config(
                         "from",
                         format!(
-                            "template `{name}` not found; looked in {}. Built-in templates: {}",
+                            "template `{name}` not found; looked in {}. {}",
                             looked.join(", "),
-                            template::built_in_template_names().join(", ")
+                            template::suggestions(&name)
                         ),
                     );
                     return Err(locate_last(documents, e));

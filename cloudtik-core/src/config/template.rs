@@ -73,6 +73,32 @@ pub fn built_in_provider_types() -> Vec<&'static str> {
         .collect()
 }
 
+/// What to suggest for a template name that was not found: the built-in templates of
+/// the same folder (`aws/gpu/...` for `aws/gpu/t4/huge`), else of the same provider,
+/// else the providers that have templates.
+pub(crate) fn suggestions(name: &str) -> String {
+    let name = normalize(name);
+    let names = built_in_template_names();
+    let mut prefix = name.as_str();
+    while let Some(i) = prefix.rfind('/') {
+        prefix = &prefix[..i];
+        let under: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.starts_with(prefix) && n.as_bytes().get(prefix.len()) == Some(&b'/'))
+            .collect();
+        if !under.is_empty() {
+            return format!("Built-in templates under {prefix}/: {}", under.join(", "));
+        }
+    }
+    let mut providers: Vec<&str> = names.iter().filter_map(|n| n.split('/').next()).collect();
+    providers.dedup();
+    format!(
+        "Built-in templates are named <provider>/<size>, e.g. aws/standard; providers: {}",
+        providers.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +123,16 @@ mod tests {
         assert!(!names.contains(&"aws/defaults") && !names.contains(&"defaults"));
         assert!(built_in("aws/latest/small.yaml").is_some_and(|t| t.contains("m6i.xlarge")));
         assert!(built_in("aws/nothing").is_none());
+    }
+
+    #[test]
+    fn suggestions_name_the_nearest_folder() {
+        let s = suggestions("aws/gpu/t4/huge");
+        assert!(s.starts_with("Built-in templates under aws/gpu/t4/: "), "{s}");
+        assert!(s.contains("aws/gpu/t4/standard") && !s.contains("aws/gpu/v100"), "{s}");
+        let s = suggestions("gcp/tiny");
+        assert!(s.contains("under gcp/:") && s.contains("gcp/standard"), "{s}");
+        let s = suggestions("standard");
+        assert!(s.contains("providers: aws, azure, gcp, virtual"), "{s}");
     }
 }
