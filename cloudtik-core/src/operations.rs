@@ -41,6 +41,10 @@ pub struct StopOptions {
     pub keep_min_workers: bool,
     /// Skip stop commands; terminate at once.
     pub hard: bool,
+    /// Keep the cluster's key pair and secrets on this machine when the cluster is gone
+    /// (by default a stop that leaves no node removes them; see
+    /// `cloudtik_core::cluster::ClusterDir::remove_secrets`).
+    pub keep_secrets: bool,
 }
 
 /// Which nodes a command addresses.
@@ -178,6 +182,8 @@ pub trait Cluster: std::fmt::Debug + Send + Sync {
     async fn start(&self, options: &StartOptions) -> Result<()>;
 
     /// Runs stop commands and terminates nodes; checks by listing that none is left.
+    /// A stop that leaves the cluster without nodes also removes what this machine kept
+    /// of it (key pair, secrets, known hosts) unless [`StopOptions::keep_secrets`].
     async fn stop(&self, options: &StopOptions) -> Result<()>;
 
     /// Nodes, their status and last error, resources and demands.

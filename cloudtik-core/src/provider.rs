@@ -205,6 +205,24 @@ pub trait NodeProvider: Debug + Send + Sync + 'static {
 
     /// Terminates nodes. Ids that are already gone are not an error.
     async fn terminate_nodes(&self, ids: &[NodeId]) -> Result<()>;
+
+    /// The SSH host public keys of `node`, as the provider can tell them without an SSH
+    /// connection to it (lines `<type> <base64> [comment]`, as in a `.pub` file), so the
+    /// first connection checks the key it is shown (`StrictHostKeyChecking=yes`) instead
+    /// of trusting it.
+    ///
+    /// # Behavior
+    ///
+    /// * `Ok(None)` (the default): the provider cannot tell; callers trust the key on
+    ///   first use (`accept-new`) and log that they do.
+    /// * `Ok(Some(keys))`: the node's keys; a provider may wait a bounded time for a
+    ///   node that is still booting to have them.
+    /// * `Err`: the provider should be able to tell but could not (the node is gone, or
+    ///   did not make its keys in time); callers do not connect.
+    async fn host_keys(&self, node: &NodeInfo) -> Result<Option<Vec<String>>> {
+        let _ = node;
+        Ok(None)
+    }
 }
 
 /// Conveniences over [`NodeProvider`], implemented for every provider.
@@ -272,6 +290,9 @@ impl<T: NodeProvider + ?Sized> NodeProvider for Arc<T> {
     }
     async fn terminate_nodes(&self, ids: &[NodeId]) -> Result<()> {
         (**self).terminate_nodes(ids).await
+    }
+    async fn host_keys(&self, node: &NodeInfo) -> Result<Option<Vec<String>>> {
+        (**self).host_keys(node).await
     }
 }
 

@@ -365,7 +365,13 @@ pub fn validate_azure(p: &ProviderSection) -> Result<()> {
 }
 
 /// Registers the checks of every provider on a loader.
+///
+/// With the `virtual` feature, virtual configs are also checked against this machine's
+/// size ([`crate::virtual_provider::capacity_warnings`]): a node type that can never
+/// launch is refused by `load_cluster_*`.
 pub fn register_validators(loader: ConfigLoader) -> ConfigLoader {
+    #[cfg(feature = "virtual")]
+    let loader = loader.with_provider_warnings("virtual", crate::virtual_provider::capacity_warnings);
     loader
         .with_provider_validator("virtual", validate_virtual)
         .with_provider_validator("local", validate_local)

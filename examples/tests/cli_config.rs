@@ -235,3 +235,30 @@ fn validate_and_show_tell_where_each_node_type_comes_from() {
     );
     assert!(out.contains("#   worker.big: "), "{out}");
 }
+
+#[test]
+fn a_worker_type_larger_than_the_machine_is_refused_by_validate_and_start() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("huge.yaml");
+    std::fs::write(
+        &file,
+        "cluster_name: huge\nworkspace_name: ws\nprovider: {type: virtual}\nauth: {ssh_user: root}\n\
+         available_node_types:\n  head.default: {node_config: {instance_type: {CPU: 1, memory: 512M}}}\n\
+         \x20 big: {min_workers: 1, node_config: {instance_type: {CPU: 100000, memory: 512M}}}\n\
+         head_node_type: head.default\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    for args in [vec!["config", "validate", f], vec!["start", f, "--yes"]] {
+        let (code, out, err) = cloudtik_home(home.path(), &args);
+        assert_eq!(code, 3, "{args:?}: {out}\n{err}");
+        assert!(
+            err.contains("available_node_types.big.node_config.instance_type.CPU"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("this machine has"), "{err}");
+        assert!(err.contains("huge.yaml"), "the file is named: {err}");
+    }
+    // Nothing was made for the refused start.
+    assert!(!home.path().join(".cloudtik").exists(), "{:?}", tree(home.path()));
+}

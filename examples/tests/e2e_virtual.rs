@@ -499,6 +499,18 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
             "{name}: nothing left: {:?}",
             env.containers()
         );
+        let folder = env
+            .dir
+            .path()
+            .join("home/clusters")
+            .join(&env.workspace)
+            .join(&env.cluster);
+        // (Without Docker nobody can tell whether a node was made: the folder may stay,
+        // and a note says where and why.)
+        assert!(
+            !folder.exists() || (name == "no-docker" && err.contains("note: kept")),
+            "{name}: no folder left: {err}"
+        );
     }
     drop(busy);
     // A config error names the YAML path and exits 3.
@@ -522,4 +534,164 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
     assert!(err.contains("--yes"), "{err}");
     assert!(env.containers().is_empty());
     env.run_ok(&["workspace", "delete", ws, "--yes"]);
+}
+
+/// The key (second field) of `<host> <type> <key>` lines of `known_hosts` for `host`.
+fn pinned_keys(known_hosts: &str, host: &str) -> Vec<String> {
+    known_hosts
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(host))
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect()
+}
+
+/// A node's ed25519 host key as its container has it.
+fn container_host_key(id: &str) -> String {
+    let out = docker(&["exec", id, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn concurrent_starts_pinned_host_keys_and_no_secrets_left() {
+    if !require_docker() {
+        return;
+    }
+    let image = node_image();
+    let env = Env::new("k");
+    env.cleanup();
+    let ws = env.workspace_file();
+    let ws = ws.to_str().unwrap();
+    env.run_ok(&["workspace", "create", ws, "--yes"]);
+    let file = env.dir.path().join("small.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "cluster_name: {cluster}\nworkspace_name: {ws}\nprovider:\n  type: virtual\n  state_dir: {state}\n  image: {image}\n\
+             auth:\n  ssh_user: root\nmax_workers: 1\n\
+             available_node_types:\n  head.default:\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
+             \x20 worker.default:\n    min_workers: 1\n    max_workers: 1\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
+             head_node_type: head.default\n",
+            cluster = env.cluster,
+            ws = env.workspace,
+            state = env.state_dir().display(),
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    // Two starts of a new cluster at once: one waits for the other, both succeed.
+    let spawn = || {
+        env.cloudtik()
+            .args(["start", f, "--yes"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut stderr = String::new();
+    for o in [&a, &b] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "both starts succeed:\n{}\n{err}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        stderr.push_str(&err);
+    }
+    assert!(
+        stderr.contains("waiting for another cloudtik command on cluster"),
+        "the second start says it waits: {stderr}"
+    );
+    let heads: Vec<String> = env
+        .containers()
+        .into_iter()
+        .filter(|c| c.contains("head"))
+        .collect();
+    assert_eq!(heads.len(), 1, "one head: {:?}", env.containers());
+    env.run_ok(&["wait-for-ready", f, "--min-workers", "1", "--timeout", "300"]);
+
+    // Host keys were pinned from the containers before the first connection: the head's
+    // on this machine, the worker's on the head.
+    let status = env.status(&file);
+    let node_id = |kind: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["kind"] == kind)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (head, worker) = (node_id("head"), node_id("worker"));
+    let cluster_dir = env
+        .dir
+        .path()
+        .join("home/clusters")
+        .join(&env.workspace)
+        .join(&env.cluster);
+    let known_hosts = cluster_dir.join("known_hosts");
+    let local = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(
+        pinned_keys(&local, &head).contains(&container_host_key(&head)),
+        "{local}"
+    );
+    let on_head = docker(&["exec", &head, "sh", "-c", "cat ~/cloudtik/known_hosts"]);
+    let on_head = String::from_utf8_lossy(&on_head.stdout);
+    assert!(
+        pinned_keys(&on_head, &worker).contains(&container_host_key(&worker)),
+        "the head pinned the worker's key: {on_head}"
+    );
+
+    // A host key other than the pinned one is refused.
+    let other = env.dir.path().join("other_key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_key = other_key.split_whitespace().nth(1).unwrap();
+    let tampered: String = local
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some(head.as_str()))
+        .map(|l| format!("{l}\n"))
+        .chain([format!("{head} ssh-ed25519 {other_key}\n")])
+        .collect();
+    std::fs::write(&known_hosts, tampered).unwrap();
+    let (code, out, err) = env.run(&["exec", f, "true"]);
+    assert_ne!(code, 0, "a changed host key is refused: {out}\n{err}");
+    assert!(err.contains("host key"), "{err}");
+    std::fs::write(&known_hosts, &local).unwrap();
+    env.run_ok(&["exec", f, "true"]);
+
+    // Stop keeps the secrets only when asked, and says where; else removes them.
+    let out = env.run_ok(&["stop", f, "--yes", "--keep-secrets"]);
+    assert!(
+        out.contains("Kept the cluster's key pair and secrets in"),
+        "{out}"
+    );
+    assert!(cluster_dir.join("secrets.json").exists());
+    assert!(cluster_dir.join("id_ed25519").exists());
+    let out = env.run_ok(&["stop", f, "--yes"]);
+    assert!(out.contains("Removed the cluster's key pair"), "{out}");
+    assert!(!cluster_dir.exists(), "nothing of the cluster is left here");
+
+    // Workspace delete removes what clusters of the workspace left here.
+    let ghost = cluster_dir.with_file_name("ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::write(ghost.join("secrets.json"), "{}").unwrap();
+    let out = env.run_ok(&["workspace", "delete", ws, "--yes"]);
+    assert!(out.contains("cluster ghost"), "{out}");
+    assert!(!ghost.exists());
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
 }

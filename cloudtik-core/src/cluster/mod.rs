@@ -26,6 +26,7 @@
 //! machine reaches the store directly at the head's internal address when the head has
 //! no external one (the virtual provider), else through an SSH port forward to the head.
 
+mod host_keys;
 mod layout;
 mod local_dir;
 mod node_setup;
@@ -40,7 +41,8 @@ use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
 
 pub use layout::{DEFAULT_REDIS_PORT, HeadBootstrap, NodeLayout, env};
-pub use local_dir::{ClusterDir, ClusterSecrets};
+pub use host_keys::pinned_ssh_options;
+pub use local_dir::{ClusterDir, ClusterLock, ClusterSecrets};
 pub use node_setup::SshNodeSetup;
 
 use crate::command::{
@@ -272,7 +274,7 @@ impl ManagedCluster {
         if let Some(r) = runners.get(&node.id) {
             return Ok(r.clone());
         }
-        let mut options = self.ssh_options()?.with_host_key_alias(node.id.clone());
+        let mut options = pinned_ssh_options(self.provider.as_ref(), node, self.ssh_options()?).await?;
         if node.kind() != Some(NodeKind::Head)
             && !self.use_internal_ips()
             && let Some(ext) = head.and_then(|h| h.external_ip.clone())
@@ -561,7 +563,7 @@ impl ManagedCluster {
             .insert(env::REDIS_PORT.into(), DEFAULT_REDIS_PORT.to_string());
 
         let address = self.ssh_address(head)?;
-        let ssh = self.ssh_options()?.with_host_key_alias(head.id.clone());
+        let ssh = pinned_ssh_options(self.provider.as_ref(), head, self.ssh_options()?).await?;
         let factory = move |_: &NodeInfo| -> Result<NodeRunners> {
             Ok(NodeRunners::host(Arc::new(SshRunner::new(
                 address.clone(),
@@ -730,8 +732,29 @@ impl ManagedCluster {
         }
         if !options.workers_only {
             self.settings.dir.clear_head_launch();
+            if !options.keep_secrets && self.nodes().await?.is_empty() {
+                self.forget_secrets()?;
+            }
         }
         Ok(())
+    }
+
+    /// Removes the cluster's key pair and secrets from this machine
+    /// ([`ClusterDir::remove_secrets`]), saying so; for a cluster that is gone.
+    pub fn forget_secrets(&self) -> Result<Vec<std::path::PathBuf>> {
+        let removed = self.settings.dir.remove_secrets()?;
+        if !removed.is_empty() {
+            let names: Vec<String> = removed
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            self.progress(format!(
+                "removed the cluster's {} from {}",
+                names.join(", "),
+                self.settings.dir.path().display()
+            ));
+        }
+        Ok(removed)
     }
 
     /// Waits until the head's state store answers and the head's agent heartbeats.

@@ -111,7 +111,9 @@ impl SshNodeSetup {
 impl NodeSetup for SshNodeSetup {
     async fn set_up(&self, node: &NodeInfo, mode: SetupMode) -> Result<()> {
         let plan = self.plan_for(node)?;
-        let ssh = self.ssh.clone();
+        // Pinned before the updater's first connection (from the provider where it can
+        // tell the key); the updater's runners then accept only that key.
+        let ssh = super::pinned_ssh_options(self.provider.as_ref(), node, self.ssh.clone()).await?;
         let factory = move |n: &NodeInfo| -> Result<NodeRunners> {
             let ip = n.internal_ip.clone().ok_or_else(|| {
                 Error::new(

@@ -43,7 +43,7 @@ mod sync;
 pub use docker::{ContainerSpec, ContainerStart, DockerRunner};
 pub use local::LocalRunner;
 pub use mask::{MASK, SECRET_NAME_PARTS, is_secret_name, mask_secrets};
-pub use ssh::{JumpHost, SshOptions, SshRunner, TransferMode};
+pub use ssh::{JumpHost, SshOptions, SshRunner, TransferMode, known_host, pin_host_keys};
 
 /// Default timeout of a command (CloudTik's 120 s).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);

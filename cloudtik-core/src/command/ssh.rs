@@ -53,9 +53,13 @@ pub struct SshOptions {
     pub port: u16,
     /// The private key file (the only identity offered).
     pub private_key: PathBuf,
-    /// The cluster's own known-hosts file: host keys are pinned here on first use
-    /// (`StrictHostKeyChecking=accept-new`); a changed key is refused.
+    /// The cluster's own known-hosts file. A changed key is always refused.
     pub known_hosts_file: PathBuf,
+    /// Only keys already in [`known_hosts_file`](Self::known_hosts_file) are accepted
+    /// (`StrictHostKeyChecking=yes`): set it once the node's key is pinned there before
+    /// the first connection (see [`pin_host_keys`]). Unset (the default), a node not in
+    /// the file yet is trusted on first use and its key added (`accept-new`).
+    pub strict_host_keys: bool,
     /// TCP connect timeout (`ConnectTimeout`).
     pub connect_timeout: Duration,
     /// Keepalive interval (`ServerAliveInterval`).
@@ -93,6 +97,7 @@ impl SshOptions {
             port: 22,
             private_key: private_key.into(),
             known_hosts_file: known_hosts_file.into(),
+            strict_host_keys: false,
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(5),
             keepalive_count_max: 10,
@@ -129,6 +134,14 @@ impl SshOptions {
     #[must_use]
     pub fn with_host_key_alias(mut self, alias: impl Into<String>) -> Self {
         self.host_key_alias = Some(alias.into());
+        self
+    }
+
+    /// Accepts only host keys already pinned in the known-hosts file (see
+    /// [`SshOptions::strict_host_keys`]).
+    #[must_use]
+    pub fn with_strict_host_keys(mut self, strict: bool) -> Self {
+        self.strict_host_keys = strict;
         self
     }
 
@@ -204,7 +217,14 @@ impl SshOptions {
             &quote_config(&self.known_hosts_file.display().to_string()),
         );
         line("GlobalKnownHostsFile", "/dev/null");
-        line("StrictHostKeyChecking", "accept-new");
+        line(
+            "StrictHostKeyChecking",
+            if self.strict_host_keys {
+                "yes"
+            } else {
+                "accept-new"
+            },
+        );
         line("BatchMode", "yes");
         line("PasswordAuthentication", "no");
         line(
@@ -219,6 +239,71 @@ impl SshOptions {
         line("ExitOnForwardFailure", "yes");
         c
     }
+}
+
+/// Whether `file` (a known-hosts file) has a key for `host` (a name or alias as the
+/// first field of a line; hashed names are not matched).
+pub fn known_host(file: &Path, host: &str) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|text| {
+        text.lines().any(|l| {
+            let l = l.trim();
+            !l.starts_with('#')
+                && l.split_whitespace()
+                    .next()
+                    .is_some_and(|hosts| hosts.split(',').any(|h| h == host))
+        })
+    })
+}
+
+/// Pins `keys` (public key lines, `<type> <base64> [comment]`, as in a `.pub` file) for
+/// `host` (the node's [`HostKeyAlias`](SshOptions::host_key_alias)) in the known-hosts
+/// `file`, unless the file has a key for `host` already: a pinned key is never replaced
+/// here (a changed key must be refused, and removed by hand). Returns whether keys were
+/// added. Keys that are not `<type> <base64>` are an error, nothing is written then.
+pub fn pin_host_keys(file: &Path, host: &str, keys: &[String]) -> Result<bool> {
+    if known_host(file, host) {
+        return Ok(false);
+    }
+    let mut text = String::new();
+    for k in keys {
+        let mut parts = k.split_whitespace();
+        let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("the host key of {host} is not `<type> <base64>`: {k:?}"),
+            ));
+        };
+        let ok = (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            && b64.len() % 4 == 0
+            && b64.len() >= 16
+            && b64
+                .trim_end_matches('=')
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
+        if !ok {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("the host key of {host} is not a public key line: {k:?}"),
+            ));
+        }
+        text.push_str(&format!("{host} {kind} {b64}\n"));
+    }
+    if text.is_empty() {
+        return Ok(false);
+    }
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io_error(format!("cannot create {}", parent.display()), e))?;
+    }
+    // One append of whole lines: concurrent pins of other nodes interleave by line.
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .map_err(|e| io_error(format!("cannot write {}", file.display()), e))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .map_err(|e| io_error(format!("cannot write {}", file.display()), e))?;
+    Ok(true)
 }
 
 fn quote_config(s: &str) -> String {
@@ -244,8 +329,10 @@ struct Connection {
 /// * **Channel cap.** At most [`SshOptions::max_channels`] channels at once (commands
 ///   wait for a permit), below sshd's `MaxSessions` (10 by default), which would refuse
 ///   the rest.
-/// * **Host keys.** Keys are pinned on first use into [`SshOptions::known_hosts_file`];
-///   a node whose key changed is refused with an error of kind
+/// * **Host keys.** Keys are checked against [`SshOptions::known_hosts_file`]: with
+///   [`SshOptions::strict_host_keys`], only keys pinned there beforehand (by
+///   [`pin_host_keys`], from what the provider tells) are accepted; without it, a new
+///   node's key is trusted on first use and added. A node whose key changed is refused with an error of kind
 ///   [`ErrorKind::PermissionDenied`] naming the file and the line to remove.
 /// * **Time-outs.** A command past its timeout fails with [`ErrorKind::Timeout`]; its
 ///   channel is closed and, where the node has `timeout(1)`, the command's process group
@@ -357,7 +444,11 @@ impl SshRunner {
         b.user(o.user.clone())
             .port(o.port)
             .keyfile(&o.private_key)
-            .known_hosts_check(KnownHosts::Add)
+            .known_hosts_check(if o.strict_host_keys {
+                KnownHosts::Strict
+            } else {
+                KnownHosts::Add
+            })
             .user_known_hosts_file(&o.known_hosts_file)
             .connect_timeout(o.connect_timeout)
             .server_alive_interval(o.keepalive_interval)
@@ -1010,6 +1101,33 @@ mod tests {
         assert_eq!(o.max_channels, 8);
         let err = SshOptions::from_auth(&AuthConfig::default(), "/c/kh").unwrap_err();
         assert_eq!(err.location().unwrap().path, "auth.ssh_user");
+    }
+
+    #[test]
+    fn host_keys_are_pinned_once_and_make_checking_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("sub/known_hosts");
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq9yXZXb8Z7q3m5r0p1QnYkq0k9b3cX8s1n0lWQ3y0X root@n"
+            .to_string();
+        assert!(!known_host(&kh, "node-1"));
+        assert!(pin_host_keys(&kh, "node-1", std::slice::from_ref(&key)).unwrap());
+        assert!(known_host(&kh, "node-1"));
+        assert!(!known_host(&kh, "node-2"));
+        let text = std::fs::read_to_string(&kh).unwrap();
+        assert_eq!(
+            text,
+            "node-1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq9yXZXb8Z7q3m5r0p1QnYkq0k9b3cX8s1n0lWQ3y0X\n"
+        );
+        // A pinned key is never replaced.
+        let other =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".to_string();
+        assert!(!pin_host_keys(&kh, "node-1", &[other]).unwrap());
+        assert_eq!(std::fs::read_to_string(&kh).unwrap(), text);
+        // Garbage is refused, nothing written.
+        assert!(pin_host_keys(&kh, "node-3", &["not a key".into()]).is_err());
+        assert!(!known_host(&kh, "node-3"));
+        let o = SshOptions::new("u", "/k", &kh).with_strict_host_keys(true);
+        assert!(o.ssh_config().contains("StrictHostKeyChecking yes"));
     }
 
     #[test]

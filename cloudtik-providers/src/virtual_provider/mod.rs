@@ -574,6 +574,118 @@ pub fn bootstrap_resources(config: &mut ClusterConfig) -> Result<()> {
     Ok(())
 }
 
+/// The CPUs and memory of the machine the virtual provider's containers run on, as
+/// Docker counts them (online CPUs, `MemTotal`); `None` where this machine cannot tell
+/// (not Linux, e.g. Docker Desktop's VM: then only the launch checks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MachineSize {
+    /// Online CPUs.
+    pub cpus: Option<f64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<i64>,
+}
+
+impl MachineSize {
+    /// A machine of `cpus` CPUs and `memory_bytes` of memory.
+    pub fn new(cpus: Option<f64>, memory_bytes: Option<i64>) -> Self {
+        MachineSize { cpus, memory_bytes }
+    }
+
+    /// This machine: online CPUs (`/sys/devices/system/cpu/online`, as Docker's `NCPU`)
+    /// and `MemTotal` of `/proc/meminfo` (as Docker's `MemTotal`).
+    pub fn this_machine() -> Self {
+        MachineSize {
+            cpus: online_cpus(),
+            memory_bytes: host_memory_bytes(),
+        }
+    }
+}
+
+/// Node types that can never launch on `machine`: an instance type asking for more CPUs
+/// or memory than the machine has, head or worker alike. Each error names
+/// `available_node_types.<type>.node_config.instance_type.CPU` (or `.memory`) and the
+/// machine's size; they carry the context `capacity` (the machine's size), which
+/// `cloudtik config validate` refuses on. Instance types that do not parse are left to
+/// the checks that report them.
+pub fn capacity_errors(config: &ClusterConfig, machine: MachineSize) -> Vec<Error> {
+    let mut out = Vec::new();
+    let size = format!(
+        "{} CPUs, {}",
+        machine.cpus.map_or_else(|| "?".to_string(), |c| c.to_string()),
+        machine.memory_bytes.map_or_else(
+            || "? memory".to_string(),
+            |m| format!("{:.1} GiB of memory", m as f64 / (1u64 << 30) as f64)
+        )
+    );
+    for (name, t) in &config.available_node_types {
+        let Ok(it) = InstanceType::from_node_config(&Value::Object(t.node_config.clone())) else {
+            continue;
+        };
+        let path = cloudtik_core::config::YamlPath::root()
+            .key("available_node_types")
+            .key(name)
+            .key("node_config")
+            .key("instance_type");
+        let role = if *name == config.head_node_type {
+            "the head's type"
+        } else {
+            "a worker type"
+        };
+        if let (Some(want), Some(have)) = (it.cpus, machine.cpus)
+            && want > have
+        {
+            out.push(
+                Error::config(
+                    path.key("CPU").to_string(),
+                    format!(
+                        "node type `{name}` ({role}) asks for {want} CPUs but this machine has {have}, so it can \
+                         never launch: lower it to at most {have}"
+                    ),
+                )
+                .with_context("capacity", &size),
+            );
+        }
+        if let (Some(want), Some(have)) = (it.memory_bytes, machine.memory_bytes)
+            && want > have
+        {
+            out.push(
+                Error::config(
+                    path.key("memory").to_string(),
+                    format!(
+                        "node type `{name}` ({role}) asks for {} of memory but this machine has {:.1} GiB, so it \
+                         can never launch: lower it to at most {}",
+                        format_memory(want),
+                        have as f64 / (1u64 << 30) as f64,
+                        format_memory(have / (1 << 20) * (1 << 20))
+                    ),
+                )
+                .with_context("capacity", &size),
+            );
+        }
+    }
+    out
+}
+
+/// [`capacity_errors`] on this machine: the virtual provider's check of whole configs
+/// (`ConfigLoader::with_provider_warnings`), so `load_cluster_*` (`cloudtik start`)
+/// refuses them and `cloudtik config validate` too.
+pub fn capacity_warnings(config: &ClusterConfig) -> Vec<Error> {
+    capacity_errors(config, MachineSize::this_machine())
+}
+
+fn online_cpus() -> Option<f64> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    let mut n = 0u32;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.trim().parse::<u32>().ok()? + 1 - a.trim().parse::<u32>().ok()?,
+            None => 1,
+        };
+    }
+    (n > 0).then_some(f64::from(n))
+}
+
 fn host_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
@@ -589,6 +701,42 @@ fn host_memory_bytes() -> Option<i64> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn node_types_larger_than_the_machine_are_refused_head_or_worker() {
+        let config = cloudtik_core::config::ConfigLoader::new()
+            .load_cluster_str(
+                "t.yaml",
+                "cluster_name: c\nworkspace_name: w\nprovider: {type: virtual}\nauth: {ssh_user: root}\n\
+                 available_node_types:\n  h: {node_config: {instance_type: {CPU: 1, memory: 64G}}}\n\
+                 \x20 big: {node_config: {instance_type: {CPU: 1000}}}\n\
+                 \x20 ok: {node_config: {instance_type: {CPU: 2, memory: 1G}}}\nhead_node_type: h\n",
+            )
+            .unwrap();
+        let machine = MachineSize::new(Some(2.0), Some(8 << 30));
+        let errors = capacity_errors(&config, machine);
+        let paths: Vec<String> = errors
+            .iter()
+            .map(|e| e.location().unwrap().path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "available_node_types.big.node_config.instance_type.CPU",
+                "available_node_types.h.node_config.instance_type.memory",
+            ]
+        );
+        assert!(
+            errors[0].to_string().contains("this machine has 2"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].to_string().contains("a worker type"), "{}", errors[0]);
+        assert!(errors[1].to_string().contains("the head's type"), "{}", errors[1]);
+        assert!(errors.iter().all(|e| e.context_value("capacity").is_some()));
+        // A machine that cannot tell its size refuses nothing.
+        assert!(capacity_errors(&config, MachineSize::default()).is_empty());
+    }
 
     #[test]
     fn memory_sizes_parse_in_powers_of_1024() {

@@ -602,6 +602,90 @@ impl VirtualNodeProvider {
     }
 }
 
+/// The command that prints a node's SSH host public keys once its sshd made them (the
+/// node image makes them with `ssh-keygen -A` at start, ed25519 last).
+const HOST_KEYS_COMMAND: &str =
+    "test -s /etc/ssh/ssh_host_ed25519_key.pub && cat /etc/ssh/ssh_host_*_key.pub";
+/// How long [`VirtualNodeProvider::host_keys`] waits for a starting node to make its keys.
+const HOST_KEYS_WAIT: Duration = Duration::from_secs(60);
+
+impl VirtualNodeProvider {
+    /// The node's host keys if it has made them (a `docker exec` of [`HOST_KEYS_COMMAND`]);
+    /// `Ok(None)` while the container starts or has not made them yet.
+    async fn read_host_keys(&self, docker: &Docker, id: &str) -> Result<Option<Vec<String>>> {
+        const OP: &str = "host_keys";
+        let container = match docker.inspect_container(id, None).await {
+            Ok(c) => c,
+            Err(e) if is_status(&e, 404) => {
+                return Err(
+                    Error::new(ErrorKind::NotFound, format!("node {id} does not exist")).with_operation(OP),
+                );
+            }
+            Err(e) => return Err(self.err(e, OP)),
+        };
+        let labels = container
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if labels.get(tags::CLUSTER_NAME) != Some(&self.inner.cluster)
+            || labels.get(tags::WORKSPACE_NAME) != Some(&self.inner.workspace)
+        {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("node {id} is not a node of cluster {}", self.inner.cluster),
+            )
+            .with_operation(OP));
+        }
+        if !container.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            return Ok(None);
+        }
+        let exec = bollard::models::ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(vec!["sh".into(), "-c".into(), HOST_KEYS_COMMAND.into()]),
+            ..Default::default()
+        };
+        let created = match docker.create_exec(id, exec).await {
+            Ok(c) => c,
+            // Not running (any more, or not yet).
+            Err(e) if is_status(&e, 409) => return Ok(None),
+            Err(e) => return Err(self.err(e, OP)),
+        };
+        let mut stdout = String::new();
+        match docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| self.err(e, OP))?
+        {
+            bollard::exec::StartExecResults::Attached { mut output, .. } => {
+                while let Some(item) = output.next().await {
+                    if let bollard::container::LogOutput::StdOut { message } =
+                        item.map_err(|e| self.err(e, OP))?
+                    {
+                        stdout.push_str(&String::from_utf8_lossy(&message));
+                    }
+                }
+            }
+            bollard::exec::StartExecResults::Detached => return Ok(None),
+        }
+        let inspected = docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| self.err(e, OP))?;
+        if inspected.exit_code != Some(0) {
+            return Ok(None);
+        }
+        let keys: Vec<String> = stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok((!keys.is_empty()).then_some(keys))
+    }
+}
+
 fn container_name(c: &ContainerSummary) -> Option<String> {
     c.names
         .as_ref()?
@@ -730,6 +814,32 @@ impl NodeProvider for VirtualNodeProvider {
             return Err(e);
         }
         Ok(LaunchOutcome { nodes, shortfall })
+    }
+
+    /// Read from the container through the Docker Engine (`docker exec cat
+    /// /etc/ssh/ssh_host_*_key.pub`), so the first SSH connection checks the key. Waits
+    /// up to a minute for a starting container to make its keys.
+    async fn host_keys(&self, node: &NodeInfo) -> Result<Option<Vec<String>>> {
+        const OP: &str = "host_keys";
+        let docker = self.docker(OP).await?;
+        let deadline = tokio::time::Instant::now() + HOST_KEYS_WAIT;
+        loop {
+            if let Some(keys) = self.read_host_keys(docker, &node.id).await? {
+                return Ok(Some(keys));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "node {} made no SSH host keys within {HOST_KEYS_WAIT:?} (`{HOST_KEYS_COMMAND}` \
+                         in the container failed); is it running the node image's sshd?",
+                        node.id
+                    ),
+                )
+                .with_operation(OP));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     async fn set_node_tags(&self, updates: &[TagUpdate]) -> Result<()> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cloudtik_core::cluster::{ClusterDir, ClusterSettings, ManagedCluster};
+use cloudtik_core::cluster::{ClusterDir, ClusterLock, ClusterSettings, ManagedCluster};
 use cloudtik_core::command::OutputStream;
 use cloudtik_core::config::ClusterConfig;
 use cloudtik_core::operations::{ExecOptions, NodeTarget, ScaleRequest, StartOptions, StopOptions};
@@ -82,6 +82,10 @@ pub(crate) enum ClusterCommand {
         /// Skip stop commands.
         #[arg(long)]
         hard: bool,
+        /// Keep the cluster's key pair and secrets on this machine when no node is left
+        /// (by default they are removed with the cluster).
+        #[arg(long)]
+        keep_secrets: bool,
     },
     /// Nodes, their status and last error, resources and demands.
     Status {
@@ -267,6 +271,44 @@ pub(crate) async fn open_cluster(
     progress: Option<&Progress>,
     launches: Launches,
 ) -> Result<ManagedCluster> {
+    Ok(open_cluster_inner(file, progress, launches, false).await?.cluster)
+}
+
+/// A cluster opened by a command that changes it, holding the cluster's lock.
+pub(crate) struct Opened {
+    pub(crate) cluster: ManagedCluster,
+    /// Held until the command ends.
+    _lock: Option<ClusterLock>,
+    /// The cluster's local folder was made by this command.
+    pub(crate) new_folder: bool,
+}
+
+/// How long a command waits for another one that holds the cluster's lock
+/// (`CLOUDTIK_LOCK_TIMEOUT` seconds, default 30 minutes: a start can take that long).
+fn lock_timeout() -> Duration {
+    std::env::var("CLOUDTIK_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::from_secs(30 * 60), Duration::from_secs)
+}
+
+/// [`open_cluster`] for commands that change the cluster (`start`, `stop`, `kill-node`):
+/// first takes the cluster's lock on this machine, waiting while another such command
+/// holds it, so two of them never make keys, secrets or heads at once.
+pub(crate) async fn open_cluster_for_change(
+    file: &Path,
+    progress: Option<&Progress>,
+    launches: Launches,
+) -> Result<Opened> {
+    open_cluster_inner(file, progress, launches, true).await
+}
+
+async fn open_cluster_inner(
+    file: &Path,
+    progress: Option<&Progress>,
+    launches: Launches,
+    lock: bool,
+) -> Result<Opened> {
     let loader = cloudtik_providers::config_loader();
     let mut config: ClusterConfig = match launches {
         // What would run must be what the config asks for.
@@ -282,7 +324,53 @@ pub(crate) async fn open_cluster(
     };
     cloudtik_providers::providers::check_node_provider(&config.provider.provider_type)?;
     let dir = ClusterDir::new(ClusterDir::default_base(), &config);
+    let lock = if lock {
+        let say = |pid: Option<u32>| {
+            let msg = format!(
+                "waiting for another cloudtik command on cluster {}{}",
+                config.cluster_name,
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            );
+            match progress {
+                Some(p) => p.say(msg),
+                None => eprintln!("{msg}"),
+            }
+        };
+        Some(dir.lock(lock_timeout(), say).await?)
+    } else {
+        None
+    };
+    let new_folder = !dir.exists();
     dir.prepare_auth(&mut config)?;
+    let opened = open_prepared(config, dir.clone(), progress, launches).await;
+    let cluster = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing was launched: what this command made here goes again.
+            if new_folder {
+                let _ = dir.remove_secrets();
+            }
+            return Err(e);
+        }
+    };
+    // A command that launches nothing made the folder only to read the config (the
+    // key pair is part of it): a cluster without nodes keeps nothing here.
+    if new_folder && launches == Launches::No && cluster.nodes().await.is_ok_and(|n| n.is_empty()) {
+        let _ = dir.remove_secrets();
+    }
+    Ok(Opened {
+        cluster,
+        _lock: lock,
+        new_folder,
+    })
+}
+
+async fn open_prepared(
+    mut config: ClusterConfig,
+    dir: ClusterDir,
+    progress: Option<&Progress>,
+    launches: Launches,
+) -> Result<ManagedCluster> {
     if config.provider.provider_type == "virtual" && !config.provider.extra.contains_key("node_binary") {
         let binary = sibling_node_binary()?;
         config
@@ -306,6 +394,29 @@ pub(crate) async fn open_cluster(
         settings = settings.with_progress(p.sender()).with_output(p.output());
     }
     Ok(ManagedCluster::new(config, provider, settings))
+}
+
+/// After a failed `start` that made the cluster's folder: remove it when no node was
+/// made, else say where it is and why it stays.
+async fn forget_failed_start(cluster: &ManagedCluster, file: &Path) {
+    let dir = cluster.settings().dir.path().display().to_string();
+    match cluster.nodes().await {
+        Ok(nodes) if nodes.is_empty() => match cluster.settings().dir.remove_secrets() {
+            Ok(_) => eprintln!("note: the failed start made no node; removed what it made in {dir}"),
+            Err(e) => eprintln!("note: could not remove {dir}: {e}"),
+        },
+        Ok(nodes) => eprintln!(
+            "note: kept the cluster's key pair and secrets in {dir}: the start made {} node(s); \
+             `cloudtik stop {} --yes` terminates them and removes the folder",
+            nodes.len(),
+            file.display()
+        ),
+        Err(e) => eprintln!(
+            "note: kept the cluster's key pair and secrets in {dir}: cannot tell whether the start made a node \
+             ({e}); `cloudtik stop {} --yes` terminates any and removes the folder",
+            file.display()
+        ),
+    }
 }
 
 /// The `cloudtik-node` next to this program (what `cargo build` puts there).
@@ -361,8 +472,16 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             verbose,
         } => {
             let progress = Progress::start(verbose);
+            let opened = match open_cluster_for_change(&file, Some(&progress), Launches::Yes).await {
+                Ok(o) => o,
+                Err(e) => {
+                    progress.finish().await;
+                    return Err(e);
+                }
+            };
+            let new_folder = opened.new_folder;
             let result = async {
-                let cluster = open_cluster(&file, Some(&progress), Launches::Yes).await?;
+                let cluster = &opened.cluster;
                 let c = cluster.config();
                 let existing = cluster.head().await?;
                 let question = match &existing {
@@ -387,11 +506,15 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                     progress.say(format!("waiting for {n} workers to be up to date"));
                     cluster.wait_for_ready(n, Duration::from_secs(timeout)).await?;
                 }
-                Ok::<_, Error>(cluster)
+                Ok::<_, Error>(())
             }
             .await;
             progress.finish().await;
-            let cluster = result?;
+            if result.is_err() && new_folder {
+                forget_failed_start(&opened.cluster, &file).await;
+            }
+            result?;
+            let cluster = &opened.cluster;
             let head_ip = cluster.head_ip().await?.unwrap_or_default();
             let name = &cluster.config().cluster_name;
             println!("Cluster {name} is up; its head is at {head_ip}.");
@@ -410,13 +533,20 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             workers_only,
             keep_min_workers,
             hard,
+            keep_secrets,
         } => {
             let progress = Progress::start(false);
+            let mut dir = None;
             let result = async {
-                let cluster = open_cluster(&file, Some(&progress), Launches::No).await?;
+                let opened = open_cluster_for_change(&file, Some(&progress), Launches::No).await?;
+                let cluster = &opened.cluster;
+                dir = Some(cluster.settings().dir.clone());
                 let nodes = cluster.nodes().await?;
                 if nodes.is_empty() {
                     progress.say(format!("cluster {} has no nodes", cluster.config().cluster_name));
+                    if !keep_secrets {
+                        cluster.forget_secrets()?;
+                    }
                     return Ok(());
                 }
                 let what = if workers_only { "the workers of" } else { "" };
@@ -432,12 +562,27 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                 options.workers_only = workers_only;
                 options.keep_min_workers = keep_min_workers;
                 options.hard = hard;
+                options.keep_secrets = keep_secrets;
                 cluster.stop(&options).await
             }
             .await;
             progress.finish().await;
             result?;
             println!("Stopped.");
+            if let Some(dir) = dir.filter(|_| !workers_only) {
+                if dir.exists() && keep_secrets {
+                    println!(
+                        "Kept the cluster's key pair and secrets in {} (--keep-secrets); delete the folder when \
+                         you no longer need them.",
+                        dir.path().display()
+                    );
+                } else if !dir.exists() {
+                    println!(
+                        "Removed the cluster's key pair, secrets and known hosts from {}.",
+                        dir.path().display()
+                    );
+                }
+            }
             Ok(0)
         }
         ClusterCommand::Status { file, json } => {
@@ -769,7 +914,8 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             Ok(0)
         }
         ClusterCommand::KillNode { file, node_ip, yes } => {
-            let cluster = open_cluster(&file, None, Launches::No).await?;
+            let opened = open_cluster_for_change(&file, None, Launches::No).await?;
+            let cluster = &opened.cluster;
             ui::confirm(&format!("Terminate the node {node_ip}?"), yes)?;
             cluster.kill_node(&NodeTarget::Ip(node_ip.clone())).await?;
             println!("Terminated {node_ip}.");

@@ -32,7 +32,20 @@ pub(crate) fn run(cmd: ConfigCommand) -> Result<()> {
     let loader = cloudtik_providers::config_loader();
     match cmd {
         ConfigCommand::Validate { file, json } => {
-            let checked = loader.check_cluster_file(&file)?;
+            let mut checked = loader.check_cluster_file(&file)?;
+            // A node type that can never launch on the provider (larger than the machine)
+            // is not a warning: the config cannot work as written.
+            let mut never = checked
+                .warnings
+                .extract_if(.., |w| w.context_value("capacity").is_some())
+                .collect::<Vec<_>>();
+            if !never.is_empty() {
+                let first = never.remove(0);
+                for e in never {
+                    eprintln!("error: {e}");
+                }
+                return Err(first);
+            }
             let c = &checked.config;
             let workers: u32 = c.sum_min_workers();
             let types = node_types(&checked);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use cloudtik_core::cluster::ManagedWorkspace;
+use cloudtik_core::cluster::{ClusterDir, ManagedWorkspace};
 use cloudtik_core::{DeleteWorkspaceOptions, Result, Workspace, WorkspaceExistence};
 
 use crate::ui::{self, Progress};
@@ -53,6 +53,66 @@ async fn open(file: &std::path::Path) -> Result<ManagedWorkspace> {
     Ok(ManagedWorkspace::new(config.workspace_name.clone(), provider))
 }
 
+/// Removes what this machine kept of the workspace's clusters (key pairs, secrets, known
+/// hosts: `~/.cloudtik/clusters/<workspace>/<cluster>/`), once the workspace is gone
+/// (none of its clusters can exist then), except those a command is working on (their
+/// lock is held); says what it removed.
+fn forget_clusters(workspace: &str) {
+    let base = ClusterDir::default_base();
+    let ws_dir = base.join(workspace);
+    let Ok(entries) = std::fs::read_dir(&ws_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dir = ClusterDir::named(&base, workspace, &name);
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.lock_file())
+        else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            eprintln!(
+                "note: kept {}: a cloudtik command is working on cluster {name}",
+                dir.path().display()
+            );
+            continue;
+        }
+        match dir.remove_secrets() {
+            Ok(removed) => {
+                let _ = std::fs::remove_file(dir.lock_file());
+                if !removed.is_empty() || !dir.exists() {
+                    println!(
+                        "Removed the key pair and secrets of cluster {name} from {}.",
+                        dir.path().display()
+                    );
+                }
+            }
+            Err(e) => eprintln!("note: could not remove {}: {e}", dir.path().display()),
+        }
+    }
+    // Lock files of clusters whose folder is gone.
+    if let Ok(entries) = std::fs::read_dir(&ws_dir) {
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "lock") && !p.with_extension("").exists() {
+                if let Ok(f) = std::fs::File::open(&p)
+                    && f.try_lock().is_ok()
+                {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&ws_dir);
+}
+
 fn existence_text(e: &WorkspaceExistence) -> String {
     match e {
         WorkspaceExistence::NotExist => "does not exist".into(),
@@ -86,6 +146,7 @@ pub(crate) async fn run(cmd: WorkspaceCommand) -> Result<u8> {
             let ws = open(&file).await?;
             if ws.existence().await? == WorkspaceExistence::NotExist {
                 println!("Workspace {} does not exist.", ws.name());
+                forget_clusters(ws.name());
                 return Ok(0);
             }
             ui::confirm(&format!("Delete the workspace {}?", ws.name()), yes)?;
@@ -97,6 +158,7 @@ pub(crate) async fn run(cmd: WorkspaceCommand) -> Result<u8> {
             progress.finish().await;
             r?;
             println!("Workspace {} deleted.", ws.name());
+            forget_clusters(ws.name());
             Ok(0)
         }
         WorkspaceCommand::Update { file, yes } => {
