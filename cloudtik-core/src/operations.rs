@@ -119,7 +119,8 @@ pub struct ScaleRequest {
 pub enum ClusterState {
     /// No node is running.
     Stopped,
-    /// The head is not up to date, or workers run without a head.
+    /// The head is not up to date, workers run without a head, or the head's services
+    /// are down (see [`ClusterStatus::problem`]).
     Unhealthy,
     /// The head is up to date.
     Running,
@@ -168,6 +169,74 @@ pub struct ClusterStatus {
     /// What could not be read or went wrong (e.g. the state store not reachable, the
     /// controller's last launch error).
     pub notes: Vec<String>,
+    /// The cluster controller, from its lease in the state store (its heartbeat), when
+    /// one holds it.
+    #[serde(default)]
+    pub controller: Option<ControllerSummary>,
+    /// Why the head's services are down, when they are ([`head_services_problem`]); the
+    /// state is then [`ClusterState::Unhealthy`] and `cloudtik status` exits non-zero.
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+/// The cluster controller in a [`ClusterStatus`]: who holds the controller lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControllerSummary {
+    /// The holder (`<head ip>:<pid>:<random>`).
+    pub holder: String,
+    /// The lease's fencing token (grows with each new holder).
+    pub token: u64,
+    /// Seconds since the controller last renewed its lease (its heartbeat; every pass).
+    pub renewed_age_secs: f64,
+    /// Seconds until the lease expires (negative: expired).
+    pub expires_in_secs: f64,
+}
+
+impl ControllerSummary {
+    /// The summary of `lease` at `now` (unix seconds).
+    pub fn of(lease: &crate::state::Lease, now: f64) -> Self {
+        ControllerSummary {
+            holder: lease.holder.clone(),
+            token: lease.token,
+            renewed_age_secs: (now - lease.renewed_at).max(0.0),
+            expires_in_secs: lease.expires_at - now,
+        }
+    }
+}
+
+/// Why the head's services are down, or `None` when they run: what `cloudtik status`
+/// decides from what it read. `store` is the state store's answer (an error when it
+/// could not be reached or read); `lease` the controller lease; `head_heartbeat_age` the
+/// age of the head agent's heartbeat; `heartbeat_timeout` when a heartbeat counts as
+/// lost. A cluster without a head has no services to judge (`None`).
+pub fn head_services_problem(
+    head_listed: bool,
+    store: std::result::Result<(), &str>,
+    lease: Option<&ControllerSummary>,
+    head_heartbeat_age: Option<f64>,
+    heartbeat_timeout: Duration,
+) -> Option<String> {
+    if !head_listed {
+        return None;
+    }
+    if let Err(e) = store {
+        return Some(format!("the head's state store is not reachable: {e}"));
+    }
+    let problem = match lease {
+        None => "no cluster controller is running (nobody holds the controller lease)".to_string(),
+        Some(c) if c.expires_in_secs <= 0.0 => format!(
+            "the cluster controller is down: {} last renewed its lease {:.0}s ago",
+            c.holder, c.renewed_age_secs
+        ),
+        Some(_) => match head_heartbeat_age {
+            Some(age) if age > heartbeat_timeout.as_secs_f64() => {
+                format!("the head's agent is down: its last heartbeat is {age:.0}s old")
+            }
+            None => "the head's agent has never heartbeated".to_string(),
+            Some(_) => return None,
+        },
+    };
+    Some(problem)
 }
 
 /// A cluster: the operations of `cloudtik start|stop|status|exec|...`.
@@ -238,4 +307,55 @@ pub trait Workspace: std::fmt::Debug + Send + Sync {
 
     /// Clusters running in the workspace.
     async fn list_clusters(&self) -> Result<Vec<String>>;
+}
+
+#[cfg(test)]
+mod head_services_tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(30);
+
+    fn live(age: f64) -> ControllerSummary {
+        ControllerSummary {
+            holder: "10.0.0.2:41:abcd".into(),
+            token: 3,
+            renewed_age_secs: age,
+            expires_in_secs: 30.0 - age,
+        }
+    }
+
+    #[test]
+    fn a_running_head_with_a_live_controller_has_no_problem() {
+        assert_eq!(
+            head_services_problem(true, Ok(()), Some(&live(4.0)), Some(1.0), T),
+            None
+        );
+        // Without a head there is nothing to judge.
+        assert_eq!(head_services_problem(false, Err("refused"), None, None, T), None);
+    }
+
+    #[test]
+    fn an_unreachable_store_is_a_problem() {
+        let p = head_services_problem(true, Err("connection refused"), None, None, T).unwrap();
+        assert!(
+            p.contains("state store is not reachable") && p.contains("connection refused"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn no_controller_or_a_stale_lease_is_a_problem() {
+        let p = head_services_problem(true, Ok(()), None, Some(1.0), T).unwrap();
+        assert!(p.contains("no cluster controller"), "{p}");
+        // kill -9 of the head: the lease is not renewed and expires.
+        let p = head_services_problem(true, Ok(()), Some(&live(54.0)), Some(54.0), T).unwrap();
+        assert!(p.contains("controller is down") && p.contains("54s ago"), "{p}");
+    }
+
+    #[test]
+    fn a_silent_head_agent_is_a_problem() {
+        let p = head_services_problem(true, Ok(()), Some(&live(2.0)), Some(54.0), T).unwrap();
+        assert!(p.contains("agent is down") && p.contains("54s"), "{p}");
+        assert!(head_services_problem(true, Ok(()), Some(&live(2.0)), None, T).is_some());
+    }
 }

@@ -52,8 +52,8 @@ use crate::config::{ClusterConfig, CommandPhase, launch_hash};
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::{NodeInfo, NodeKind, NodeStatus, Tags, tags};
 use crate::operations::{
-    Cluster, ClusterState, ClusterStatus, ExecOptions, ExecResult, NodeSummary, NodeTarget, ScaleRequest,
-    StartOptions, StopOptions, Workspace,
+    Cluster, ClusterState, ClusterStatus, ControllerSummary, ExecOptions, ExecResult, NodeSummary,
+    NodeTarget, ScaleRequest, StartOptions, StopOptions, Workspace, head_services_problem,
 };
 use crate::provider::{
     DeleteWorkspaceOptions, LaunchRequest, NodeProvider, NodeProviderExt, WorkspaceExistence,
@@ -905,22 +905,33 @@ impl Cluster for ManagedCluster {
         let mut notes = Vec::new();
         let mut heartbeats: BTreeMap<String, NodeHeartbeat> = BTreeMap::new();
         let mut scaling: Option<Value> = None;
-        if nodes.iter().any(|n| n.kind() == Some(NodeKind::Head)) {
+        let mut store_error: Option<String> = None;
+        let mut lease = None;
+        let head_listed = nodes.iter().any(|n| n.kind() == Some(NodeKind::Head));
+        if head_listed {
             match self.store().await {
                 Ok(store) => {
                     match store.all_heartbeats().await {
                         Ok(h) => heartbeats = h,
-                        Err(e) => notes.push(format!("cannot read heartbeats: {e}")),
+                        Err(e) => {
+                            notes.push(format!("cannot read heartbeats: {e}"));
+                            store_error = Some(e.to_string());
+                        }
+                    }
+                    match store.lease(crate::state::CONTROLLER_LEASE).await {
+                        Ok(l) => lease = l,
+                        Err(e) => store_error = Some(e.to_string()),
                     }
                     match store.scaling_status().await {
                         Ok(s) => scaling = s,
                         Err(e) => notes.push(format!("cannot read the controller's status: {e}")),
                     }
                 }
-                Err(e) => notes.push(format!("the head's state store is not reachable: {e}")),
+                Err(e) => store_error = Some(e.to_string()),
             }
         }
         let now = now_secs();
+        let controller = lease.as_ref().map(|l| ControllerSummary::of(l, now));
         let summaries: Vec<NodeSummary> = nodes
             .iter()
             .map(|n| {
@@ -953,9 +964,20 @@ impl Cluster for ManagedCluster {
         let head_ok = summaries
             .iter()
             .any(|s| s.kind == NodeKind::Head && s.status == Some(NodeStatus::UpToDate));
+        let head_heartbeat_age = summaries
+            .iter()
+            .find(|s| s.kind == NodeKind::Head)
+            .and_then(|s| s.heartbeat_age_secs);
+        let problem = head_services_problem(
+            head_listed,
+            store_error.as_deref().map_or(Ok(()), Err),
+            controller.as_ref(),
+            head_heartbeat_age,
+            crate::state::DEFAULT_HEARTBEAT_TIMEOUT,
+        );
         let state = if summaries.is_empty() {
             ClusterState::Stopped
-        } else if head_ok {
+        } else if head_ok && problem.is_none() {
             ClusterState::Running
         } else {
             ClusterState::Unhealthy
@@ -1011,6 +1033,8 @@ impl Cluster for ManagedCluster {
             demands: shapes("unfulfilled"),
             infeasible: shapes("infeasible"),
             notes,
+            controller,
+            problem,
         })
     }
 

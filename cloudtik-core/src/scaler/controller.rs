@@ -16,12 +16,43 @@
 //! 5. **applies**: terminations in batches, launches (each recorded in the state store
 //!    *before* the provider call, with a fresh token the provider uses for
 //!    idempotency), setup runs for new workers, recovery runs for workers whose heartbeat
-//!    is lost (a worker still lost a heartbeat timeout after its recovery is replaced);
+//!    is lost: one recovery run per loss; a worker whose heartbeat is still lost a
+//!    heartbeat timeout after its recovery started is terminated and replaced, whether
+//!    the recovery finished or still runs (e.g. waiting for SSH to a frozen node: that
+//!    run is cancelled); a worker that heartbeats again within that time is kept;
 //! 6. **publishes** a [`ScalingStatus`] to the state store.
 //!
 //! Nothing is carried from one pass to the next that the next pass could not rebuild
 //! from the provider and the store, except what only makes things more conservative
 //! after a restart (how long a node has been idle or unreachable starts counting again).
+//!
+//! # One controller at a time
+//!
+//! With [`Controller::with_lease`], controllers of one cluster (e.g. two `cloudtik-node
+//! head` processes after two concurrent starts) share it through a lease in the state
+//! store ([`Lease`]): one acts, the others stand by.
+//!
+//! * Each pass first renews the lease ([`Controller::lead`]); a standby tries to acquire
+//!   it on each tick instead ("standing by (lease held by X until T)") and takes over once
+//!   it expires: [`LeaseConfig::ttl`] (30 s) after the holder's last renewal, or at once
+//!   when the holder released it at shutdown. Renewals happen every pass
+//!   ([`ControllerConfig::update_interval`], 5 s).
+//! * The holder acts only while its last renewal is less than `ttl - margin` (20 s) old,
+//!   and steps down (cancelling its setup runs) when a renewal says another controller
+//!   holds the lease.
+//! * **Fencing.** Every acquisition takes a larger token. Launch records are written with
+//!   a compare-token-then-write in the store ([`StateStore::put_pending_launch_fenced`];
+//!   the record keeps the token); right before each `create_nodes` (in the launch task),
+//!   each `terminate_nodes` batch and the setup runs of a pass (which write node tags), the
+//!   controller checks its lease is valid locally and its token is current in the store
+//!   ([`StateStore::check_fence`]). A stale controller's steps are refused.
+//! * **The remaining window.** The [`NodeProvider`] calls are not themselves conditional
+//!   on the token (clouds have no such precondition): a call that passed its check may
+//!   still run after the lease moved, if the holder was frozen for more than `margin`
+//!   between the check and the call, or a call was already in flight. Its nodes are then
+//!   adopted (their launch record exists) or, without a record, removed as untracked after
+//!   the grace period; a setup run that already started keeps writing its node's tags
+//!   until it ends or the controller steps down.
 //!
 //! # Crash safety
 //!
@@ -40,19 +71,22 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::clock::{Clock, TokioClock};
 use super::inputs::ScalingInputs;
-use super::launcher::{Launcher, LauncherConfig};
+use super::launcher::{LaunchGate, Launcher, LauncherConfig};
 use super::planner::{ClusterSnapshot, DemandShape, NodeSnapshot, ScalingPlan, plan};
 use super::setup::{NodeSetup, SetupMode};
 use crate::error::{Error, Result};
 use crate::node::{NodeId, NodeInfo, NodeKind, NodeStatus, Tags, tags};
 use crate::provider::{LaunchRequest, NodeProvider, new_launch_token};
-use crate::state::{ClusterEvent, EventSeverity, NodeHeartbeat, PendingLaunch, StateStore, StateStoreExt};
+use crate::state::{
+    CONTROLLER_LEASE, ClusterEvent, EventSeverity, Fence, Lease, LeaseAcquire, NodeHeartbeat, PendingLaunch,
+    StateStore, StateStoreExt,
+};
 
 /// Controller settings. Defaults are CloudTik's.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +154,106 @@ impl ControllerConfig {
     pub fn with_launcher(mut self, l: LauncherConfig) -> Self {
         self.launcher = l;
         self
+    }
+}
+
+/// How a controller makes sure it is the only one acting on its cluster: a lease in the
+/// state store (see [`Lease`]) that it renews every pass; see the module docs, "One
+/// controller at a time".
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LeaseConfig {
+    /// The lease's name ([`CONTROLLER_LEASE`]).
+    pub name: String,
+    /// This controller's holder id, unique per process ([`LeaseConfig::unique_holder`]).
+    pub holder: String,
+    /// How long the lease lasts after each renewal (30 s): a controller that stops
+    /// renewing (killed, frozen, cut off from the store) is replaced by a standby about
+    /// this long after its last renewal.
+    pub ttl: Duration,
+    /// The holder stops acting when its last renewal is `ttl - margin` old (10 s), so it
+    /// stops before the lease could expire for a standby.
+    pub margin: Duration,
+}
+
+impl LeaseConfig {
+    /// The controller lease for `holder`, with a 30 s time to live and a 10 s margin.
+    pub fn new(holder: impl Into<String>) -> Self {
+        LeaseConfig {
+            name: CONTROLLER_LEASE.to_string(),
+            holder: holder.into(),
+            ttl: Duration::from_secs(30),
+            margin: Duration::from_secs(10),
+        }
+    }
+
+    /// A holder id unique to this process: `<host>:<pid>:<random>`.
+    pub fn unique_holder(host: &str) -> String {
+        let random: String = new_launch_token()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .collect();
+        format!("{host}:{}:{random}", std::process::id())
+    }
+
+    /// Sets `ttl` and `margin` (the margin is kept below the ttl).
+    pub fn with_ttl(mut self, ttl: Duration, margin: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_millis(1));
+        self.margin = margin.min(self.ttl / 2);
+        self
+    }
+}
+
+/// The lease this controller holds, shared with its launch calls (which check the fence
+/// right before calling the provider).
+#[derive(Debug)]
+struct Leadership {
+    config: LeaseConfig,
+    held: std::sync::Mutex<Option<Lease>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Leadership {
+    fn held(&self) -> Option<Lease> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, lease: Option<Lease>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = lease;
+    }
+
+    /// The fence to act with, when this controller holds the lease and renewed it
+    /// recently enough; else the error of a refused step.
+    fn fence(&self, op: &'static str) -> Result<Fence> {
+        let now = self.clock.unix_now();
+        match self.held() {
+            Some(l) if l.valid_locally(now, self.config.margin) => Ok(l.fence()),
+            Some(l) => Err(Error::new(
+                crate::ErrorKind::Conflict,
+                format!(
+                    "fenced: the controller lease (token {}) was last renewed {:.0}s ago; not acting until it is renewed",
+                    l.token,
+                    now - l.renewed_at
+                ),
+            )
+            .with_operation(op)),
+            None => Err(Error::new(
+                crate::ErrorKind::Conflict,
+                "fenced: this controller does not hold the controller lease",
+            )
+            .with_operation(op)),
+        }
+    }
+
+    /// [`fence`](Self::fence), then the store's check that the token is still current.
+    async fn check<S: StateStore + ?Sized>(&self, store: &S, op: &'static str) -> Result<Fence> {
+        let fence = self.fence(op)?;
+        store
+            .check_fence(&fence)
+            .await
+            .map_err(|e| e.with_operation(op))?;
+        Ok(fence)
     }
 }
 
@@ -216,6 +350,7 @@ pub struct Controller<P, S, U> {
     launcher: Launcher<P>,
     setups: JoinSet<SetupDone>,
     setting_up: BTreeMap<NodeId, SetupMode>,
+    setup_aborts: HashMap<NodeId, AbortHandle>,
     setup_permits: Arc<Semaphore>,
     first_seen: HashMap<NodeId, Instant>,
     idle_since: HashMap<NodeId, SystemTime>,
@@ -223,6 +358,8 @@ pub struct Controller<P, S, U> {
     doomed: BTreeMap<NodeId, String>,
     launch_errors: BTreeMap<String, String>,
     counters: ControllerCounters,
+    leadership: Option<Arc<Leadership>>,
+    standing_by_for: Option<String>,
 }
 
 impl<P, S, U> Controller<P, S, U>
@@ -251,19 +388,48 @@ where
             clock: Arc::new(TokioClock::new()),
             setups: JoinSet::new(),
             setting_up: BTreeMap::new(),
+            setup_aborts: HashMap::new(),
             first_seen: HashMap::new(),
             idle_since: HashMap::new(),
             recovered_at: HashMap::new(),
             doomed: BTreeMap::new(),
             launch_errors: BTreeMap::new(),
             counters: ControllerCounters::default(),
+            leadership: None,
+            standing_by_for: None,
         }
     }
 
     /// Uses another clock (tests pass one with a fixed start).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        if let Some(l) = self.leadership.take() {
+            self = self.with_lease(l.config.clone());
+        }
         self
+    }
+
+    /// Acts only while holding the controller lease in the state store (see the module
+    /// docs, "One controller at a time"). Without it the controller acts unconditionally,
+    /// as the only controller of its cluster.
+    pub fn with_lease(mut self, config: LeaseConfig) -> Self {
+        let leadership = Arc::new(Leadership {
+            config,
+            held: std::sync::Mutex::new(None),
+            clock: Arc::clone(&self.clock),
+        });
+        let (l, store) = (Arc::clone(&leadership), Arc::clone(&self.store));
+        self.launcher.gate = Some(LaunchGate(Arc::new(move || {
+            let (l, store) = (Arc::clone(&l), Arc::clone(&store));
+            Box::pin(async move { l.check(&*store, "create_nodes").await.map(|_| ()) })
+        })));
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// The lease this controller holds, if it uses one and holds it.
+    pub fn lease(&self) -> Option<Lease> {
+        self.leadership.as_ref().and_then(|l| l.held())
     }
 
     /// Replaces the scaling inputs (after the config changed); takes effect next pass.
@@ -288,6 +454,9 @@ where
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {}
             }
+            if self.leadership.is_some() && !self.lead().await {
+                continue;
+            }
             let span = tracing::info_span!("controller_pass", cluster = %self.cluster_name, pass = self.counters.passes);
             if let Err(e) = self.run_pass().instrument(span).await {
                 tracing::warn!(error = %e, "controller pass failed; retrying next pass");
@@ -297,20 +466,137 @@ where
         Ok(self.counters)
     }
 
-    /// Stops: waits for launch calls in flight and cancels setup runs.
+    /// Stops: waits for launch calls in flight, cancels setup runs and releases the
+    /// controller lease (so a standby takes over at once).
     pub async fn shutdown(&mut self) {
         let done = self.launcher.drain(self.config.shutdown_timeout).await;
         let now = Instant::now();
         for d in done {
             self.launch_finished(d, now).await;
         }
+        self.cancel_setups().await;
+        if let Some(lease) = self.lease() {
+            match self.store.release_lease(&lease.fence()).await {
+                Ok(_) => tracing::info!(token = lease.token, "released the controller lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release the controller lease; it expires by itself")
+                }
+            }
+        }
+        if let Some(l) = &self.leadership {
+            l.set(None);
+        }
+    }
+
+    async fn cancel_setups(&mut self) {
         self.setups.abort_all();
         while self.setups.join_next().await.is_some() {}
         self.setting_up.clear();
+        self.setup_aborts.clear();
+    }
+
+    /// Renews or acquires the controller lease; true when this controller may act this
+    /// pass. A controller that loses the lease steps down: its setup runs are cancelled
+    /// and what it remembered of nodes is forgotten (the holder owns them now).
+    pub async fn lead(&mut self) -> bool {
+        let Some(l) = self.leadership.clone() else {
+            return true;
+        };
+        let cfg = &l.config;
+        let now = self.clock.unix_now();
+        if let Some(held) = l.held() {
+            match self.store.renew_lease(&held.fence(), now, cfg.ttl).await {
+                Ok(Some(renewed)) => {
+                    l.set(Some(renewed));
+                    return true;
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        token = held.token,
+                        "lost the controller lease to another controller; stepping down"
+                    );
+                    self.step_down().await;
+                }
+                Err(e) if held.valid_locally(now, cfg.margin) => {
+                    tracing::warn!(error = %e, "cannot renew the controller lease; acting on while it is valid");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, age_s = now - held.renewed_at,
+                        "cannot renew the controller lease in time; stepping down until the store answers");
+                    self.step_down().await;
+                    return false;
+                }
+            }
+        }
+        match self
+            .store
+            .try_acquire_lease(&cfg.name, &cfg.holder, now, cfg.ttl)
+            .await
+        {
+            Ok(LeaseAcquire::Acquired(lease)) => {
+                tracing::info!(holder = %lease.holder, token = lease.token, "acquired the controller lease; acting");
+                self.standing_by_for = None;
+                let token = lease.token;
+                l.set(Some(lease));
+                self.event(
+                    EventSeverity::Info,
+                    format!("Controller {} is acting (lease token {token})", cfg.holder),
+                )
+                .await;
+                true
+            }
+            Ok(LeaseAcquire::HeldBy(other)) => {
+                let msg = format!(
+                    "standing by (lease held by {} until {:.0}s from now, token {})",
+                    other.holder,
+                    (other.expires_at - now).max(0.0),
+                    other.token
+                );
+                if self.standing_by_for.as_deref() != Some(other.holder.as_str()) {
+                    tracing::info!("{msg}");
+                    self.standing_by_for = Some(other.holder);
+                } else {
+                    tracing::debug!("{msg}");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the state store for the controller lease; standing by");
+                false
+            }
+        }
+    }
+
+    async fn step_down(&mut self) {
+        if let Some(l) = &self.leadership {
+            l.set(None);
+        }
+        self.cancel_setups().await;
+        self.first_seen.clear();
+        self.idle_since.clear();
+        self.recovered_at.clear();
+        self.doomed.clear();
+    }
+
+    /// Ok when this controller may act (no lease configured, or it holds the lease and
+    /// the store says its token is current).
+    async fn fenced(&self, op: &'static str) -> Result<Option<Fence>> {
+        match &self.leadership {
+            None => Ok(None),
+            Some(l) => l.check(&*self.store, op).await.map(Some),
+        }
     }
 
     /// Runs one pass; see the module docs.
+    ///
+    /// With a lease ([`with_lease`](Self::with_lease)), a controller that does not hold
+    /// it (call [`lead`](Self::lead) first) refuses with [`Conflict`](crate::ErrorKind::Conflict)
+    /// and does nothing.
     pub async fn run_pass(&mut self) -> Result<PassReport> {
+        if let Some(l) = &self.leadership {
+            l.fence("run_pass")?;
+        }
         self.counters.passes += 1;
         match self.pass().await {
             Ok(r) => Ok(r),
@@ -434,16 +720,19 @@ where
                 && status == NodeStatus::UpToDate
                 && fresh.is_none()
                 && (hb.is_some() || seen_for >= timeout);
-            if heartbeat_lost
-                && self
-                    .recovered_at
-                    .get(&n.id)
-                    .is_some_and(|t| now_i.duration_since(*t) >= timeout)
-            {
-                lost_after_recovery.push(n.id.clone());
-            }
-            if !heartbeat_lost {
-                self.recovered_at.remove(&n.id);
+            // Once a recovery ran, the node is lost while its heartbeat is, whatever its
+            // status tag says (the recovery run moves it to `waiting-for-ssh`, where it
+            // stays while the node is frozen).
+            let still_lost =
+                kind == NodeKind::Worker && fresh.is_none() && (hb.is_some() || seen_for >= timeout);
+            match self.recovered_at.get(&n.id) {
+                Some(t) if still_lost && now_i.duration_since(*t) >= timeout => {
+                    lost_after_recovery.push(n.id.clone());
+                }
+                Some(_) if !still_lost => {
+                    self.recovered_at.remove(&n.id);
+                }
+                _ => {}
             }
             let launch_hash_current = kind != NodeKind::Worker
                 || self
@@ -493,7 +782,15 @@ where
             terminate.push((t.node_id.clone(), format!("{:?}", t.reason)));
         }
         for id in lost_after_recovery {
-            terminate.push((id, "heartbeat lost after recovery".into()));
+            // A recovery still running (e.g. waiting for SSH to a frozen node) is given up.
+            if let Some(h) = self.setup_aborts.remove(&id) {
+                h.abort();
+                self.setting_up.remove(&id);
+            }
+            terminate.push((
+                id,
+                "heartbeat still lost a heartbeat timeout after its recovery".into(),
+            ));
         }
         for (id, why) in std::mem::take(&mut self.doomed) {
             terminate.push((id, why));
@@ -537,13 +834,21 @@ where
                 let n = left.min(batch);
                 left -= n;
                 let token = new_launch_token();
+                let fence = match &self.leadership {
+                    Some(l) => Some(l.fence("put_pending_launch")?),
+                    None => None,
+                };
                 let record = PendingLaunch {
                     node_type: node_type.clone(),
                     count: n,
                     created_time: now_s,
-                    fence_token: None,
+                    fence_token: fence.as_ref().map(|f| f.token),
                 };
-                if let Err(e) = self.store.put_pending_launch(&token, &record).await {
+                let written = match &fence {
+                    Some(f) => self.store.put_pending_launch_fenced(f, &token, &record).await,
+                    None => self.store.put_pending_launch(&token, &record).await,
+                };
+                if let Err(e) = written {
                     tracing::warn!(error = %e, "cannot record a pending launch; launching nothing this pass");
                     return Err(e);
                 }
@@ -596,6 +901,12 @@ where
             }
         }
         let by_id: HashMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        if !wanted.is_empty()
+            && let Err(e) = self.fenced("set_up").await
+        {
+            tracing::warn!(error = %e, "not starting setup runs");
+            wanted.clear();
+        }
         for (id, mode) in wanted {
             if self.setting_up.contains_key(&id) {
                 continue;
@@ -617,6 +928,9 @@ where
             .filter(|id| !listed.contains(id.as_str()))
             .cloned()
             .collect();
+        if let Some(l) = &self.leadership {
+            l.fence("publish")?;
+        }
         if !gone.is_empty() {
             self.store.remove_nodes(&gone).await?;
         }
@@ -637,7 +951,8 @@ where
         let setup = Arc::clone(&self.setup);
         let permits = Arc::clone(&self.setup_permits);
         let span = tracing::info_span!("node_setup", node = %node.id, ?mode);
-        self.setups.spawn(
+        let id = node.id.clone();
+        let handle = self.setups.spawn(
             async move {
                 let _permit = permits.acquire_owned().await;
                 let r = setup.set_up(&node, mode).await;
@@ -645,12 +960,14 @@ where
             }
             .instrument(span),
         );
+        self.setup_aborts.insert(id, handle);
     }
 
     fn collect_setups(&mut self) {
         while let Some(res) = self.setups.try_join_next() {
             let Ok((id, mode, r)) = res else { continue };
             self.setting_up.remove(&id);
+            self.setup_aborts.remove(&id);
             match r {
                 Ok(()) => self.counters.setups_succeeded += 1,
                 Err(e) => {
@@ -700,6 +1017,10 @@ where
         let batch = self.provider.capabilities().max_terminate_batch.max(1);
         let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| id.clone()).collect();
         for chunk in ids.chunks(batch) {
+            if let Err(e) = self.fenced("terminate_nodes").await {
+                tracing::warn!(error = %e, count = chunk.len(), "not terminating nodes");
+                return;
+            }
             match self.provider.terminate_nodes(chunk).await {
                 Ok(()) => {
                     self.counters.nodes_terminated += chunk.len() as u64;

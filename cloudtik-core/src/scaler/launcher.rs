@@ -2,8 +2,11 @@
 //! exponential backoff of node types whose launches fail for capacity or quota.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
@@ -95,9 +98,23 @@ pub(crate) struct Backoff {
     pub(crate) failures: u32,
 }
 
+/// A check every launch call passes right before the provider call (the controller's
+/// fence); a refusal fails the call without calling the provider.
+#[derive(Clone)]
+pub(crate) struct LaunchGate(
+    pub(crate) Arc<dyn Fn() -> BoxFuture<'static, crate::error::Result<()>> + Send + Sync>,
+);
+
+impl fmt::Debug for LaunchGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LaunchGate")
+    }
+}
+
 /// Runs launch calls as tasks.
 #[derive(Debug)]
 pub(crate) struct Launcher<P> {
+    pub(crate) gate: Option<LaunchGate>,
     provider: Arc<P>,
     config: LauncherConfig,
     permits: Arc<Semaphore>,
@@ -111,6 +128,7 @@ pub(crate) struct Launcher<P> {
 impl<P: NodeProvider> Launcher<P> {
     pub(crate) fn new(provider: Arc<P>, config: LauncherConfig) -> Self {
         Launcher {
+            gate: None,
             provider,
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             next_call: Arc::new(Mutex::new(Instant::now())),
@@ -142,6 +160,7 @@ impl<P: NodeProvider> Launcher<P> {
             Duration::ZERO
         };
         let call_timeout = self.config.call_timeout;
+        let gate = self.gate.clone();
         self.tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             // Rate limit: each call takes the next free slot.
@@ -155,7 +174,13 @@ impl<P: NodeProvider> Launcher<P> {
             tokio::time::sleep_until(slot).await;
             let span = tracing::info_span!("launch", node_type = %request.node_type, count = request.count, token = %request.token);
             let _g = span.enter();
-            let result = match tokio::time::timeout(call_timeout, provider.create_nodes(&request)).await {
+            let call = async {
+                if let Some(gate) = &gate {
+                    (gate.0)().await.map_err(|e| e.with_operation("create_nodes"))?;
+                }
+                provider.create_nodes(&request).await
+            };
+            let result = match tokio::time::timeout(call_timeout, call).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::new(
                     crate::ErrorKind::Timeout,

@@ -34,7 +34,9 @@ pub mod scenario;
 pub mod setup;
 
 pub use clock::{Clock, TokioClock};
-pub use controller::{Controller, ControllerConfig, ControllerCounters, PassReport, ScalingStatus};
+pub use controller::{
+    Controller, ControllerConfig, ControllerCounters, LeaseConfig, PassReport, ScalingStatus,
+};
 pub use inputs::{LaunchSpec, ScalingInputs, node_type_marker};
 pub use launcher::LauncherConfig;
 pub use planner::{

@@ -6,8 +6,9 @@
 //! on stderr; results go to stdout, as tables or, with `--json`, as JSON.
 //!
 //! Exit codes: 0 success; 1 the operation failed; 2 the command line is wrong; 3 the
-//! config is invalid; 4 timed out (e.g. `wait-for-ready`); 5 not confirmed. `exec` and
-//! `submit` exit with the command's exit code.
+//! config is invalid; 4 timed out (e.g. `wait-for-ready`); 5 not confirmed; 6 the
+//! cluster's head services are down (`status`: the state store cannot be reached, or no
+//! controller holds a live lease). `exec` and `submit` exit with the command's exit code.
 
 mod cluster_cmd;
 mod config_cmd;
