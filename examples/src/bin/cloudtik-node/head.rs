@@ -147,8 +147,15 @@ impl HeadController for ClusterController {
         if let Some(s) = boot.heartbeat_timeout_s.filter(|s| *s > 0.0) {
             cc = cc.with_heartbeat_timeout(Duration::from_secs_f64(s));
         }
-        info!(cluster = %provider.cluster_name(), "starting the cluster controller");
-        let controller = Controller::new(inputs, cc, Arc::new(provider), Arc::new(store), Arc::new(setup));
+        // One controller at a time: a second head process on this cluster (two concurrent
+        // `cloudtik start`) stands by until this one's lease expires. The holder id is
+        // fixed for the process, so a controller restarted by `supervise_controller`
+        // takes its own lease back at once.
+        static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let holder = HOLDER.get_or_init(|| cloudtik_core::scaler::LeaseConfig::unique_holder(&self.head_ip));
+        info!(cluster = %provider.cluster_name(), %holder, "starting the cluster controller");
+        let controller = Controller::new(inputs, cc, Arc::new(provider), Arc::new(store), Arc::new(setup))
+            .with_lease(cloudtik_core::scaler::LeaseConfig::new(holder.clone()));
         let counters = controller.run(wait_shutdown(shutdown)).await?;
         info!(
             passes = counters.passes,

@@ -588,9 +588,15 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
         ClusterCommand::Status { file, json } => {
             let cluster = open_cluster(&file, None, Launches::No).await?;
             let status = cluster.status().await?;
+            // The head's services down (store unreachable, no live controller): exit 6.
+            let code = if status.problem.is_some() {
+                SERVICES_DOWN
+            } else {
+                0
+            };
             if json {
                 ui::print_json(&status)?;
-                return Ok(0);
+                return Ok(code);
             }
             println!(
                 "Cluster {}: {}",
@@ -653,10 +659,28 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                     shapes(&status.infeasible)
                 );
             }
+            match &status.controller {
+                Some(c) if c.expires_in_secs > 0.0 => println!(
+                    "Controller: {} (lease token {}), last renewed {:.0}s ago",
+                    c.holder, c.token, c.renewed_age_secs
+                ),
+                Some(c) => println!(
+                    "Controller: none acting; {} (lease token {}) last renewed {:.0}s ago and its lease expired",
+                    c.holder, c.token, c.renewed_age_secs
+                ),
+                None => {}
+            }
             for note in &status.notes {
                 println!("Note: {note}");
             }
-            Ok(0)
+            if let Some(problem) = &status.problem {
+                eprintln!("error: {problem}");
+                eprintln!(
+                    "hint: `cloudtik monitor {f}` shows the head's log; `cloudtik start {f} --restart-only` restarts the head's services",
+                    f = file.display()
+                );
+            }
+            Ok(code)
         }
         ClusterCommand::Info { file, json } => {
             let cluster = open_cluster(&file, None, Launches::No).await?;
@@ -948,6 +972,10 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
         }
     }
 }
+
+/// The exit code of `status` when the head's services are down (the state store cannot
+/// be reached, or no controller holds a live lease).
+const SERVICES_DOWN: u8 = 6;
 
 fn resources_cell(total: &Resources, free: Option<&Resources>) -> String {
     let mut parts = Vec::new();
