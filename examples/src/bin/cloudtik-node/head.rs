@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::bootstrap::{BootstrapConfig, DEFAULT_REDIS_PORT};
+use crate::supervise::Backoff;
 use crate::{HeadArgs, Shutdown, agent_config, connect_store, wait_shutdown};
 
 /// The cluster controller of the autoscaler, run by the head next to its agent on the
@@ -249,6 +250,9 @@ pub(crate) async fn run(
         "starting the state store"
     );
 
+    // A redis-server of a previous head (killed before it could stop it) would hold the
+    // port and the append-only file: stop it first.
+    stop_stale_redis(&files.data).await;
     // redis-server, supervised until shutdown; a failure to start it at all is fatal.
     let first = spawn_redis(&args.redis_server, &files)?;
     let supervisor = tokio::spawn(supervise_redis(
@@ -303,8 +307,31 @@ fn spawn_redis(binary: &Path, files: &HeadFiles) -> anyhow::Result<Child> {
     spawn_redis_with(binary, &files.config, &files.pid)
 }
 
+/// `setpriv` of util-linux, which can set a parent-death signal before it execs a program.
+fn find_setpriv() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("setpriv"))
+        .find(|p| p.is_file())
+}
+
+/// Starts redis-server on `config`. It gets SIGTERM when the head dies, however it dies
+/// (`setpriv --pdeathsig TERM`, where util-linux's setpriv exists; this crate forbids the
+/// `unsafe` a `prctl` in `pre_exec` needs), so a killed head leaves no redis-server
+/// behind; `kill_on_drop` covers a head that fails without dying.
 fn spawn_redis_with(binary: &Path, config: &Path, pid_file: &Path) -> anyhow::Result<Child> {
-    let child = Command::new(binary)
+    let mut command = match find_setpriv() {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "TERM", "--"]).arg(binary);
+            c
+        }
+        None => {
+            warn!("setpriv (util-linux) is not installed: redis-server would outlive a killed head");
+            Command::new(binary)
+        }
+    };
+    let child = command
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -320,8 +347,8 @@ fn spawn_redis_with(binary: &Path, config: &Path, pid_file: &Path) -> anyhow::Re
 
 /// Keeps redis-server running until shutdown: restarts it when it exits, waiting 1 s,
 /// then twice as long after each quick death up to 30 s (back to 1 s after it ran for a
-/// minute). On shutdown, stops it with SIGTERM (it syncs its append-only file) and, if
-/// it has not exited after 10 s, kills it.
+/// minute); the log states the delay it then waits. On shutdown, stops it with SIGTERM
+/// (it syncs its append-only file) and, if it has not exited after 10 s, kills it.
 async fn supervise_redis(
     first: Child,
     binary: PathBuf,
@@ -329,40 +356,111 @@ async fn supervise_redis(
     pid_file: PathBuf,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::services();
     let mut child = Some(first);
+    let mut started = Instant::now();
     loop {
-        if let Some(running) = child.as_mut() {
-            let started = Instant::now();
+        let delay = if let Some(running) = child.as_mut() {
             tokio::select! {
-                status = running.wait() => match status {
-                    Ok(status) => warn!(%status, "redis-server exited; restarting it in {backoff:?}"),
-                    Err(e) => warn!(error = %e, "lost track of redis-server; restarting it in {backoff:?}"),
-                },
+                status = running.wait() => {
+                    let delay = backoff.delay_after(started.elapsed());
+                    match status {
+                        Ok(status) => warn!(%status, "redis-server exited; restarting it in {delay:?}"),
+                        Err(e) => warn!(error = %e, "lost track of redis-server; restarting it in {delay:?}"),
+                    }
+                    delay
+                }
                 () = wait_shutdown(shutdown.clone()) => {
                     stop_redis(running).await;
                     let _ = std::fs::remove_file(&pid_file);
                     return Ok(());
                 }
             }
-            if started.elapsed() > Duration::from_secs(60) {
-                backoff = Duration::from_secs(1);
-            }
-        }
+        } else {
+            let delay = backoff.delay_after(Duration::ZERO);
+            warn!("trying to start redis-server again in {delay:?}");
+            delay
+        };
         child = None;
+        let _ = std::fs::remove_file(&pid_file);
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = wait_shutdown(shutdown.clone()) => {
-                let _ = std::fs::remove_file(&pid_file);
-                return Ok(());
-            }
+            () = tokio::time::sleep(delay) => {}
+            () = wait_shutdown(shutdown.clone()) => return Ok(()),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        started = Instant::now();
         match spawn_redis_with(&binary, &config, &pid_file) {
             Ok(c) => child = Some(c),
             // Keep trying: the binary may come back (a package upgrade).
             Err(e) => error!(error = %e, "cannot restart redis-server"),
         }
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The redis-servers serving `data_dir` (redis-server runs in its `dir`): those of this
+/// head's folder, whoever started them.
+fn redis_servers_in(data_dir: &Path) -> Vec<u32> {
+    let Ok(data_dir) = data_dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "redis-server")
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir)
+                && process_alive(*pid)
+        })
+        .collect()
+}
+
+/// Stops redis-servers left running on this head's data by a previous head (killed
+/// before it could stop them, on a system without `setpriv`): SIGTERM, so they sync
+/// their append-only file, then SIGKILL after 10 s. The new head starts its own.
+async fn stop_stale_redis(data_dir: &Path) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let stale = redis_servers_in(data_dir);
+    if stale.is_empty() {
+        return;
+    }
+    for pid in &stale {
+        warn!(
+            pid,
+            "a redis-server of a previous head still serves this head's data; stopping it"
+        );
+        if let Some(p) = Pid::from_raw(*pid as i32) {
+            let _ = kill_process(p, Signal::TERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stale.iter().any(|p| process_alive(*p)) {
+        if Instant::now() >= deadline {
+            for pid in stale.iter().filter(|p| process_alive(**p)) {
+                warn!(pid, "the old redis-server did not stop within 10 s; killing it");
+                if let Some(p) = Pid::from_raw(*pid as i32) {
+                    let _ = kill_process(p, Signal::KILL);
+                }
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A killed process is gone once its parent (or init) reaps it: wait briefly for that.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while stale.iter().any(|p| process_alive(*p)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -9,6 +9,12 @@
 //!   the bootstrap config names a `cluster_config`, the cluster controller of the
 //!   autoscaler (workers launched through the provider inside the head and set up over
 //!   SSH with the key the bootstrap config names).
+//! * `cloudtik-node supervise --service-file FILE [--log-file LOG --env NAME.. -- COMMAND..]`
+//!   runs one of the node's services (`head` or `agent`), described by a service file
+//!   (written from the command after `--`, or read at boot), and starts it again with
+//!   backoff whenever it exits; the service's process group is killed when it dies, so it
+//!   leaves no orphan. SIGTERM stops the supervisor and its service. The node's init runs
+//!   it (see `cloudtik_core::cluster::NodeLayout`).
 //!
 //! Both read defaults from the bootstrap config file (`--bootstrap-config FILE`), and
 //! flags override it. The file is YAML or JSON; every field is optional and unknown
@@ -39,7 +45,9 @@
 //!
 //! The head keeps in `--dir`: `redis-password` and `encryption-key` (mode 0600, made on
 //! the first start and reused after), `redis.conf` (0600), `redis-data/` (the
-//! append-only file), `redis.log` and `redis-server.pid`.
+//! append-only file), `redis.log` and `redis-server.pid`. redis-server gets SIGTERM when
+//! the head dies, however it dies (`setpriv --pdeathsig`), and a head stops a
+//! redis-server still serving its data (left by an earlier head) before it starts its own.
 //! Both stop on SIGTERM or ctrl-c; the agent leaves its rows in the store (the controller
 //! ages them out), and the head stops redis-server with SIGTERM so it syncs its
 //! append-only file.
@@ -49,6 +57,7 @@
 
 mod bootstrap;
 mod head;
+mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +90,8 @@ enum Command {
     Agent(AgentArgs),
     /// Run the head's services: redis-server (supervised), the head's agent and the controller.
     Head(HeadArgs),
+    /// Run a service of the node (from its service file) and restart it whenever it exits.
+    Supervise(supervise::SuperviseArgs),
 }
 
 /// Flags of the agent, shared by `agent` and `head`.
@@ -151,11 +162,37 @@ struct HeadArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `supervise` resolves its service first: its own log lines go to the service's log.
+    let mut service = None;
+    if let Command::Supervise(args) = &cli.command {
+        match supervise::resolve(args) {
+            Ok(Some(spec)) => service = Some(spec),
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    match service.as_ref().and_then(|s| s.log.as_deref()) {
+        Some(log) => match supervise::open_log(log) {
+            Ok(f) => tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .init(),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // One thread: the agent is a few timers and a socket.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -173,6 +210,10 @@ fn main() -> ExitCode {
                     .map(|c| Box::new(c) as Box<dyn head::HeadController>);
                 head::run(args, shutdown, controller).await
             }
+            Command::Supervise(_) => match service {
+                Some(spec) => supervise::run(spec, shutdown).await,
+                None => Ok(()),
+            },
         }
     });
     match result {
