@@ -3,6 +3,10 @@
 //! resources, some booting, launches in flight, mixed demand shapes with a few infeasible ones,
 //! and a few persistent requests.
 //!
+//! `planner_capped_mix` plans issue 11's shape where the upscaling cap binds: per 96 nodes,
+//! 57 running 4-CPU nodes, 30 running 16-CPU nodes (one more launching) and 9 GPU nodes, with
+//! 991 mostly 1-CPU demands; scaled by 1, 10 and 100.
+//!
 //! Targets on a 2-core machine: 1,000 / 10,000 under 10 ms, 10,000 / 100,000 under 100 ms.
 
 use std::collections::BTreeMap;
@@ -149,5 +153,111 @@ fn bench_planner(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_planner);
+/// Issue 11's shape, `scale` times: the 16-CPU type's cap binds, the others' do not.
+fn capped_mix(scale: usize) -> (ScalingConfig, ClusterSnapshot) {
+    let t = |resources: Resources, max_workers| NodeTypeConfig {
+        resources,
+        min_workers: 0,
+        max_workers,
+        launch_priority: 0,
+    };
+    let mut node_types = BTreeMap::new();
+    node_types.insert(
+        "worker.cpu16".to_string(),
+        t(res(&[("CPU", 16.0), ("memory", 64.0 * GIB)]), 400 * scale),
+    );
+    node_types.insert(
+        "worker.cpu4".to_string(),
+        t(res(&[("CPU", 4.0), ("memory", 16.0 * GIB)]), 400 * scale),
+    );
+    node_types.insert(
+        "worker.gpu".to_string(),
+        t(
+            res(&[("CPU", 8.0), ("GPU", 1.0), ("memory", 32.0 * GIB)]),
+            50 * scale,
+        ),
+    );
+    let config = ScalingConfig {
+        node_types,
+        head_node_type: "head.default".into(),
+        max_workers: 1000 * scale,
+        upscaling_speed: 1.0,
+        idle_timeout: Duration::ZERO,
+    };
+    let mut nodes = vec![NodeSnapshot::head("head-0", "head.default")];
+    // Full 4-CPU nodes but every sixth, which has one CPU free.
+    for i in 0..57 * scale {
+        let free = res(&[("CPU", if i % 6 == 0 { 1.0 } else { 0.0 }), ("memory", 2.0 * GIB)]);
+        nodes.push(NodeSnapshot::worker(
+            format!("s-{i:06}"),
+            "worker.cpu4",
+            Some(free),
+        ));
+    }
+    let mut add = |prefix: &str, n: usize, ty: &str, free: Resources| {
+        for i in 0..n {
+            nodes.push(NodeSnapshot::worker(
+                format!("{prefix}-{i:06}"),
+                ty,
+                Some(free.clone()),
+            ));
+        }
+    };
+    add(
+        "l",
+        30 * scale,
+        "worker.cpu16",
+        res(&[("CPU", 2.0), ("memory", 8.0 * GIB)]),
+    );
+    add(
+        "g",
+        9 * scale,
+        "worker.gpu",
+        res(&[("CPU", 3.0), ("GPU", 0.0), ("memory", 12.0 * GIB)]),
+    );
+    let mut demands = Vec::new();
+    for (shape, n) in [
+        (res(&[("CPU", 1.0)]), 880),
+        (res(&[("CPU", 1.0), ("memory", 2.0 * GIB)]), 64),
+        (res(&[("CPU", 2.0), ("memory", 4.0 * GIB)]), 40),
+        (res(&[("CPU", 1.0), ("GPU", 1.0)]), 7),
+    ] {
+        demands.extend(std::iter::repeat_n(shape, n * scale));
+    }
+    let snapshot = ClusterSnapshot {
+        nodes,
+        launching: BTreeMap::from([("worker.cpu16".to_string(), scale)]),
+        demands,
+        requests: Vec::new(),
+    };
+    (config, snapshot)
+}
+
+fn bench_capped_mix(c: &mut Criterion) {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let mut group = c.benchmark_group("planner_capped_mix");
+    for scale in [1, 10, 100] {
+        let (config, snap) = capped_mix(scale);
+        let p = plan(&config, &snap, now);
+        let mut fast = config.clone();
+        fast.upscaling_speed = 1e9;
+        let u = plan(&fast, &snap, now);
+        eprintln!(
+            "capped mix x{scale} ({} nodes / {} demands): launch {:?} (uncapped {:?}), unfulfilled {}",
+            snap.nodes.len() - 1,
+            snap.demands.len(),
+            p.to_launch,
+            u.to_launch,
+            p.unfulfilled_count()
+        );
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{}n_{}d", snap.nodes.len() - 1, snap.demands.len())),
+            &snap,
+            |b, snap| b.iter(|| plan(black_box(&config), black_box(snap), now)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_planner, bench_capped_mix);
 criterion_main!(benches);
