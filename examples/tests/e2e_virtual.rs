@@ -511,6 +511,7 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
             !folder.exists() || (name == "no-docker" && err.contains("note: kept")),
             "{name}: no folder left: {err}"
         );
+        let _ = std::fs::remove_dir_all(&folder);
     }
     drop(busy);
     // A config error names the YAML path and exits 3.
@@ -609,17 +610,18 @@ fn concurrent_starts_pinned_host_keys_and_no_secrets_left() {
         stderr.contains("waiting for another cloudtik command on cluster"),
         "the second start says it waits: {stderr}"
     );
-    let heads: Vec<String> = env
-        .containers()
-        .into_iter()
-        .filter(|c| c.contains("head"))
-        .collect();
-    assert_eq!(heads.len(), 1, "one head: {:?}", env.containers());
     env.run_ok(&["wait-for-ready", f, "--min-workers", "1", "--timeout", "300"]);
+    let status = env.status(&file);
+    let heads = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "head")
+        .count();
+    assert_eq!(heads, 1, "one head: {status}");
 
     // Host keys were pinned from the containers before the first connection: the head's
     // on this machine, the worker's on the head.
-    let status = env.status(&file);
     let node_id = |kind: &str| {
         status["nodes"]
             .as_array()

@@ -70,6 +70,12 @@
 //!   Not built: CloudTik's launch templates, `worker_role_for_cloud_storage: false`
 //!   (workers always get the worker profile), managed storage and database settings, and
 //!   pinning `ImageId` at bootstrap (the default image is looked up at launch).
+//! * **Host keys**: not told ([`NodeProvider::host_keys`](cloudtik_core::NodeProvider::host_keys)
+//!   is `None`): an instance's SSH host key is trusted on its first connection
+//!   (`StrictHostKeyChecking=accept-new`), pinned from then on, and a warning says so.
+//!   Reading it from `GetConsoleOutput` (cloud-init prints it) or injecting a host key made
+//!   by the SDK through user data would pin it beforehand; neither is built, as neither can
+//!   be tested against moto here.
 //!
 //! # Not built
 //!

@@ -77,10 +77,24 @@
 //! * The workspace network missing: [`ErrorKind::NotFound`] saying to create the workspace.
 //! * An instance type larger than the machine (CPUs or memory): [`ErrorKind::Capacity`],
 //!   marked permanent, checked before anything is created; no free address on the
-//!   network or no memory: [`ErrorKind::Capacity`] (temporary).
+//!   network or no memory: [`ErrorKind::Capacity`] (temporary). A config with such a
+//!   node type, head or worker, is refused before that, when it is loaded
+//!   ([`capacity_warnings`], registered by [`crate::config_loader`]: `cloudtik config
+//!   validate` and `cloudtik start` exit 3 naming
+//!   `available_node_types.<type>.node_config.instance_type.CPU` or `.memory`).
 //! * With `provider.enable_port_mapping`, the head's SSH port is published on the host
 //!   port `provider.port_mapping_base` (default 60022); that port in use:
 //!   [`ErrorKind::Conflict`], permanent, checked before anything is created.
+//!
+//! # Host keys
+//!
+//! [`VirtualNodeProvider`] tells a node's SSH host keys
+//! ([`NodeProvider::host_keys`](cloudtik_core::NodeProvider::host_keys)): it reads them
+//! from the container through the Engine API (`docker exec` of `cat
+//! /etc/ssh/ssh_host_*_key.pub`, waiting up to a minute for the image's `ssh-keygen -A`).
+//! So the cluster's known-hosts file has a node's key before the first SSH connection to
+//! it, and connections accept only that key (`StrictHostKeyChecking=yes`); the head's
+//! controller does the same for workers.
 //!
 //! # The node image and the `cloudtik-node` binary
 //!

@@ -540,7 +540,8 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             let result = async {
                 let opened = open_cluster_for_change(&file, Some(&progress), Launches::No).await?;
                 let cluster = &opened.cluster;
-                dir = Some(cluster.settings().dir.clone());
+                // Only a folder that was there before says what became of it.
+                dir = (!opened.new_folder).then(|| cluster.settings().dir.clone());
                 let nodes = cluster.nodes().await?;
                 if nodes.is_empty() {
                     progress.say(format!("cluster {} has no nodes", cluster.config().cluster_name));

@@ -101,12 +101,12 @@ fn forget_clusters(workspace: &str) {
     if let Ok(entries) = std::fs::read_dir(&ws_dir) {
         for entry in entries.flatten() {
             let p = entry.path();
-            if p.extension().is_some_and(|e| e == "lock") && !p.with_extension("").exists() {
-                if let Ok(f) = std::fs::File::open(&p)
-                    && f.try_lock().is_ok()
-                {
-                    let _ = std::fs::remove_file(&p);
-                }
+            if p.extension().is_some_and(|e| e == "lock")
+                && !p.with_extension("").exists()
+                && let Ok(f) = std::fs::File::open(&p)
+                && f.try_lock().is_ok()
+            {
+                let _ = std::fs::remove_file(&p);
             }
         }
     }
