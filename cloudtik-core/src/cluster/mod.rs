@@ -1282,14 +1282,14 @@ mod tests {
     fn config(worker_types: &[&str]) -> ClusterConfig {
         let mut yaml = String::from(
             "cluster_name: c\nworkspace_name: w\nprovider: {type: local}\nauth: {ssh_user: root}\n\
-             available_node_types:\n  head: {node_config: {}, resources: {CPU: 4}}\n",
+             available_node_types:\n  head.default: {node_config: {}, resources: {CPU: 4}}\n",
         );
         for t in worker_types {
             yaml.push_str(&format!(
                 "  {t}: {{node_config: {{}}, resources: {{CPU: 2}}, max_workers: 10}}\n"
             ));
         }
-        yaml.push_str("head_node_type: head\n");
+        yaml.push_str("head_node_type: head.default\n");
         crate::config::ConfigLoader::new()
             .load_cluster_str("t.yaml", &yaml)
             .unwrap()
@@ -1301,7 +1301,9 @@ mod tests {
 
     #[test]
     fn workers_are_marker_bundles_of_the_only_or_named_type() {
-        let c = config(&["worker.a"]);
+        // The provider defaults' worker.default joins any config (CloudTik's merge), so
+        // the only worker type is worker.default itself.
+        let c = config(&["worker.default"]);
         let r = resource_request(
             &c,
             &ScaleRequest {
@@ -1314,7 +1316,7 @@ mod tests {
         assert!(
             r.requests
                 .iter()
-                .all(|b| b.get("node-type:worker.a") == Some(&1.0) && b.len() == 1)
+                .all(|b| b.get("node-type:worker.default") == Some(&1.0) && b.len() == 1)
         );
         // Zero clears the type's request.
         let r = resource_request(
@@ -1327,7 +1329,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.requests,
-            vec![BTreeMap::from([("node-type:worker.a".to_string(), 0.0)])]
+            vec![BTreeMap::from([("node-type:worker.default".to_string(), 0.0)])]
         );
 
         let c = config(&["worker.a", "worker.b"]);
@@ -1344,12 +1346,22 @@ mod tests {
             &c,
             &ScaleRequest {
                 workers: Some(1),
-                worker_type: Some("head".into()),
+                worker_type: Some("head.default".into()),
                 ..scale()
             },
         )
         .unwrap_err();
-        assert!(e.to_string().contains("worker.a, worker.b"), "{e}");
+        assert!(e.to_string().contains("worker.a, worker.b, worker.default"), "{e}");
+        // As in CloudTik, a config naming one type of its own has two worker types.
+        let e = resource_request(
+            &config(&["worker.a"]),
+            &ScaleRequest {
+                workers: Some(1),
+                ..scale()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--worker-type"), "{e}");
         let r = resource_request(
             &c,
             &ScaleRequest {
