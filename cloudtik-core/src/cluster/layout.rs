@@ -35,6 +35,7 @@ pub mod env {
 /// | `cloudtik/cluster.json` | the cluster config the head's controller runs with |
 /// | `cloudtik/keys/cluster_key` (+`.pub`) | the cluster's key, for the head to reach workers |
 /// | `cloudtik/head/` | redis-server's config, data and log |
+/// | `cloudtik/services/head.json`, `agent.json` | the node's service (command, env, log) for `cloudtik-node supervise` (mode 0600) |
 /// | `cloudtik/logs/head.log`, `cloudtik/logs/agent.log` | the core services' logs |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLayout {
@@ -105,49 +106,133 @@ impl NodeLayout {
         &self.node_binary
     }
 
-    /// Stops a running `cloudtik-node <service>` (SIGTERM, waiting up to 20 s for it
-    /// to exit, then SIGKILL). Exits 0 whether or not one ran.
+    /// The folder of the node's service files (`<name>.json`, read by `cloudtik-node
+    /// supervise`).
+    pub fn services_dir(&self) -> String {
+        format!("{}/services", self.dir())
+    }
+    /// The service file of `service` (`head` or `agent`).
+    pub fn service_file(&self, service: &str) -> String {
+        format!("{}/{service}.json", self.services_dir())
+    }
+    /// The systemd unit that runs the supervisor of `service` on nodes with systemd.
+    pub fn systemd_unit(service: &str) -> String {
+        format!("cloudtik-{service}.service")
+    }
+
+    /// Stops `cloudtik-node <service>` and its supervisor: the systemd unit if there is
+    /// one, then SIGTERM to both (the supervisor stops the service and restarts nothing
+    /// once asked to stop), waiting up to 30 s for them to exit, then SIGKILL. Exits 0
+    /// whether or not they ran.
     pub fn stop_service_command(&self, service: &str) -> String {
         // Anchored at the program path so the shell running this does not match itself.
-        let pattern = shell_quote(&format!("^{} {service}( |$)", self.node_binary));
+        let service_pattern = shell_quote(&format!("^{} {service}( |$)", self.node_binary));
+        let supervisor_pattern = shell_quote(&format!(
+            "^{} supervise --service-file {}( |$)",
+            self.node_binary,
+            self.service_file(service)
+        ));
+        let unit = Self::systemd_unit(service);
         format!(
-            "pkill -TERM -f {pattern}; i=0; while pgrep -f {pattern} >/dev/null && [ $i -lt 200 ]; do \
-             sleep 0.1; i=$((i+1)); done; pkill -KILL -f {pattern}; true"
+            "if [ -f /etc/systemd/system/{unit} ] && [ -d /run/systemd/system ]; then \
+             S=; [ \"$(id -u)\" = 0 ] || S='sudo -n'; $S systemctl stop {unit} 2>/dev/null; fi; \
+             pkill -TERM -f {supervisor_pattern}; pkill -TERM -f {service_pattern}; i=0; \
+             while {{ pgrep -f {supervisor_pattern} || pgrep -f {service_pattern}; }} >/dev/null && [ $i -lt 300 ]; do \
+             sleep 0.1; i=$((i+1)); done; pkill -KILL -f {supervisor_pattern}; pkill -KILL -f {service_pattern}; true"
         )
     }
 
-    /// (Re)starts the head's services in the background: redis-server, the head's
-    /// agent and the cluster controller.
-    pub fn head_start_command(&self) -> String {
+    /// Writes the service file of `service` for `command` (keeping the current values of
+    /// `env`), then runs its supervisor: as a systemd unit (enabled, so it starts at
+    /// boot) where systemd is PID 1 and the user is root or may `sudo -n`, else in the
+    /// background (the virtual provider's containers start it at boot, see
+    /// [`NodeLayout::boot_command`]).
+    fn supervised_start_command(&self, service: &str, log: &str, env: &[&str], command: &str) -> String {
+        let bin = shell_quote(&self.node_binary);
+        let file = shell_quote(&self.service_file(service));
+        let env: String = env.iter().map(|e| format!(" --env {e}")).collect();
+        let unit = Self::systemd_unit(service);
+        let unit_text = [
+            "[Unit]".to_string(),
+            format!("Description=CloudTik {service} (cloudtik-node supervise)"),
+            "After=network-online.target".into(),
+            "Wants=network-online.target".into(),
+            "[Service]".into(),
+            format!("User={}", self.user()),
+            format!(
+                "ExecStart=\"{}\" supervise --service-file \"{}\"",
+                self.node_binary,
+                self.service_file(service)
+            ),
+            "KillMode=mixed".into(),
+            "TimeoutStopSec=40".into(),
+            "Restart=always".into(),
+            "RestartSec=2".into(),
+            "[Install]".into(),
+            "WantedBy=multi-user.target".into(),
+        ]
+        .iter()
+        .map(|l| shell_quote(l))
+        .collect::<Vec<_>>()
+        .join(" ");
         format!(
-            "mkdir -p {logs} && {stop}; nohup setsid {bin} head --bootstrap-config {boot} --dir {dir} \
-             --node-id \"${id}\" --node-ip \"${ip}\" >> {log} 2>&1 < /dev/null &",
+            "mkdir -p {logs} && {stop}; {bin} supervise --service-file {file} --log-file {log}{env} --write-only -- \
+             {command} && if [ -d /run/systemd/system ] && {{ [ \"$(id -u)\" = 0 ] || sudo -n true 2>/dev/null; }}; then \
+             S=; [ \"$(id -u)\" = 0 ] || S='sudo -n'; printf '%s\\n' {unit_text} | $S tee /etc/systemd/system/{unit} >/dev/null \
+             && $S systemctl daemon-reload && $S systemctl enable {unit} 2>/dev/null && $S systemctl restart {unit}; \
+             else nohup setsid {bin} supervise --service-file {file} >/dev/null 2>&1 < /dev/null & fi",
             logs = shell_quote(&self.log_dir()),
-            stop = self.stop_service_command("head"),
+            stop = self.stop_service_command(service),
+            log = shell_quote(log),
+        )
+    }
+
+    /// The SSH user's name (from the home folder).
+    fn user(&self) -> &str {
+        if self.home == "/root" {
+            "root"
+        } else {
+            self.home.trim_start_matches("/home/")
+        }
+    }
+
+    /// (Re)starts the head's services under their supervisor: redis-server, the head's
+    /// agent and the cluster controller (`cloudtik-node head`).
+    pub fn head_start_command(&self) -> String {
+        let command = format!(
+            "{bin} head --bootstrap-config {boot} --dir {dir} --node-id \"${id}\" --node-ip \"${ip}\"",
             bin = shell_quote(&self.node_binary),
             boot = shell_quote(&self.bootstrap_file()),
             dir = shell_quote(&self.head_dir()),
             id = env::NODE_ID,
             ip = env::NODE_IP,
-            log = shell_quote(&self.head_log()),
-        )
+        );
+        self.supervised_start_command("head", &self.head_log(), &[], &command)
     }
 
-    /// (Re)starts a worker's agent in the background; the password comes from
-    /// `$CLOUDTIK_REDIS_PASSWORD`.
+    /// (Re)starts a worker's agent under its supervisor; the password comes from
+    /// `$CLOUDTIK_REDIS_PASSWORD` (kept in the service file, mode 0600).
     pub fn agent_start_command(&self) -> String {
-        format!(
-            "mkdir -p {logs} && {stop}; nohup setsid {bin} agent --redis-address \"${head}:${port}\" \
-             --node-id \"${id}\" --node-ip \"${ip}\" --node-type \"${ty}\" >> {log} 2>&1 < /dev/null &",
-            logs = shell_quote(&self.log_dir()),
-            stop = self.stop_service_command("agent"),
+        let command = format!(
+            "{bin} agent --redis-address \"${head}:${port}\" --node-id \"${id}\" --node-ip \"${ip}\" --node-type \"${ty}\"",
             bin = shell_quote(&self.node_binary),
             head = env::HEAD_IP,
             port = env::REDIS_PORT,
             id = env::NODE_ID,
             ip = env::NODE_IP,
             ty = env::NODE_TYPE,
-            log = shell_quote(&self.agent_log()),
+        );
+        self.supervised_start_command("agent", &self.agent_log(), &[env::REDIS_PASSWORD], &command)
+    }
+
+    /// What a node without systemd runs at boot (the virtual provider's containers): a
+    /// supervisor for every service file, so a restarted node runs its services again.
+    pub fn boot_command(&self) -> String {
+        format!(
+            "for f in {dir}/*.json; do [ -f \"$f\" ] && nohup setsid {bin} supervise --service-file \"$f\" \
+             >/dev/null 2>&1 < /dev/null & done",
+            dir = shell_quote(&self.services_dir()),
+            bin = shell_quote(&self.node_binary),
         )
     }
 }
@@ -277,8 +362,22 @@ mod tests {
             "{agent}"
         );
         assert!(
-            !agent.contains("PASSWORD"),
-            "the password comes from the environment: {agent}"
+            !agent.contains("--redis-password")
+                && agent.contains("--env CLOUDTIK_REDIS_PASSWORD --write-only"),
+            "the password comes from the environment, into the service file: {agent}"
+        );
+        // Both run under the supervisor, from their service files.
+        assert!(agent.contains(
+            "supervise --service-file /home/ubuntu/cloudtik/services/agent.json --log-file /home/ubuntu/cloudtik/logs/agent.log"
+        ));
+        let head = l.head_start_command();
+        assert!(head.contains("nohup setsid '/opt/cloudtik node' supervise --service-file /home/ubuntu/cloudtik/services/head.json >"));
+        assert!(head.contains("systemctl enable cloudtik-head.service"), "{head}");
+        assert!(
+            l.boot_command()
+                .starts_with("for f in /home/ubuntu/cloudtik/services/*.json;"),
+            "{}",
+            l.boot_command()
         );
     }
 

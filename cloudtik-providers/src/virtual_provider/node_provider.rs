@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
-    NetworkingConfig, PortBinding,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -461,6 +461,7 @@ impl VirtualNodeProvider {
             let body = ContainerCreateBody {
                 exposed_ports: published.map(|_| vec!["22/tcp".to_string()]),
                 image: Some(spec.image.clone()),
+                cmd: node_image_command(&spec.image),
                 hostname: Some(name.chars().take(63).collect()),
                 labels: Some(spec.labels.clone()),
                 env: Some(env),
@@ -478,7 +479,14 @@ impl VirtualNodeProvider {
                         )])
                     }),
                     network_mode: Some(network.clone()),
-                    auto_remove: Some(true),
+                    // A node comes back after `docker restart`, a daemon restart or a
+                    // host reboot, and starts its services at boot (see
+                    // `node_image_command`). Termination removes the container itself
+                    // (auto-remove cannot go with a restart policy).
+                    restart_policy: Some(RestartPolicy {
+                        name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                        maximum_retry_count: None,
+                    }),
                     cap_add: Some(vec!["NET_ADMIN".into(), "SYS_NICE".into()]),
                     ipc_mode: Some("private".into()),
                     ..Default::default()
@@ -938,6 +946,25 @@ impl NodeProvider for VirtualNodeProvider {
         }
         Ok(())
     }
+}
+
+/// The command of a container of the node image: the image's own (host keys, the
+/// authorized key, then sshd in the foreground as PID 1, which reaps orphans), plus a
+/// `cloudtik-node supervise` for every service file the node's setup wrote (see
+/// [`cloudtik_core::cluster::NodeLayout::boot_command`]), so a restarted node runs its
+/// head or agent again with no command. `None` (the image's own) for other images.
+fn node_image_command(image: &str) -> Option<Vec<String>> {
+    if !image.starts_with(&format!("{NODE_IMAGE_REPO}:")) {
+        return None;
+    }
+    let boot = cloudtik_core::cluster::NodeLayout::new("root", NODE_BINARY_IN_NODE).boot_command();
+    let script = format!(
+        "mkdir -p /run/sshd /root/.ssh && ssh-keygen -A >/dev/null && if [ -n \"$CLOUDTIK_AUTHORIZED_KEY\" ]; then \
+         grep -qxF \"$CLOUDTIK_AUTHORIZED_KEY\" /root/.ssh/authorized_keys 2>/dev/null || \
+         echo \"$CLOUDTIK_AUTHORIZED_KEY\" >> /root/.ssh/authorized_keys; chmod 600 /root/.ssh/authorized_keys; fi; \
+         {boot}; exec /usr/sbin/sshd -D -e"
+    );
+    Some(vec!["/bin/sh".into(), "-c".into(), script])
 }
 
 /// The bind mount of the `cloudtik-node` program: its folder when the file is named
