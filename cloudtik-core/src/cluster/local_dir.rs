@@ -17,7 +17,7 @@ use crate::state::{EncryptionKey, generate_password};
 /// | file | what |
 /// |---|---|
 /// | `id_ed25519`, `id_ed25519.pub` | the cluster's SSH key pair, made on first use (unless `auth` names one) |
-/// | `known_hosts` | host keys of the cluster's nodes, pinned on first contact |
+/// | `known_hosts` | host keys of the cluster's nodes under their ids, pinned before the first connection where the provider tells them, else on first contact |
 /// | `secrets.json` | the state store's password and the cluster's encryption key (mode 0600) |
 /// | `head-launch.json` | the token of a head launch not yet finished, so a re-run adopts its node |
 ///
@@ -128,6 +128,10 @@ impl ClusterDir {
     /// process ends, however it ends). Commands that write the folder or change the
     /// cluster's nodes (`cloudtik start`, `stop`, `kill-node`) take it first, so two of them
     /// never make the key pair, the secrets or a head at once.
+    ///
+    /// [`ManagedCluster`](super::ManagedCluster) does not take it itself: a program that
+    /// starts or stops clusters takes it first (before [`prepare_auth`](Self::prepare_auth)),
+    /// as the `cloudtik` CLI does, and holds it for the whole operation.
     ///
     /// When another process holds it, `waiting` is called once with that process's id
     /// (if it wrote one), and the lock is tried again every 200 ms until `timeout`, then
