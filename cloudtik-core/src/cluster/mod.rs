@@ -757,7 +757,8 @@ impl ManagedCluster {
         Ok(removed)
     }
 
-    /// Waits until the head's state store answers and the head's agent heartbeats.
+    /// Waits until the head's state store answers, the head's agent heartbeats and a
+    /// cluster controller holds a live controller lease.
     async fn wait_for_head_services(&self, head: &NodeInfo) -> Result<()> {
         self.progress("waiting for the head's services");
         let deadline = tokio::time::Instant::now() + self.settings.head_ready_timeout;
@@ -765,7 +766,14 @@ impl ManagedCluster {
             *self.store.lock().await = None;
             let last = match self.store().await {
                 Ok(store) => match store.heartbeat(&head.id).await {
-                    Ok(Some(hb)) if !hb.is_lost(now_secs(), self.settings.heartbeat_timeout) => return Ok(()),
+                    Ok(Some(hb)) if !hb.is_lost(now_secs(), self.settings.heartbeat_timeout) => {
+                        // The controller heartbeats through its lease.
+                        match store.lease(crate::state::CONTROLLER_LEASE).await {
+                            Ok(Some(l)) if !l.is_expired(now_secs()) => return Ok(()),
+                            Ok(_) => Error::new(ErrorKind::Transient, "the cluster controller is not acting yet"),
+                            Err(e) => e,
+                        }
+                    }
                     Ok(_) => Error::new(ErrorKind::Transient, "no heartbeat from the head's agent yet"),
                     Err(e) => e,
                 },
