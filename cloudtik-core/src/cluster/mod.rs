@@ -770,7 +770,7 @@ impl ManagedCluster {
                         // The controller heartbeats through its lease.
                         match store.lease(crate::state::CONTROLLER_LEASE).await {
                             Ok(Some(l)) if !l.is_expired(now_secs()) => return Ok(()),
-                            Ok(_) => Error::new(ErrorKind::Transient, "the cluster controller is not acting yet"),
+                            Ok(_) => Error::new(ErrorKind::Transient, "no cluster controller is acting yet"),
                             Err(e) => e,
                         }
                     }
