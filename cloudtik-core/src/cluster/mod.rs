@@ -40,8 +40,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
 
-pub use layout::{DEFAULT_REDIS_PORT, HeadBootstrap, NodeLayout, env};
 pub use host_keys::pinned_ssh_options;
+pub use layout::{DEFAULT_REDIS_PORT, HeadBootstrap, NodeLayout, env};
 pub use local_dir::{ClusterDir, ClusterLock, ClusterSecrets};
 pub use node_setup::SshNodeSetup;
 
