@@ -206,6 +206,14 @@ pub trait NodeProvider: Debug + Send + Sync + 'static {
     /// Terminates nodes. Ids that are already gone are not an error.
     async fn terminate_nodes(&self, ids: &[NodeId]) -> Result<()>;
 
+    /// Removes what is left of the cluster's nodes that stopped outside the provider's
+    /// control and are no nodes any more (not listed), e.g. a virtual node's container
+    /// stopped with `docker stop`; answers how many. A full `cluster stop` calls it, so
+    /// nothing of the cluster is left. The default has nothing to remove (`Ok(0)`).
+    async fn remove_stopped_nodes(&self) -> Result<usize> {
+        Ok(0)
+    }
+
     /// The SSH host public keys of `node`, as the provider can tell them without an SSH
     /// connection to it (lines `<type> <base64> [comment]`, as in a `.pub` file), so the
     /// first connection checks the key it is shown (`StrictHostKeyChecking=yes`) instead
@@ -293,6 +301,9 @@ impl<T: NodeProvider + ?Sized> NodeProvider for Arc<T> {
     }
     async fn host_keys(&self, node: &NodeInfo) -> Result<Option<Vec<String>>> {
         (**self).host_keys(node).await
+    }
+    async fn remove_stopped_nodes(&self) -> Result<usize> {
+        (**self).remove_stopped_nodes().await
     }
 }
 

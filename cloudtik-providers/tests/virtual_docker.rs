@@ -476,3 +476,92 @@ async fn limits_and_idempotent_retries_reach_docker() {
     provider.terminate_nodes(&all).await.unwrap();
     env.delete_and_check().await;
 }
+
+/// Whether a container (by name) exists, in any state.
+fn container_exists(name: &str) -> bool {
+    docker(&["inspect", "-f", "{{.Id}}", name]).status.success()
+}
+
+#[tokio::test]
+async fn a_container_stopped_from_outside_is_removed_after_the_grace() {
+    let Some(env) = TestEnv::new() else { return };
+    env.workspace().create_workspace().await.unwrap();
+    let grace = std::time::Duration::from_secs(3);
+    let settings = env.settings.clone().with_exited_node_grace(grace);
+    let provider = VirtualNodeProvider::new(&env.workspace, "stopped", settings.clone()).unwrap();
+    let nodes = provider
+        .create_nodes(&request(
+            NodeKind::Worker,
+            3,
+            json!({"instance_type": {"CPU": 0.5, "memory": "64M"}, "data_disks": 1}),
+        ))
+        .await
+        .unwrap()
+        .nodes;
+    let (a, b, c) = (nodes[0].id.clone(), nodes[1].id.clone(), nodes[2].id.clone());
+    let a_id = container_id(&a);
+    let a_disk = env.state_dir().join("stopped/disks/data_disk_1").join(&a);
+    assert!(a_disk.is_dir(), "{}", a_disk.display());
+    let mut t = Tags::new();
+    t.insert(tags::LAST_ERROR.into(), "none".into());
+    provider.set_tags(&a, t).await.unwrap();
+
+    // Killed from outside: Docker keeps it (restart policy unless-stopped, no auto-remove)
+    // as an exited container. Fresh: not a node, but not removed either.
+    docker_ok(&["kill", &a]);
+    let listed = provider.list_nodes(&Tags::new()).await.unwrap();
+    let ids: BTreeSet<&String> = listed.iter().map(|n| &n.id).collect();
+    assert_eq!(ids, BTreeSet::from([&b, &c]));
+    assert!(container_exists(&a), "a fresh exited container was removed");
+    // Older than the grace: the next listing removes it like a terminate.
+    tokio::time::sleep(grace + std::time::Duration::from_millis(500)).await;
+    assert_eq!(provider.list_nodes(&Tags::new()).await.unwrap().len(), 2);
+    assert!(
+        !container_exists(&a),
+        "an exited container older than the grace stayed"
+    );
+    assert!(!a_disk.exists(), "its data disk stayed");
+    let overlay = std::fs::read_to_string(provider.tag_overlay_path()).unwrap_or_default();
+    assert!(!overlay.contains(&a_id), "{overlay}");
+
+    // A container that restarts (stopped, then started: exited for a moment) is never
+    // removed by listings meanwhile, even with a grace this short.
+    let lister = {
+        let provider = provider.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                provider.list_nodes(&Tags::new()).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    docker_ok(&["restart", "-t", "0", &b]);
+    lister.await.unwrap();
+    assert!(container_exists(&b));
+    let listed = provider.list_nodes(&Tags::new()).await.unwrap();
+    assert!(listed.iter().any(|n| n.id == b), "{listed:?}");
+
+    // A full stop removes exited containers at once, with no grace (the default 30 s
+    // provider would keep them from listings).
+    let patient = VirtualNodeProvider::new(&env.workspace, "stopped", env.settings.clone()).unwrap();
+    docker_ok(&["stop", "-t", "0", &c]);
+    assert_eq!(patient.list_nodes(&Tags::new()).await.unwrap().len(), 1);
+    assert!(container_exists(&c));
+    assert_eq!(patient.remove_stopped_nodes().await.unwrap(), 1);
+    assert!(!container_exists(&c));
+    assert_eq!(patient.remove_stopped_nodes().await.unwrap(), 0);
+    patient.terminate_node(&b).await.unwrap();
+
+    // Workspace delete removes exited containers of any of its clusters at once.
+    let other = env.provider("other");
+    let d = other
+        .create_nodes(&request(NodeKind::Head, 1, node_config()))
+        .await
+        .unwrap()
+        .nodes[0]
+        .id
+        .clone();
+    docker_ok(&["kill", &d]);
+    env.delete_and_check().await;
+    assert!(!container_exists(&d));
+}

@@ -731,6 +731,13 @@ impl ManagedCluster {
             ));
         }
         if !options.workers_only {
+            // Containers (or instances) of nodes stopped from outside, which no listing
+            // shows: the user is tearing the cluster down, so they go too.
+            match self.provider.remove_stopped_nodes().await {
+                Ok(0) => {}
+                Ok(n) => self.progress(format!("removed {n} node(s) stopped from outside")),
+                Err(e) => return Err(e),
+            }
             self.settings.dir.clear_head_launch();
             if !options.keep_secrets && self.nodes().await?.is_empty() {
                 self.forget_secrets()?;

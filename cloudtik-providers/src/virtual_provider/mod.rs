@@ -115,6 +115,26 @@
 //! * **Assumptions.** Every await is a cancellation point; running terminate again
 //!   completes a cancelled one, except that data-disk folders of a container removed by a
 //!   cancelled call stay on disk.
+//!
+//! # Containers stopped from outside
+//!
+//! Node containers have restart policy `unless-stopped`, so a node whose container is
+//! stopped or killed from outside (`docker stop`, `docker kill`) stays as an exited
+//! container: Docker does not restart a container stopped by hand. It is not a node any
+//! more (listings show created, restarting, running and paused containers only), and the
+//! controller replaces it. So that it does not stay behind forever:
+//!
+//! * **Listing** removes a cluster's `exited` or `dead` container whose `State.FinishedAt`
+//!   is older than [`VirtualSettings::exited_node_grace`] (default
+//!   [`EXITED_NODE_GRACE`], 30 s), as `terminate_nodes` would (data-disk folders,
+//!   overlay entry), treating it as a node terminated from outside. The grace keeps a
+//!   container that is only restarting (`docker restart` stops, then starts it; a
+//!   listing in between sees it exited for a moment) and a container a daemon restart
+//!   is about to start again.
+//! * **A full `cloudtik stop`** ([`VirtualNodeProvider::remove_stopped_nodes`] through
+//!   `NodeProvider::remove_stopped_nodes`) and **workspace delete** remove the exited and
+//!   dead containers of the cluster or workspace at once, with no grace: the user is
+//!   tearing down.
 
 mod docker;
 mod node_provider;
@@ -135,6 +155,12 @@ pub use workspace::VirtualWorkspaceProvider;
 
 /// The provider type name, as in `provider.type`.
 pub const PROVIDER_TYPE: &str = "virtual";
+
+/// How long a cluster's exited or dead container is kept before a listing removes it
+/// (see [Containers stopped from outside](self#containers-stopped-from-outside)): longer
+/// than a `docker restart` takes (its stop waits `provider.stop_timeout`, 5 s by default),
+/// short enough that a container stopped by hand goes within a minute.
+pub const EXITED_NODE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The repository of the node image built by `scripts/build-node-image.sh`.
 pub const NODE_IMAGE_REPO: &str = "cloudtik-node";
@@ -216,6 +242,9 @@ pub struct VirtualSettings {
     /// published on (`provider.port_mapping_base`, default 60022); `None`: nothing is
     /// published.
     pub port_mapping_base: Option<u16>,
+    /// How long a cluster's exited or dead container stays before a listing removes it
+    /// (default [`EXITED_NODE_GRACE`]); see the [module docs](self#containers-stopped-from-outside).
+    pub exited_node_grace: std::time::Duration,
 }
 
 impl Default for VirtualSettings {
@@ -232,6 +261,7 @@ impl Default for VirtualSettings {
             authorized_key: None,
             max_concurrency: 8,
             port_mapping_base: None,
+            exited_node_grace: EXITED_NODE_GRACE,
         }
     }
 }
@@ -361,6 +391,13 @@ impl VirtualSettings {
     #[must_use]
     pub fn with_authorized_key(mut self, key: impl Into<String>) -> Self {
         self.authorized_key = Some(key.into());
+        self
+    }
+
+    /// Sets how long an exited or dead container is kept before a listing removes it.
+    #[must_use]
+    pub fn with_exited_node_grace(mut self, grace: std::time::Duration) -> Self {
+        self.exited_node_grace = grace;
         self
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
-    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
+    EndpointSettings, HostConfig, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -97,7 +97,7 @@ impl VirtualNodeProvider {
         Self::new(&config.workspace_name, &config.cluster_name, settings)
     }
 
-    fn with_client(
+    pub(crate) fn with_client(
         workspace: &str,
         cluster: &str,
         settings: VirtualSettings,
@@ -230,7 +230,19 @@ impl VirtualNodeProvider {
             .filter(|(k, _)| !overridden.contains(k.as_str()) && !k.starts_with(INTERNAL_LABEL_PREFIX))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let containers = self.containers(&pushed, operation).await?;
+        let mut containers = self.containers(&pushed, operation).await?;
+        if containers.iter().any(is_stopped) {
+            let grace = self.inner.settings.exited_node_grace;
+            match self.remove_stopped(&containers, Some(grace), operation).await {
+                Ok(removed) if !removed.is_empty() => {
+                    containers.retain(|c| c.id.as_ref().is_none_or(|id| !removed.contains(id)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing containers stopped from outside failed; the next listing tries again")
+                }
+            }
+        }
         if pushed.is_empty() && !overlay.nodes.is_empty() {
             let alive: BTreeSet<String> = containers.iter().filter_map(|c| c.id.clone()).collect();
             if overlay.nodes.keys().any(|id| !alive.contains(id)) {
@@ -244,6 +256,53 @@ impl VirtualNodeProvider {
             .filter_map(|c| self.to_node(c, &overlay))
             .filter(|n| n.matches(filters))
             .collect())
+    }
+
+    /// Removes the cluster's containers that are exited or dead, and whose
+    /// `State.FinishedAt` is older than `older_than` when it is given, as
+    /// `terminate_nodes` does (data-disk folders, overlay entries). Answers the ids of the
+    /// containers removed. See the [module docs](super#containers-stopped-from-outside).
+    async fn remove_stopped(
+        &self,
+        containers: &[ContainerSummary],
+        older_than: Option<Duration>,
+        operation: &'static str,
+    ) -> Result<BTreeSet<String>> {
+        let docker = self.docker(operation).await?;
+        let mut doomed = Vec::new();
+        for c in containers.iter().filter(|c| is_stopped(c)) {
+            let Some(id) = c.id.as_deref() else { continue };
+            if let Some(grace) = older_than {
+                // Ask again: the summary may be old, and only the inspect tells FinishedAt.
+                let info = match docker.inspect_container(id, None).await {
+                    Ok(info) => info,
+                    Err(e) if is_status(&e, 404) => continue,
+                    Err(e) => return Err(self.err(e, operation).with_context("container", id)),
+                };
+                let state = info.state.unwrap_or_default();
+                let stopped = matches!(
+                    state.status,
+                    Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD)
+                ) && !state.running.unwrap_or(false)
+                    && !state.restarting.unwrap_or(false);
+                let finished = state.finished_at.as_deref().and_then(parse_docker_time);
+                let age = finished.and_then(|f| std::time::SystemTime::now().duration_since(f).ok());
+                if !stopped || age.is_none_or(|a| a < grace) {
+                    continue;
+                }
+                tracing::info!(
+                    container = %container_name(c).unwrap_or_else(|| id.to_string()),
+                    finished_at = state.finished_at.as_deref().unwrap_or("?"),
+                    "removing a node container stopped from outside (exited longer than {grace:?} ago)"
+                );
+            }
+            doomed.push(id.to_string());
+        }
+        if doomed.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        self.terminate_nodes(&doomed).await?;
+        Ok(doomed.into_iter().collect())
     }
 
     async fn collect_garbage(&self, operation: &'static str) -> Result<()> {
@@ -694,6 +753,45 @@ impl VirtualNodeProvider {
     }
 }
 
+/// An exited or dead container (by its summary).
+fn is_stopped(c: &ContainerSummary) -> bool {
+    matches!(
+        c.state,
+        Some(ContainerSummaryStateEnum::EXITED) | Some(ContainerSummaryStateEnum::DEAD)
+    )
+}
+
+/// A Docker timestamp (`2026-12-01T12:20:00.123456789Z`, RFC 3339 in UTC, as in
+/// `State.FinishedAt`); `None` for another form or Docker's zero time (year 1).
+fn parse_docker_time(text: &str) -> Option<std::time::SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(9).collect();
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some(std::time::UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
 fn container_name(c: &ContainerSummary) -> Option<String> {
     c.names
         .as_ref()?
@@ -923,6 +1021,14 @@ impl NodeProvider for VirtualNodeProvider {
         }
     }
 
+    /// Removes the cluster's exited and dead containers (stopped from outside, e.g. with
+    /// `docker stop`) at once, with no grace; a full `cloudtik stop` calls it.
+    async fn remove_stopped_nodes(&self) -> Result<usize> {
+        const OP: &str = "remove_stopped_nodes";
+        let containers = self.containers(&[], OP).await?;
+        Ok(self.remove_stopped(&containers, None, OP).await?.len())
+    }
+
     async fn terminate_nodes(&self, ids: &[NodeId]) -> Result<()> {
         const OP: &str = "terminate_nodes";
         if ids.is_empty() {
@@ -1017,6 +1123,23 @@ mod tests {
         let provider = VirtualNodeProvider::new("ws", "c", settings).unwrap();
         let e = provider.list_nodes(&Tags::new()).await.unwrap_err();
         assert!(e.to_string().contains("Docker is not reachable"), "{e}");
+    }
+
+    #[test]
+    fn docker_times_parse() {
+        let t = |s: &str| parse_docker_time(s).map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap());
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        assert_eq!(
+            t("2026-12-01T12:20:05.5Z"),
+            Some(Duration::new(1_796_127_605, 500_000_000))
+        );
+        assert_eq!(
+            t("2000-03-01T00:00:00.123456789Z"),
+            Some(Duration::new(951_868_800, 123_456_789))
+        );
+        assert_eq!(t("0001-01-01T00:00:00Z"), None);
+        assert_eq!(t("2026-12-01 12:20:05"), None);
+        assert_eq!(t(""), None);
     }
 
     #[test]

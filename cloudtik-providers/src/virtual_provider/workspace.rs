@@ -10,11 +10,12 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use cloudtik_core::config::WorkspaceConfig;
 use cloudtik_core::node::tags;
 use cloudtik_core::{
-    DeleteWorkspaceOptions, Error, ErrorKind, Result, WorkspaceExistence, WorkspaceProvider,
+    DeleteWorkspaceOptions, Error, ErrorKind, NodeProvider, Result, WorkspaceExistence, WorkspaceProvider,
 };
 use serde_json::json;
 
 use super::docker::{DockerClient, is_status};
+use super::node_provider::VirtualNodeProvider;
 use super::{PROVIDER_TYPE, VirtualSettings, bridge_interface_name, check_name, network_name};
 
 /// Label on the networks this provider creates.
@@ -27,7 +28,9 @@ const MANAGED_LABEL: &str = "org.cloudtik.virtual.managed";
 ///   is not an error), with the bridge interface `tik-<hash>` and `provider.subnet` when
 ///   set.
 /// * **Existence** is `Completed` when the network exists, else `NotExist`.
-/// * **Delete** is refused with [`ErrorKind::Conflict`] while any container is attached
+/// * **Delete** first removes the workspace's node containers that were stopped from
+///   outside (exited or dead, see the [module docs](super#containers-stopped-from-outside)),
+///   then is refused with [`ErrorKind::Conflict`] while any container is attached
 ///   to the network (naming the clusters); it removes the network and the workspace's
 ///   state folder, and succeeds when they are gone already.
 #[derive(Debug, Clone)]
@@ -66,6 +69,42 @@ impl VirtualWorkspaceProvider {
 
     async fn docker(&self, operation: &'static str) -> Result<&Docker> {
         self.docker.get(operation).await
+    }
+
+    /// Removes the exited and dead node containers of the workspace's clusters (stopped
+    /// from outside), as terminate would, with no grace: the workspace is being deleted.
+    async fn remove_stopped_nodes(&self, docker: &Docker, operation: &'static str) -> Result<()> {
+        let filters = HashMap::from([
+            (
+                "label",
+                vec![format!("{}={}", tags::WORKSPACE_NAME, self.workspace)],
+            ),
+            ("status", vec!["exited".to_string(), "dead".to_string()]),
+        ]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.docker.error(e, operation))?;
+        let clusters: BTreeSet<String> = list
+            .into_iter()
+            .filter_map(|c| c.labels.and_then(|l| l.get(tags::CLUSTER_NAME).cloned()))
+            .filter(|c| check_name("cluster name", c).is_ok())
+            .collect();
+        for cluster in clusters {
+            let provider = VirtualNodeProvider::with_client(
+                &self.workspace,
+                &cluster,
+                self.settings.clone(),
+                self.docker.clone(),
+            );
+            let removed = provider.remove_stopped_nodes().await?;
+            tracing::info!(cluster = %cluster, removed, "removed node containers stopped from outside");
+        }
+        Ok(())
     }
 
     /// Names of the containers attached to the network, with their cluster labels.
@@ -185,6 +224,7 @@ impl WorkspaceProvider for VirtualWorkspaceProvider {
         const OP: &str = "delete_workspace";
         let docker = self.docker(OP).await?;
         let name = self.network_name();
+        self.remove_stopped_nodes(docker, OP).await?;
         let attached = self.attached(docker, OP).await?;
         if !attached.is_empty() {
             let clusters: BTreeSet<&str> = attached.iter().filter_map(|(_, c)| c.as_deref()).collect();
