@@ -249,9 +249,15 @@ fn a_worker_type_larger_than_the_machine_is_refused_by_validate_and_start() {
     )
     .unwrap();
     let f = file.to_str().unwrap();
-    for args in [vec!["config", "validate", f], vec!["start", f, "--yes"]] {
+    // validate: a valid file that cannot run here is a warning (exit 0, "usable": false);
+    // start refuses it (exit 3) before anything is made.
+    let (code, out, _) = cloudtik_home(home.path(), &["config", "validate", "--json", f]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["usable"], false);
+    for (args, want) in [(vec!["config", "validate", f], 0), (vec!["start", f, "--yes"], 3)] {
         let (code, out, err) = cloudtik_home(home.path(), &args);
-        assert_eq!(code, 3, "{args:?}: {out}\n{err}");
+        assert_eq!(code, want, "{args:?}: {out}\n{err}");
         assert!(
             err.contains("available_node_types.big.node_config.instance_type.CPU"),
             "{args:?}: {err}"

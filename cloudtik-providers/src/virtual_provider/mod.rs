@@ -79,9 +79,9 @@
 //!   marked permanent, checked before anything is created; no free address on the
 //!   network or no memory: [`ErrorKind::Capacity`] (temporary). A config with such a
 //!   node type, head or worker, is refused before that, when it is loaded
-//!   ([`capacity_warnings`], registered by [`crate::config_loader`]: `cloudtik config
-//!   validate` and `cloudtik start` exit 3 naming
-//!   `available_node_types.<type>.node_config.instance_type.CPU` or `.memory`).
+//!   ([`capacity_warnings`], registered by [`crate::config_loader`]: `cloudtik start`
+//!   exits 3 naming `available_node_types.<type>.node_config.instance_type.CPU` or
+//!   `.memory`; `cloudtik config validate` warns of it).
 //! * With `provider.enable_port_mapping`, the head's SSH port is published on the host
 //!   port `provider.port_mapping_base` (default 60022); that port in use:
 //!   [`ErrorKind::Conflict`], permanent, checked before anything is created.
@@ -656,8 +656,8 @@ impl MachineSize {
 /// Node types that can never launch on `machine`: an instance type asking for more CPUs
 /// or memory than the machine has, head or worker alike. Each error names
 /// `available_node_types.<type>.node_config.instance_type.CPU` (or `.memory`) and the
-/// machine's size; they carry the context `capacity` (the machine's size), which
-/// `cloudtik config validate` refuses on. Instance types that do not parse are left to
+/// machine's size; they carry the context `capacity` (the machine's size). Instance
+/// types that do not parse are left to
 /// the checks that report them.
 pub fn capacity_errors(config: &ClusterConfig, machine: MachineSize) -> Vec<Error> {
     let mut out = Vec::new();
@@ -720,7 +720,7 @@ pub fn capacity_errors(config: &ClusterConfig, machine: MachineSize) -> Vec<Erro
 
 /// [`capacity_errors`] on this machine: the virtual provider's check of whole configs
 /// (`ConfigLoader::with_provider_warnings`), so `load_cluster_*` (`cloudtik start`)
-/// refuses them and `cloudtik config validate` too.
+/// refuses them and `check_cluster_*` (`cloudtik config validate`) warns of them.
 pub fn capacity_warnings(config: &ClusterConfig) -> Vec<Error> {
     capacity_errors(config, MachineSize::this_machine())
 }
