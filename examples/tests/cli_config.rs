@@ -3,8 +3,19 @@
 use std::process::Command;
 
 fn cloudtik(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cloudtik"))
+    run(Command::new(env!("CARGO_BIN_EXE_cloudtik")).args(args))
+}
+
+/// `cloudtik args...` with `HOME` at `home` (where it keeps `~/.cloudtik`).
+fn cloudtik_home(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_cloudtik"))
         .args(args)
+        .env("HOME", home))
+}
+
+/// Runs `cmd` without user template folders; returns (exit code, stdout, stderr).
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
         .env_remove("CLOUDTIK_USER_TEMPLATES")
         .output()
         .expect("run cloudtik");
@@ -79,20 +90,6 @@ fn schema_is_printed() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["title"], "ClusterConfig");
-}
-
-fn cloudtik_home(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cloudtik"))
-        .args(args)
-        .env_remove("CLOUDTIK_USER_TEMPLATES")
-        .env("HOME", home)
-        .output()
-        .expect("run cloudtik");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Files and folders under `dir`, for "nothing was made" checks.
