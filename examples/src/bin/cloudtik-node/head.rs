@@ -15,7 +15,8 @@ use cloudtik_core::command::SshOptions;
 use cloudtik_core::config::ClusterConfig;
 use cloudtik_core::scaler::{Controller, ControllerConfig, ScalingInputs};
 use cloudtik_core::state::{
-    EncryptionKey, RedisAddress, RedisServerConfig, RedisStoreConfig, StateStore, generate_password,
+    CONTROLLER_LEASE, EncryptionKey, RedisAddress, RedisServerConfig, RedisStoreConfig, StateStore,
+    generate_password,
 };
 use cloudtik_providers::ProviderPlace;
 use tokio::process::{Child, Command};
@@ -154,6 +155,7 @@ impl HeadController for ClusterController {
         // takes its own lease back at once.
         static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let holder = HOLDER.get_or_init(|| cloudtik_core::scaler::LeaseConfig::unique_holder(&self.head_ip));
+        release_dead_local_lease(store.as_ref(), &self.head_ip, holder).await;
         info!(cluster = %provider.cluster_name(), %holder, "starting the cluster controller");
         let controller = Controller::new(inputs, cc, Arc::new(provider), Arc::new(store), Arc::new(setup))
             .with_lease(cloudtik_core::scaler::LeaseConfig::new(holder.clone()));
@@ -164,6 +166,60 @@ impl HeadController for ClusterController {
             "the cluster controller stopped"
         );
         Ok(())
+    }
+}
+
+/// Releases the controller lease when an earlier `cloudtik-node head` of this node holds
+/// it and is dead (killed with `kill -9`, or gone with a restarted container), so this
+/// process takes over at once instead of standing by until the lease expires (30 s).
+/// Only a holder on this head's IP (`<head ip>:<pid>:<random>`) whose process is gone
+/// (no `cloudtik-node head` with that pid here, or the pid is this process's own) is
+/// released, compare-and-delete on its token; a live second head keeps its lease.
+async fn release_dead_local_lease(store: &dyn StateStore, head_ip: &str, own_holder: &str) {
+    let lease = match store.lease(CONTROLLER_LEASE).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the controller lease");
+            return;
+        }
+    };
+    if lease.holder == own_holder {
+        return;
+    }
+    let Some(pid) = local_holder_pid(&lease.holder, head_ip) else {
+        return;
+    };
+    if pid != std::process::id() && is_head_process(pid) {
+        return;
+    }
+    match store.release_lease(&lease.fence()).await {
+        Ok(true) => info!(
+            holder = %lease.holder,
+            token = lease.token,
+            "released the controller lease of a dead head process of this node"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot release the controller lease of a dead head process"),
+    }
+}
+
+/// The pid of a lease holder `<head ip>:<pid>:<random>` on `head_ip`.
+fn local_holder_pid(holder: &str, head_ip: &str) -> Option<u32> {
+    let rest = holder.strip_prefix(head_ip)?.strip_prefix(':')?;
+    let (pid, random) = rest.split_once(':')?;
+    if random.contains(':') {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` runs `cloudtik-node ... head` here.
+fn is_head_process(pid: u32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => cmdline.split(|b| *b == 0).any(|arg| arg == b"head"),
+        // Unreadable but there: assume it is alive.
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
 }
 
@@ -479,5 +535,74 @@ async fn stop_redis(child: &mut Child) {
             warn!("redis-server did not stop within 10 s; killing it");
             let _ = child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn only_holders_of_this_head_ip_name_a_local_pid() {
+        assert_eq!(local_holder_pid("10.0.0.2:71:be206253", "10.0.0.2"), Some(71));
+        assert_eq!(local_holder_pid("10.0.0.2:71:be206253", "10.0.0.20"), None);
+        assert_eq!(local_holder_pid("10.0.0.20:71:be206253", "10.0.0.2"), None);
+        assert_eq!(local_holder_pid("fd00::2:71:ab", "fd00::2"), Some(71));
+        assert_eq!(local_holder_pid("10.0.0.2:x:ab", "10.0.0.2"), None);
+        assert_eq!(local_holder_pid("someone-else", "10.0.0.2"), None);
+    }
+
+    #[test]
+    fn a_dead_pid_or_another_program_is_no_head() {
+        // This test program runs no `head` argument; a pid far above pid_max is gone.
+        assert!(!is_head_process(std::process::id()));
+        assert!(!is_head_process(u32::MAX - 1));
+        let child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5", "head"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(is_head_process(pid));
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!is_head_process(pid));
+    }
+
+    #[tokio::test]
+    async fn the_lease_of_a_dead_local_head_is_released_a_live_one_kept() {
+        use cloudtik_core::state::{InMemoryStore, LeaseAcquire};
+        let store = InMemoryStore::new();
+        let acquire = |holder: String| {
+            let store = &store;
+            async move {
+                store
+                    .try_acquire_lease(CONTROLLER_LEASE, &holder, 1e10, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            }
+        };
+        // A dead process of this head: released.
+        let dead = format!("10.0.0.2:{}:aaaa", u32::MAX - 1);
+        assert!(matches!(acquire(dead.clone()).await, LeaseAcquire::Acquired(_)));
+        release_dead_local_lease(&store, "10.0.0.2", "10.0.0.2:1:me").await;
+        assert!(store.lease(CONTROLLER_LEASE).await.unwrap().is_none());
+        // A live head process of this node, and a head of another IP: kept.
+        let mut live = std::process::Command::new("sh")
+            .args(["-c", "sleep 5", "head"])
+            .spawn()
+            .unwrap();
+        for holder in [
+            format!("10.0.0.2:{}:bbbb", live.id()),
+            format!("10.0.0.3:{}:cccc", u32::MAX - 1),
+        ] {
+            assert!(matches!(acquire(holder.clone()).await, LeaseAcquire::Acquired(_)));
+            release_dead_local_lease(&store, "10.0.0.2", "10.0.0.2:1:me").await;
+            let lease = store.lease(CONTROLLER_LEASE).await.unwrap().unwrap();
+            assert_eq!(lease.holder, holder);
+            store.release_lease(&lease.fence()).await.unwrap();
+        }
+        live.kill().unwrap();
+        live.wait().unwrap();
     }
 }
