@@ -1366,7 +1366,10 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(e.to_string().contains("worker.a, worker.b, worker.default"), "{e}");
+        assert!(
+            e.to_string().contains("worker.a, worker.b, worker.default"),
+            "{e}"
+        );
         // As in CloudTik, a config naming one type of its own has two worker types.
         let e = resource_request(
             &config(&["worker.a"]),

@@ -129,7 +129,10 @@ mod tests {
     fn suggestions_name_the_nearest_folder() {
         let s = suggestions("aws/gpu/t4/huge");
         assert!(s.starts_with("Built-in templates under aws/gpu/t4/: "), "{s}");
-        assert!(s.contains("aws/gpu/t4/standard") && !s.contains("aws/gpu/v100"), "{s}");
+        assert!(
+            s.contains("aws/gpu/t4/standard") && !s.contains("aws/gpu/v100"),
+            "{s}"
+        );
         let s = suggestions("gcp/tiny");
         assert!(s.contains("under gcp/:") && s.contains("gcp/standard"), "{s}");
         let s = suggestions("standard");
