@@ -1,6 +1,9 @@
 //! Builds the table of built-in templates: every `templates/**/*.yaml` becomes an entry
-//! `("<path without .yaml>", include_str!("<absolute path>"))`, sorted by name, written to
-//! `$OUT_DIR/built_in_templates.rs` and included by `src/config/template.rs`.
+//! `("<path without .yaml>", include_str!(concat!(env!("CARGO_MANIFEST_DIR"),
+//! "/templates/<path>")))`, sorted by name, written to `$OUT_DIR/built_in_templates.rs`
+//! and included by `src/config/template.rs`. The paths are relative to the crate's own
+//! folder when it compiles, so a target folder shared by two checkouts (CI's clone and a
+//! developer's tree) never reads the other checkout's templates.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,18 +24,20 @@ fn main() {
          /// `build.rs` from `templates/`).\n\
          pub(crate) const BUILT_IN: &[(&str, &str)] = &[\n",
     );
-    for (name, path) in &found {
-        let path = path
-            .to_str()
-            .unwrap_or_else(|| panic!("template path {path:?} is not UTF-8"));
-        writeln!(out, "    ({name:?}, include_str!({path:?})),").unwrap();
+    for (name, _) in &found {
+        let rel = format!("/templates/{name}.yaml");
+        writeln!(
+            out,
+            "    ({name:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {rel:?}))),"
+        )
+        .unwrap();
     }
     out.push_str("];\n");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out_dir.join("built_in_templates.rs"), out).expect("write built_in_templates.rs");
 }
 
-/// Collects `(name, absolute path)` of every `.yaml` file under `dir`; the name is the path
+/// Collects `(name, path)` of every `.yaml` file under `dir`; the name is the path
 /// relative to `root` with `/` separators and without `.yaml`.
 fn walk(root: &Path, dir: &Path, found: &mut Vec<(String, PathBuf)>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
@@ -64,9 +69,7 @@ fn walk(root: &Path, dir: &Path, found: &mut Vec<(String, PathBuf)>) {
             {
                 panic!("template `{name}`: names use lower-case letters, digits, `-`, `_` and `/`");
             }
-            let abs = std::fs::canonicalize(&path)
-                .unwrap_or_else(|e| panic!("cannot resolve {}: {e}", path.display()));
-            found.push((name, abs));
+            found.push((name, path));
         }
     }
 }
