@@ -27,7 +27,7 @@
 //! plus launches in flight.
 //! 1. *min_workers*: each type is raised to its effective min, `min(min_workers, max_workers,
 //!    global max_workers)`, within the global room; when the global room cannot hold every
-//!    type's min, types with a higher `launch_priority` come first, then by name.
+//!    type's min, types with a higher `launch_priority` come first, then in type order.
 //! 2. *requests*: the persistent requests are packed onto an idle copy of the cluster (the head
 //!    at its type's full resources if the head type is configured, the workers kept, launches in
 //!    flight and the min launches, all at full type resources); nodes are chosen for what does not
@@ -44,7 +44,7 @@
 //!    scores well if it would hold GPU demands, then the number of the type's resource kinds the
 //!    held demands use, then the lowest and the mean utilization of the type's resources
 //!    (plain fractions; Ray weighs them by amount, which would let memory bytes dominate). Ties
-//!    go to the type whose name sorts first. Never above a type's or the global max. The
+//!    go to the type first in type order (below). Never above a type's or the global max. The
 //!    upscaling cap plays no part here: it comes last (rule 7).
 //! 5. *launch_priority*: only the types with the highest `launch_priority` among those with
 //!    something to launch launch in this round; the others wait for a later round (by then the
@@ -78,18 +78,28 @@
 //! So no single planned launch can be removed without breaking a min, a request or a demand's
 //! placement, and with the cap and priorities out of the way no single extra launch within the
 //! limits would place one more demand, except a GPU node that would place no more GPU work
-//! (rule 4: the CPU work it would hold waits, even when GPU work stays unplaced because first
-//! fit would give that node's CPUs to larger CPU demands first). Both by the packing described here;
-//! first fit is a heuristic, so a cleverer packing could sometimes do with fewer nodes. The cap
+//! (rule 4: the CPU work it would hold waits, even when GPU work that needs no GPU stays
+//! unplaced because first fit would give that node's CPUs to larger CPU demands first). Both
+//! by the packing described here; first fit is a heuristic, so a cleverer packing could sometimes do with fewer nodes. The cap
 //! only cuts: a plan launches no type more often, and no more nodes in all, than the same
 //! snapshot would with the cap out of the way.
 //!
 //! **Time**: `idle_since` and `now` are wall-clock times ([`SystemTime`]) because idle times
 //! come from heartbeats of other machines.
 //!
-//! Demands and requests are grouped by identical shape and packed first-fit-decreasing (more
-//! resource kinds first, then larger sums, as Ray orders them); nodes are grouped by identical
-//! free capacity. A demand is **infeasible** when it fits the full resources of no node type
+//! **Type order**, where types are packed or compared in turn: no plan depends on what the
+//! types are called (`gpu.default`, `worker.a100`, ...), only on what they are. Types without
+//! GPUs come first (so that in the final packing, work that needs no GPU fills the new CPU
+//! nodes before the new GPU nodes, whose GPUs the GPU work needs), then larger nodes (the sum
+//! of the type's amounts, each as a fraction of the largest amount of that resource in a type),
+//! then by resources, `launch_priority`, `max_workers` and `min_workers`; the name decides only
+//! between types that differ in nothing else.
+//!
+//! Demands and requests are grouped by identical shape and packed first-fit-decreasing: shapes
+//! that need a GPU first (the scarce resource: they take the GPUs before other work takes the
+//! CPUs next to them), then more resource kinds (as Ray), then the larger size, each amount as
+//! a fraction of the largest amount of its resource in a type (Ray sums raw amounts, so memory
+//! bytes outweigh CPUs and GPUs); nodes are grouped by identical free capacity. A demand is **infeasible** when it fits the full resources of no node type
 //! whose `max_workers` is above zero; infeasible demands are reported and take part in nothing
 //! else. A request is infeasible when it fits neither such a type nor the head. Demands that are
 //! feasible but stay unplaced (limits, cap, priority) are reported as unfulfilled.
@@ -297,7 +307,7 @@ pub fn plan(config: &ScalingConfig, snapshot: &ClusterSnapshot, now: SystemTime)
     Planner::new(config, snapshot).run(now)
 }
 
-/// Per-type facts of one pass, indexed like `config.node_types` (name order).
+/// Per-type facts of one pass, in type order (see [`type_order`]).
 struct TypeInfo<'a> {
     name: &'a str,
     config: &'a NodeTypeConfig,
@@ -323,8 +333,40 @@ struct Planner<'a> {
     config: &'a ScalingConfig,
     snapshot: &'a ClusterSnapshot,
     space: Space,
+    /// The types in type order.
     types: Vec<TypeInfo<'a>>,
+    /// Indices into `types`, in name order (to look types up by name).
+    by_name: Vec<usize>,
+    /// Each resource's largest amount in a node type (1 where none has it).
+    scale: Vec<f64>,
     head_cap: Option<Box<[f64]>>,
+}
+
+/// The type order: the order in which the new nodes of each type are packed (rule 6), and the
+/// tie-break of every choice between types. It depends on what the types are, never on what
+/// they are called, unless two types differ in nothing but their names: types without GPUs
+/// first (so work that does not need a GPU goes to them before new GPU nodes), then larger
+/// nodes first (the sum of the type's amounts, each as a fraction of the resource's largest
+/// amount in a type), then the larger resource vector (in resource name order), then the
+/// higher `launch_priority`, the larger `max_workers` and `min_workers`, and last the name.
+fn type_order(a: &TypeInfo, b: &TypeInfo, gpu: Option<usize>, scale: &[f64]) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let size = |c: &[f64]| c.iter().zip(scale).map(|(x, s)| x / s).sum::<f64>();
+    packing::is_gpu(&a.cap, gpu)
+        .cmp(&packing::is_gpu(&b.cap, gpu))
+        .then_with(|| size(&b.cap).total_cmp(&size(&a.cap)))
+        .then_with(|| {
+            a.cap
+                .iter()
+                .zip(&b.cap)
+                .map(|(x, y)| y.total_cmp(x))
+                .find(|o| *o != Ordering::Equal)
+                .unwrap_or(Ordering::Equal)
+        })
+        .then(b.config.launch_priority.cmp(&a.config.launch_priority))
+        .then(b.config.max_workers.cmp(&a.config.max_workers))
+        .then(b.config.min_workers.cmp(&a.config.min_workers))
+        .then(a.name.cmp(b.name))
 }
 
 impl<'a> Planner<'a> {
@@ -346,7 +388,7 @@ impl<'a> Planner<'a> {
         }
         let space = Space::new(names);
         let eff = effective_min(config);
-        let types = config
+        let mut types: Vec<TypeInfo> = config
             .node_types
             .iter()
             .map(|(name, t)| TypeInfo {
@@ -356,6 +398,10 @@ impl<'a> Planner<'a> {
                 eff_min: eff[name.as_str()],
             })
             .collect();
+        let scale = packing::scale(space.dim(), types.iter().map(|t| &t.cap[..]));
+        types.sort_by(|a, b| type_order(a, b, space.gpu(), &scale));
+        let mut by_name: Vec<usize> = (0..types.len()).collect();
+        by_name.sort_by(|a, b| types[*a].name.cmp(types[*b].name));
         let head_cap = config
             .node_types
             .get(&config.head_node_type)
@@ -365,12 +411,17 @@ impl<'a> Planner<'a> {
             snapshot,
             space,
             types,
+            by_name,
+            scale,
             head_cap,
         }
     }
 
     fn type_of(&self, name: &str) -> Option<usize> {
-        self.types.binary_search_by(|t| t.name.cmp(name)).ok()
+        self.by_name
+            .binary_search_by(|t| self.types[*t].name.cmp(name))
+            .ok()
+            .map(|i| self.by_name[i])
     }
 
     /// Groups and sorts `demands`; shapes fitting no launchable type (nor `extra`, for
@@ -401,7 +452,7 @@ impl<'a> Planner<'a> {
                 });
             }
         }
-        shapes.sort();
+        shapes.sort(self.space.gpu(), &self.scale);
         Sorted { shapes, infeasible }
     }
 

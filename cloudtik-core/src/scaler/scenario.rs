@@ -365,6 +365,59 @@ mod tests {
         assert!(capped.unfulfilled_count() > 0);
     }
 
+    /// The scenario text with node type names replaced, all at once (`from` to `to`).
+    fn renamed(text: &str, renames: &[(&str, &str)]) -> String {
+        let mut out = text.to_string();
+        for (i, (from, _)) in renames.iter().enumerate() {
+            out = out.replace(&format!("\"{from}\""), &format!("\"@{i}@\""));
+        }
+        for (i, (_, to)) in renames.iter().enumerate() {
+            out = out.replace(&format!("\"@{i}@\""), &format!("\"{to}\""));
+        }
+        out
+    }
+
+    #[test]
+    fn the_plan_does_not_depend_on_type_names() {
+        // The mixed scenario once planned 12 GPU nodes for its 7 GPU demands when the GPU
+        // type's name sorted first: the final packing tried the new GPU nodes first, and
+        // memory-heavy CPU shapes (raw bytes made them look largest) took their CPUs before
+        // the GPU demands came. Whatever the types are called, the plan is the same.
+        let name = "upscaling-cap-mixed.json";
+        let text = scenario_file(name);
+        let renamings: [&[(&str, &str)]; 4] = [
+            &[("worker.gpu", "a.gpu")],
+            &[("worker.gpu", "gpu.default"), ("head.default", "zz.head")],
+            &[("worker.cpu16", "worker.cpu4"), ("worker.cpu4", "worker.cpu16")],
+            &[
+                ("worker.gpu", "head.default"),
+                ("head.default", "worker.cpu16"),
+                ("worker.cpu16", "worker.gpu"),
+            ],
+        ];
+        for renames in renamings {
+            let back = |t: &str| {
+                renames
+                    .iter()
+                    .find(|(_, to)| *to == t)
+                    .map_or(t.to_string(), |(from, _)| from.to_string())
+            };
+            let mut s = Scenario::from_json(&renamed(&text, renames)).unwrap();
+            for (speed, want) in [(1.0, [29, 4, 7]), (1e9, [53, 4, 7])] {
+                s.upscaling_speed = speed;
+                let p = s.scaling_plan();
+                let got: BTreeMap<String, usize> = p.to_launch.iter().map(|(t, n)| (back(t), *n)).collect();
+                let want: BTreeMap<String, usize> = ["worker.cpu16", "worker.cpu4", "worker.gpu"]
+                    .iter()
+                    .zip(want)
+                    .map(|(t, n)| (t.to_string(), n))
+                    .collect();
+                assert_eq!(got, want, "{renames:?}, upscaling_speed {speed}");
+                assert_eq!(p.infeasible_count(), 0);
+            }
+        }
+    }
+
     #[test]
     fn the_issue_example_parses() {
         let s = Scenario::from_json(

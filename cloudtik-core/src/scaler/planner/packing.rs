@@ -194,23 +194,72 @@ pub(crate) fn group(space: &Space, demands: &[Resources]) -> Grouped {
 }
 
 impl Shapes {
-    /// Sorts into first-fit-decreasing order, Ray's: more resource kinds first, then the larger
-    /// sum of amounts, then the lexicographically larger `(name, amount)` list.
-    pub(crate) fn sort(&mut self) {
+    /// Sorts into first-fit-decreasing order (see [`decreasing`]); `scale` holds each
+    /// resource's largest amount in a node type (1 where no type has it), `gpu` the GPU index.
+    pub(crate) fn sort(&mut self, gpu: Option<usize>, scale: &[f64]) {
+        let keys: Vec<ShapeKey> = self
+            .vectors
+            .iter()
+            .map(|v| ShapeKey::new(v, gpu, scale))
+            .collect();
         let mut order: Vec<usize> = (0..self.vectors.len()).collect();
-        order.sort_by(|a, b| decreasing(&self.vectors[*a], &self.vectors[*b]));
+        order.sort_by(|a, b| decreasing(&keys[*a], &self.vectors[*a], &keys[*b], &self.vectors[*b]));
         self.vectors = order.iter().map(|i| self.vectors[*i].clone()).collect();
         self.counts = order.iter().map(|i| self.counts[*i]).collect();
     }
 }
 
-/// The first-fit-decreasing order of two shapes (`Less` means `a` is packed first).
-pub(crate) fn decreasing(a: &[f64], b: &[f64]) -> Ordering {
-    let kinds = |v: &[f64]| v.iter().filter(|x| **x > 0.0).count();
-    let sum = |v: &[f64]| v.iter().sum::<f64>();
-    kinds(b)
-        .cmp(&kinds(a))
-        .then_with(|| sum(b).total_cmp(&sum(a)))
+/// What first-fit-decreasing orders shapes by, computed once per shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShapeKey {
+    /// The shape needs a GPU.
+    gpu: bool,
+    /// Number of resource kinds.
+    kinds: usize,
+    /// Sum of amounts, each as a fraction of the resource's largest amount in a node type.
+    size: f64,
+}
+
+impl ShapeKey {
+    pub(crate) fn new(v: &[f64], gpu: Option<usize>, scale: &[f64]) -> Self {
+        ShapeKey {
+            gpu: is_gpu(v, gpu),
+            kinds: v.iter().filter(|x| **x > 0.0).count(),
+            size: v.iter().zip(scale).map(|(x, s)| x / s).sum(),
+        }
+    }
+}
+
+/// Each resource's largest amount in one of `caps` (1 where none has it), the scale of
+/// [`ShapeKey::size`]: it makes amounts of different units comparable (memory bytes against
+/// CPU counts) and depends on resources only, never on type names.
+pub(crate) fn scale<'c>(dim: usize, caps: impl IntoIterator<Item = &'c [f64]>) -> Vec<f64> {
+    let mut scale = vec![0.0f64; dim];
+    for cap in caps {
+        for (s, c) in scale.iter_mut().zip(cap) {
+            if *c > *s {
+                *s = *c;
+            }
+        }
+    }
+    for s in &mut scale {
+        if *s <= 0.0 || !s.is_finite() {
+            *s = 1.0;
+        }
+    }
+    scale
+}
+
+/// The first-fit-decreasing order of two shapes (`Less` means `a` is packed first): shapes
+/// needing a GPU first (the scarce resource: GPU work takes the GPUs before other work takes
+/// the CPUs next to them), then more resource kinds (as Ray), then the larger normalized size
+/// (Ray sums raw amounts, which lets memory bytes outweigh everything), then the
+/// lexicographically larger `(name, amount)` list.
+pub(crate) fn decreasing(ka: &ShapeKey, a: &[f64], kb: &ShapeKey, b: &[f64]) -> Ordering {
+    kb.gpu
+        .cmp(&ka.gpu)
+        .then(kb.kinds.cmp(&ka.kinds))
+        .then_with(|| kb.size.total_cmp(&ka.size))
         .then_with(|| {
             // Compare the (name, amount) lists of non-zero entries; names are in index order.
             let ia = a.iter().enumerate().filter(|(_, x)| **x > 0.0);
@@ -666,8 +715,28 @@ mod tests {
             ],
             counts: vec![1, 2, 3],
         };
-        s.sort();
+        s.sort(None, &[1.0; 3]);
         assert_eq!(s.counts, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn sort_puts_gpu_work_first_and_compares_amounts_by_the_largest_node() {
+        // CPU, GPU, memory (bytes).
+        let gib = (1u64 << 30) as f64;
+        let mut s = Shapes {
+            vectors: vec![
+                vec![2.0, 0.0, 4.0 * gib].into(),
+                vec![1.0, 0.0, 2.0 * gib].into(),
+                vec![1.0, 1.0, 0.0].into(),
+                vec![8.0, 0.0, 1.0 * gib].into(),
+                vec![1.0, 0.0, 0.0].into(),
+            ],
+            counts: vec![1, 2, 3, 4, 5],
+        };
+        // The largest node: 16 CPUs, 1 GPU, 64 GiB. {CPU 8, 1 GiB} is larger than
+        // {CPU 2, 4 GiB} (0.52 against 0.19), whatever the raw bytes say.
+        s.sort(Some(1), &[16.0, 1.0, 64.0 * gib]);
+        assert_eq!(s.counts, vec![3, 4, 1, 2, 5]);
     }
 
     #[test]
@@ -792,7 +861,7 @@ mod tests {
                 s.vectors.push(shapes_all[*i as usize].to_vec().into());
                 s.counts.push(*c);
             }
-            s.sort();
+            s.sort(Some(1), &[8.0, 2.0, 32.0]);
             let mut expanded_demands = Vec::new();
             for (v, c) in s.vectors.iter().zip(&s.counts) {
                 for _ in 0..*c {

@@ -159,9 +159,10 @@ fn gpu_types_are_kept_for_gpu_work() {
     );
     assert_eq!(launches(&p), vec![("cpu", 1), ("gpu", 1)]);
     assert_eq!(p.unfulfilled_count(), 0);
-    // A GPU demand the new GPU node would not hold, because first fit (larger demands first)
-    // gives the node's CPUs to CPU work, does not earn it: the node would hold only CPU work
-    // that the CPU type at its maximum could hold, so everything waits.
+    // GPU work is packed first, so larger CPU work cannot take the CPUs of the GPU node the
+    // GPU demand needs (it did when shapes were sorted by raw sums: then the GPU node would
+    // have held only CPU work and the GPU demand waited too). The CPU work beyond the CPU
+    // type's maximum waits.
     let c = config(vec![
         ("cpu", ty(res(&[("CPU", 8.0), ("memory", 32.0)]), 0, 1)),
         (
@@ -172,8 +173,40 @@ fn gpu_types_are_kept_for_gpu_work() {
     let mut d = vec![res(&[("CPU", 8.0), ("memory", 1.0)]); 3];
     d.push(res(&[("CPU", 1.0), ("GPU", 1.0)]));
     let p = plan(&c, &snapshot(vec![], d), now());
-    assert_eq!(launches(&p), vec![("cpu", 1)]);
-    assert_eq!(p.unfulfilled_count(), 3);
+    assert_eq!(launches(&p), vec![("cpu", 1), ("gpu", 1)]);
+    assert_eq!(p.unfulfilled_count(), 2);
+}
+
+#[test]
+fn gpu_nodes_are_planned_for_gpu_work_whatever_the_types_are_called() {
+    // Memory-heavy CPU work and 7 GPU demands. With the GPU type first by name, the final
+    // packing used to put the CPU work (raw bytes made it look largest) onto the new GPU
+    // nodes first and then topped up GPU nodes for the GPU demands left over.
+    let gpu = res(&[("CPU", 8.0), ("GPU", 1.0), ("memory", 32.0 * GIB)]);
+    let big = res(&[("CPU", 16.0), ("memory", 64.0 * GIB)]);
+    let small = res(&[("CPU", 4.0), ("memory", 16.0 * GIB)]);
+    let mut d = vec![res(&[("CPU", 2.0), ("memory", 4.0 * GIB)]); 40];
+    d.extend(vec![res(&[("CPU", 1.0), ("memory", 2.0 * GIB)]); 64]);
+    d.extend(vec![res(&[("CPU", 1.0), ("GPU", 1.0)]); 7]);
+    d.extend(vec![cpu(1.0); 100]);
+    let mut plans = Vec::new();
+    for [g, b, s] in [
+        ["worker.gpu", "worker.cpu16", "worker.cpu4"],
+        ["a.gpu", "worker.cpu16", "worker.cpu4"],
+        ["gpu.default", "b", "a"],
+        ["0", "z.big", "m.small"],
+    ] {
+        let c = config(vec![
+            (g, ty(gpu.clone(), 0, 50)),
+            (b, ty(big.clone(), 0, 400)),
+            (s, ty(small.clone(), 0, 400)),
+        ]);
+        let p = plan(&c, &snapshot(vec![], d.clone()), now());
+        assert_eq!(p.to_launch[g], 7, "{g}: {p:?}");
+        assert_eq!(p.unfulfilled_count(), 0);
+        plans.push([g, b, s].map(|t| p.to_launch.get(t).copied().unwrap_or(0)));
+    }
+    assert!(plans.iter().all(|p| *p == plans[0]), "{plans:?}");
 }
 
 #[test]
@@ -269,8 +302,9 @@ fn min_workers_are_clamped_by_type_and_global_max() {
     let mut c = config(vec![("a", ty(cpu(1.0), 5, 3)), ("b", ty(cpu(1.0), 4, 10))]);
     c.max_workers = 6;
     let p = plan(&c, &ClusterSnapshot::default(), now());
-    // a: min(5, 3) = 3; b: 4, but the global room left is 3.
-    assert_eq!(launches(&p), vec![("a", 3), ("b", 3)]);
+    // a: min(5, 3) = 3; b: 4. The types differ only in max_workers: b, with the larger,
+    // comes first in type order and gets its 4; the global room leaves a 2.
+    assert_eq!(launches(&p), vec![("a", 2), ("b", 4)]);
     // A higher priority type gets its min first when the global room is short.
     c.node_types.get_mut("b").unwrap().launch_priority = 1;
     let p = plan(&c, &ClusterSnapshot::default(), now());
@@ -796,9 +830,7 @@ impl<'a> Facts<'a> {
                 .filter(|n| n.available.is_none())
                 .map(|n| self.cap(&n.node_type).clone()),
         );
-        for (t, n) in &self.case.snapshot.launching {
-            list.extend(std::iter::repeat_n(self.cap(t).clone(), *n));
-        }
+        list.extend(self.new_bins(&self.case.snapshot.launching));
         group_in_order(list)
     }
 
@@ -809,16 +841,48 @@ impl<'a> Facts<'a> {
             list.push(h.clone());
         }
         list.extend(self.kept.iter().map(|n| self.cap(&n.node_type).clone()));
-        for (t, n) in &self.case.snapshot.launching {
-            list.extend(std::iter::repeat_n(self.cap(t).clone(), *n));
-        }
+        list.extend(self.new_bins(&self.case.snapshot.launching));
         group_in_order(list)
     }
 
+    /// Each resource's largest amount in a node type.
+    fn scale(&self) -> BTreeMap<String, f64> {
+        let mut scale: BTreeMap<String, f64> = BTreeMap::new();
+        for t in self.case.config.node_types.values() {
+            for (k, v) in t.resources.iter() {
+                let s = scale.entry(k.to_string()).or_insert(0.0);
+                *s = s.max(v);
+            }
+        }
+        scale
+    }
+
+    /// A bag's amounts as fractions of their resource's largest amount in a type, summed.
+    fn size(&self, r: &Resources) -> f64 {
+        let scale = self.scale();
+        r.iter()
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(k, v)| v / scale.get(k).copied().filter(|s| *s > 0.0).unwrap_or(1.0))
+            .sum()
+    }
+
+    /// Nodes at full resources, `launches[t]` of each type, in the documented type order:
+    /// without GPUs first, then larger (by [`Facts::size`]) first. The generated types differ
+    /// in that much.
     fn new_bins(&self, launches: &BTreeMap<String, usize>) -> Vec<Resources> {
+        let mut types: Vec<&String> = launches
+            .keys()
+            .filter(|t| self.case.config.node_types.contains_key(*t))
+            .collect();
+        types.sort_by(|a, b| {
+            let (ca, cb) = (self.cap(a), self.cap(b));
+            (ca.gpu() > 0.0)
+                .cmp(&(cb.gpu() > 0.0))
+                .then(self.size(cb).total_cmp(&self.size(ca)))
+        });
         let mut v = Vec::new();
-        for (t, n) in launches {
-            v.extend(std::iter::repeat_n(self.cap(t).clone(), *n));
+        for t in types {
+            v.extend(std::iter::repeat_n(self.cap(t).clone(), launches[t]));
         }
         v
     }
@@ -829,7 +893,7 @@ impl<'a> Facts<'a> {
             .filter(|d| !d.is_empty() && (self.feasible_demand(d) || extra.is_some_and(|e| e.fits(d))))
             .cloned()
             .collect();
-        v.sort_by(ffd_order);
+        v.sort_by(|a, b| ffd_order(a, b, self.size(a), self.size(b)));
         v
     }
 
@@ -890,12 +954,13 @@ fn group_in_order(list: Vec<Resources>) -> Vec<Resources> {
         .collect()
 }
 
-/// More kinds first, then larger sums, then the larger `(name, amount)` list.
-fn ffd_order(a: &Resources, b: &Resources) -> Ordering {
-    let sum = |r: &Resources| r.iter().map(|(_, v)| v).sum::<f64>();
-    b.len()
-        .cmp(&a.len())
-        .then(sum(b).total_cmp(&sum(a)))
+/// GPU work first, then more kinds, then larger sizes (normalized, `size_a` and `size_b`),
+/// then the larger `(name, amount)` list.
+fn ffd_order(a: &Resources, b: &Resources, size_a: f64, size_b: f64) -> Ordering {
+    (b.gpu() > 0.0)
+        .cmp(&(a.gpu() > 0.0))
+        .then(b.len().cmp(&a.len()))
+        .then(size_b.total_cmp(&size_a))
         .then_with(|| {
             for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
                 match nb.cmp(na).then(vb.total_cmp(&va)) {
@@ -1035,6 +1100,34 @@ proptest! {
                 "one launch of {} is not needed: {:?}", t, p
             );
         }
+    }
+
+    /// No plan depends on what the node types are called: renaming them (a permutation of
+    /// names, the head type staying the head) gives the same plan, mapped through the renaming.
+    #[test]
+    fn renaming_types_does_not_change_the_plan(
+        case in arb_case(false, false),
+        names in Just(vec!["0.gpu", "a.gpu", "gpu.default", "head.default", "worker.a100", "zz"])
+            .prop_shuffle(),
+    ) {
+        let old: Vec<&str> = TYPES.iter().copied().chain(["head"]).collect();
+        let to = |t: &str| old.iter().position(|o| *o == t).map_or(t.to_string(), |i| names[i].to_string());
+        let back = |t: &str| names.iter().position(|n| *n == t).map_or(t.to_string(), |i| old[i].to_string());
+        let mut renamed = case.clone();
+        renamed.config.node_types = case.config.node_types.iter().map(|(t, c)| (to(t), c.clone())).collect();
+        renamed.config.head_node_type = to(&case.config.head_node_type);
+        for n in &mut renamed.snapshot.nodes {
+            n.node_type = to(&n.node_type);
+        }
+        renamed.snapshot.launching = case.snapshot.launching.iter().map(|(t, n)| (to(t), *n)).collect();
+        let p = plan(&case.config, &case.snapshot, now());
+        let mut q = plan(&renamed.config, &renamed.snapshot, now());
+        q.to_launch = q.to_launch.iter().map(|(t, n)| (back(t), *n)).collect();
+        for t in &mut q.to_terminate {
+            t.node_type = back(&t.node_type);
+        }
+        prop_assert_eq!(q.launch_count(), p.launch_count(), "{:?} vs {:?}", q, p);
+        prop_assert_eq!(&q, &p);
     }
 
     /// "Every feasible demand is placed when limits allow": with the cap out of the way and one
