@@ -131,8 +131,8 @@
 //!   container that is only restarting (`docker restart` stops, then starts it; a
 //!   listing in between sees it exited for a moment) and a container a daemon restart
 //!   is about to start again.
-//! * **A full `cloudtik stop`** ([`VirtualNodeProvider::remove_stopped_nodes`] through
-//!   `NodeProvider::remove_stopped_nodes`) and **workspace delete** remove the exited and
+//! * **A full `cloudtik stop`** (through
+//!   [`NodeProvider::remove_stopped_nodes`](cloudtik_core::NodeProvider::remove_stopped_nodes)) and **workspace delete** remove the exited and
 //!   dead containers of the cluster or workspace at once, with no grace: the user is
 //!   tearing down.
 
