@@ -552,16 +552,29 @@ mod lease_tests {
         assert_eq!(local_holder_pid("someone-else", "10.0.0.2"), None);
     }
 
+    /// Waits until a child just spawned shows its own command line: right after `spawn`
+    /// returns, `/proc/<pid>/cmdline` can still be empty.
+    fn wait_exec(pid: u32) {
+        let start = std::time::Instant::now();
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+            assert!(start.elapsed() < Duration::from_secs(5), "pid {pid} never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_dead_pid_or_another_program_is_no_head() {
-        // This test program runs no `head` argument; a pid far above pid_max is gone.
+        // This test program runs no `head` argument; a pid far above pid_max is gone. The
+        // shell's command is not its last (`; exit 0`), so it stays `sh ... head` instead
+        // of exec'ing `sleep`, as dash does with a last command.
         assert!(!is_head_process(std::process::id()));
         assert!(!is_head_process(u32::MAX - 1));
         let child = std::process::Command::new("sh")
-            .args(["-c", "sleep 5", "head"])
+            .args(["-c", "sleep 5; exit 0", "head"])
             .spawn()
             .unwrap();
         let pid = child.id();
+        wait_exec(pid);
         assert!(is_head_process(pid));
         let mut child = child;
         child.kill().unwrap();
@@ -589,9 +602,10 @@ mod lease_tests {
         assert!(store.lease(CONTROLLER_LEASE).await.unwrap().is_none());
         // A live head process of this node, and a head of another IP: kept.
         let mut live = std::process::Command::new("sh")
-            .args(["-c", "sleep 5", "head"])
+            .args(["-c", "sleep 5; exit 0", "head"])
             .spawn()
             .unwrap();
+        wait_exec(live.id());
         for holder in [
             format!("10.0.0.2:{}:bbbb", live.id()),
             format!("10.0.0.3:{}:cccc", u32::MAX - 1),
