@@ -557,7 +557,10 @@ mod lease_tests {
     fn wait_exec(pid: u32) {
         let start = std::time::Instant::now();
         while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
-            assert!(start.elapsed() < Duration::from_secs(5), "pid {pid} never started");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "pid {pid} never started"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
