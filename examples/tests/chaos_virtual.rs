@@ -25,7 +25,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Env, docker, node_image, require_docker, workers};
@@ -234,21 +234,7 @@ fn a_cluster_converges_after_every_fault_with_no_duplicate_and_no_healthy_worker
     env.cleanup();
     let ws = env.workspace_file();
     let ws = ws.to_str().unwrap();
-    let file = env.dir.path().join("chaos.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "cluster_name: {cluster}\nworkspace_name: {ws}\nprovider:\n  type: virtual\n  state_dir: {state}\n  image: {image}\n\
-             auth:\n  ssh_user: root\nmax_workers: 4\nidle_timeout_minutes: 30\n\
-             available_node_types:\n  head.default:\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
-             \x20 worker.default:\n    min_workers: 1\n    max_workers: 4\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
-             head_node_type: head.default\n",
-            cluster = env.cluster,
-            ws = env.workspace,
-            state = env.state_dir().display(),
-        ),
-    )
-    .unwrap();
+    let file = env.small_cluster_file("chaos", &image, 4);
     let f = file.to_str().unwrap();
     let none = BTreeSet::new();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
@@ -450,15 +436,7 @@ fn a_cluster_converges_after_every_fault_with_no_duplicate_and_no_healthy_worker
     env.run_ok(&["stop", f, "--yes"]);
     assert!(env.containers().is_empty(), "{:?}", env.containers());
     env.run_ok(&["workspace", "delete", ws, "--yes"]);
-    assert!(!env.network_exists());
-    let volumes = docker(&[
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=cloudtik-cluster-name={}", env.cluster),
-    ]);
-    assert!(String::from_utf8_lossy(&volumes.stdout).trim().is_empty());
+    env.assert_nothing_left();
     let all = docker(&[
         "ps",
         "-a",
@@ -467,11 +445,6 @@ fn a_cluster_converges_after_every_fault_with_no_duplicate_and_no_healthy_worker
         &format!("label=cloudtik-workspace-name={}", env.workspace),
     ]);
     assert!(String::from_utf8_lossy(&all.stdout).trim().is_empty());
-    let ps = Command::new("pgrep").args(["-f", &env.cluster]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
-        "no process of the cluster is left on this machine"
-    );
     timings.push(("stop + workspace delete", t.elapsed()));
     eprintln!("CHAOS summary:");
     for (what, took) in &timings {

@@ -12,7 +12,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Env, docker, node_image, require_docker, workers};
@@ -133,21 +132,7 @@ fn the_head_recovers_from_kill_9_and_docker_restart_with_no_command() {
     env.cleanup();
     let ws = env.workspace_file();
     let ws = ws.to_str().unwrap();
-    let file = env.dir.path().join("recovery.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "cluster_name: {cluster}\nworkspace_name: {ws}\nprovider:\n  type: virtual\n  state_dir: {state}\n  image: {image}\n\
-             auth:\n  ssh_user: root\nmax_workers: 3\nidle_timeout_minutes: 30\n\
-             available_node_types:\n  head.default:\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
-             \x20 worker.default:\n    min_workers: 1\n    max_workers: 3\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
-             head_node_type: head.default\n",
-            cluster = env.cluster,
-            ws = env.workspace,
-            state = env.state_dir().display(),
-        ),
-    )
-    .unwrap();
+    let file = env.small_cluster_file("recovery", &image, 3);
     let f = file.to_str().unwrap();
 
     env.run_ok(&["workspace", "create", ws, "--yes"]);
@@ -245,18 +230,5 @@ fn the_head_recovers_from_kill_9_and_docker_restart_with_no_command() {
     env.run_ok(&["stop", f, "--yes"]);
     assert!(env.containers().is_empty(), "{:?}", env.containers());
     env.run_ok(&["workspace", "delete", ws, "--yes"]);
-    assert!(!env.network_exists());
-    let volumes = docker(&[
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=cloudtik-cluster-name={}", env.cluster),
-    ]);
-    assert!(String::from_utf8_lossy(&volumes.stdout).trim().is_empty());
-    let ps = Command::new("pgrep").args(["-f", &env.cluster]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
-        "no process of the cluster is left on this machine"
-    );
+    env.assert_nothing_left();
 }

@@ -222,20 +222,7 @@ fn a_cluster_starts_scales_heals_shrinks_and_leaves_nothing() {
     let status = env.status(&file);
     assert_eq!(status["state"], "stopped");
     env.run_ok(&["workspace", "delete", ws, "--yes"]);
-    assert!(!env.network_exists());
-    let volumes = docker(&[
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=cloudtik-cluster-name={}", env.cluster),
-    ]);
-    assert!(String::from_utf8_lossy(&volumes.stdout).trim().is_empty());
-    let ps = Command::new("pgrep").args(["-f", &env.cluster]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
-        "no process of the cluster is left on this machine"
-    );
+    env.assert_nothing_left();
     // Deleting again is fine.
     env.run_ok(&["workspace", "delete", ws, "--yes"]);
 }

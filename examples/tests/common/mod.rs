@@ -170,6 +170,49 @@ impl Env {
             .success()
     }
 
+    /// A cluster config of 1 CPU / 512M nodes on `image`: the head and one worker at
+    /// least, `max_workers` at most, no idle removal during a test.
+    pub(crate) fn small_cluster_file(&self, name: &str, image: &str, max_workers: u32) -> PathBuf {
+        let p = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "cluster_name: {cluster}\nworkspace_name: {ws}\nprovider:\n  type: virtual\n  state_dir: {state}\n  image: {image}\n\
+                 auth:\n  ssh_user: root\nmax_workers: {max_workers}\nidle_timeout_minutes: 30\n\
+                 available_node_types:\n  head.default:\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
+                 \x20 worker.default:\n    min_workers: 1\n    max_workers: {max_workers}\n    node_config:\n      instance_type: {{CPU: 1, memory: 512M}}\n\
+                 head_node_type: head.default\n",
+                cluster = self.cluster,
+                ws = self.workspace,
+                state = self.state_dir().display(),
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// After `stop` and `workspace delete`: no network, volume or local process of the
+    /// test's cluster is left.
+    pub(crate) fn assert_nothing_left(&self) {
+        assert!(!self.network_exists());
+        let volumes = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=cloudtik-cluster-name={}", self.cluster),
+        ]);
+        assert!(String::from_utf8_lossy(&volumes.stdout).trim().is_empty());
+        let ps = Command::new("pgrep")
+            .args(["-f", &self.cluster])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+            "no process of the cluster is left on this machine"
+        );
+    }
+
     /// Removes whatever a failed run left (best effort).
     pub(crate) fn cleanup(&self) {
         for c in self.containers() {
