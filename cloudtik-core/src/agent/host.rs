@@ -67,6 +67,11 @@ pub struct DetectedResources {
 }
 
 impl DetectedResources {
+    /// Detects the CPUs and memory of the host at `paths` (cgroup limits respected).
+    pub fn detect(paths: HostPaths) -> Self {
+        HostProbe::new(paths).detect_resources()
+    }
+
     /// As [`Resources`]: `CPU` and `memory` (bytes).
     pub fn to_resources(self) -> Resources {
         Resources::from_pairs([

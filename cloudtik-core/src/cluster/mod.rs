@@ -60,6 +60,7 @@ use crate::provider::{
     WorkspaceProvider, new_launch_token,
 };
 use crate::resources::Resources;
+use crate::runtime::{NodeRuntimes, RuntimeRegistry};
 use crate::scaler::inputs::node_type_marker;
 use crate::state::{
     NodeHeartbeat, RedisAddress, RedisStore, RedisStoreConfig, RequestBundle, ResourceRequest, StateStore,
@@ -90,6 +91,8 @@ pub struct ClusterSettings {
     pub progress: Option<mpsc::UnboundedSender<String>>,
     /// Output of the head's setup commands, if someone shows it.
     pub output: Option<mpsc::UnboundedSender<OutputLine>>,
+    /// The runtimes nodes run (their commands join node setup); default: none.
+    pub runtimes: Arc<RuntimeRegistry>,
 }
 
 impl ClusterSettings {
@@ -108,7 +111,16 @@ impl ClusterSettings {
             head_ready_timeout: Duration::from_secs(60),
             progress: None,
             output: None,
+            runtimes: Arc::new(RuntimeRegistry::new()),
         }
+    }
+
+    /// Sets the runtimes whose commands join node setup (the registry the config was
+    /// loaded with).
+    #[must_use]
+    pub fn with_runtimes(mut self, runtimes: Arc<RuntimeRegistry>) -> Self {
+        self.runtimes = runtimes;
+        self
     }
 
     /// Sets the config the head receives.
@@ -547,9 +559,18 @@ impl ManagedCluster {
             plan.initialization_commands.clear();
             plan.setup_commands.clear();
         }
-        if !options.no_restart {
-            plan.start_commands.push(layout.head_start_command());
-        } else {
+        let runtimes = NodeRuntimes::of(&self.settings.runtimes, &self.config, &self.config.head_node_type);
+        crate::runtime::apply_to_plan(
+            &mut plan,
+            &runtimes,
+            NodeKind::Head,
+            vec![layout.head_start_command()],
+            &self.settings.node_binary,
+        )?;
+        if options.restart_only {
+            plan.setup_commands.clear();
+        }
+        if options.no_restart {
             plan.start_commands.clear();
         }
         plan.env.insert(env::NODE_ID.into(), head.id.clone());
@@ -685,19 +706,27 @@ impl ManagedCluster {
             let mut runs = tokio::task::JoinSet::new();
             for n in &doomed {
                 let kind = n.kind().unwrap_or(NodeKind::Worker);
-                let commands =
-                    self.config
-                        .commands(CommandPhase::Stop, kind, n.node_type().unwrap_or_default());
+                let node_type = n.node_type().unwrap_or_default();
+                let mut commands = self.config.commands(CommandPhase::Stop, kind, node_type);
+                let runtimes = NodeRuntimes::of(&self.settings.runtimes, &self.config, node_type);
+                commands.extend(runtimes.commands(kind).stop);
                 if commands.is_empty() {
                     continue;
                 }
+                let mut env = runtimes.environment(kind)?;
+                env.insert(
+                    crate::runtime::node::NODE_BINARY_ENV.to_string(),
+                    self.settings.node_binary.clone(),
+                );
                 let Ok(runner) = self.runner_for(n, head.as_ref()).await else {
                     continue;
                 };
                 let id = n.id.clone();
                 runs.spawn(async move {
                     for c in commands {
-                        let spec = CommandSpec::new(c).timeout(Some(Duration::from_secs(60)));
+                        let spec = CommandSpec::new(c)
+                            .envs(env.clone())
+                            .timeout(Some(Duration::from_secs(60)));
                         if let Err(e) = runner.run(&spec).await {
                             tracing::warn!(node = %id, error = %e, "a stop command failed");
                         }

@@ -12,6 +12,7 @@ use crate::config::ClusterConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::{NodeInfo, NodeKind};
 use crate::provider::NodeProvider;
+use crate::runtime::{NodeRuntimes, RuntimeRegistry};
 use crate::scaler::{NodeSetup, SetupMode};
 use crate::updater::{NodeRunners, NodeUpdater, UpdateMode, UpdatePlan, UpdaterOptions};
 
@@ -31,6 +32,7 @@ pub struct SshNodeSetup {
     redis_port: u16,
     redis_password: String,
     options: UpdaterOptions,
+    runtimes: Arc<RuntimeRegistry>,
 }
 
 impl std::fmt::Debug for SshNodeSetup {
@@ -68,7 +70,15 @@ impl SshNodeSetup {
             redis_port,
             redis_password: redis_password.into(),
             options,
+            runtimes: Arc::new(RuntimeRegistry::new()),
         }
+    }
+
+    /// Sets the runtimes whose commands join the workers' setup.
+    #[must_use]
+    pub fn with_runtimes(mut self, runtimes: Arc<RuntimeRegistry>) -> Self {
+        self.runtimes = runtimes;
+        self
     }
 
     /// Replaces the updater's timing and retries.
@@ -78,11 +88,19 @@ impl SshNodeSetup {
         self
     }
 
-    /// The plan of `node`: its type's commands plus the agent's start.
+    /// The plan of `node`: its type's commands, the agent's start and its runtimes'
+    /// commands (see [`apply_to_plan`](crate::runtime::apply_to_plan)).
     pub fn plan_for(&self, node: &NodeInfo) -> Result<UpdatePlan> {
         let node_type = node.node_type().unwrap_or_default();
         let mut plan = UpdatePlan::from_config(&self.config, NodeKind::Worker, node_type)?;
-        plan.start_commands.push(self.layout.agent_start_command());
+        let runtimes = NodeRuntimes::of(&self.runtimes, &self.config, node_type);
+        crate::runtime::apply_to_plan(
+            &mut plan,
+            &runtimes,
+            NodeKind::Worker,
+            vec![self.layout.agent_start_command()],
+            self.layout.node_binary(),
+        )?;
         for (k, v) in self.env_for(node) {
             plan.env.insert(k, v);
         }

@@ -79,8 +79,9 @@ use super::clock::{Clock, TokioClock};
 use super::inputs::ScalingInputs;
 use super::launcher::{LaunchGate, Launcher, LauncherConfig};
 use super::planner::{ClusterSnapshot, DemandShape, NodeSnapshot, ScalingPlan, plan};
+use super::policy::{POLICY_TIMEOUT, ScalingPolicy, ScalingState};
 use super::setup::{NodeSetup, SetupMode};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::node::{NodeId, NodeInfo, NodeKind, NodeStatus, Tags, tags};
 use crate::provider::{LaunchRequest, NodeProvider, new_launch_token};
 use crate::state::{
@@ -320,6 +321,12 @@ pub struct ScalingStatus {
     pub pass_error: Option<String>,
     /// Counters.
     pub counters: ControllerCounters,
+    /// The scaling policy's name, if the controller has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling_policy: Option<String>,
+    /// The policy's last error, while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_error: Option<String>,
 }
 
 /// What one pass did, for tests and embedding programs.
@@ -360,6 +367,8 @@ pub struct Controller<P, S, U> {
     counters: ControllerCounters,
     leadership: Option<Arc<Leadership>>,
     standing_by_for: Option<String>,
+    policy: Option<Arc<dyn ScalingPolicy>>,
+    policy_error: Option<String>,
 }
 
 impl<P, S, U> Controller<P, S, U>
@@ -397,6 +406,47 @@ where
             counters: ControllerCounters::default(),
             leadership: None,
             standing_by_for: None,
+            policy: None,
+            policy_error: None,
+        }
+    }
+
+    /// Asks `policy` for demands and node states every pass (see
+    /// [`ScalingPolicy`]): its demands join the state store's, and a node it reports is
+    /// free and idle as the policy says, not as its agent's heartbeat does.
+    pub fn with_scaling_policy(mut self, policy: Arc<dyn ScalingPolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The policy's state for this pass: empty without a policy, or when it failed or
+    /// took longer than [`POLICY_TIMEOUT`] (logged once per streak of failures).
+    async fn policy_state(&mut self) -> ScalingState {
+        let Some(policy) = &self.policy else {
+            return ScalingState::default();
+        };
+        let result = match tokio::time::timeout(POLICY_TIMEOUT, policy.scaling_state()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no answer within {POLICY_TIMEOUT:?}"),
+            )),
+        };
+        match result {
+            Ok(state) => {
+                if self.policy_error.take().is_some() {
+                    tracing::info!(policy = policy.name(), "the scaling policy answers again");
+                }
+                state
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.policy_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(policy = policy.name(), error = %e, "the scaling policy failed; using the agents' resources this pass");
+                }
+                self.policy_error = Some(msg);
+                ScalingState::default()
+            }
         }
     }
 
@@ -636,6 +686,9 @@ where
             .unwrap_or_default();
         let requests = self.store.requested_bundles().await?;
         let pending = self.store.pending_launches().await?;
+        let policy = self.policy_state().await;
+        let mut demands = demands;
+        demands.extend(policy.demands.iter().cloned());
 
         let listed: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
         self.first_seen.retain(|id, _| listed.contains(id.as_str()));
@@ -702,14 +755,28 @@ where
             let status = n.status().unwrap_or(NodeStatus::Uninitialized);
             let hb: Option<&NodeHeartbeat> = heartbeats.get(&n.id);
             let fresh = hb.filter(|h| !h.is_lost(now_s, timeout));
-            let available = fresh.map(|h| h.available_resources.clone());
-            match fresh {
-                Some(h) if h.available_resources.fits(&h.total_resources) => {
-                    self.idle_since.entry(n.id.clone()).or_insert(now);
+            // The policy's view of the node wins over the agent's.
+            let by_policy = n.internal_ip.as_deref().and_then(|ip| policy.nodes.get(ip));
+            let available = fresh.map(|h| match by_policy {
+                Some(p) => {
+                    // Resources the policy does not count stay as the agent reports them.
+                    let mut a = h.available_resources.clone();
+                    for (name, amount) in p.available.iter() {
+                        a.set(name, amount);
+                    }
+                    a
                 }
-                _ => {
-                    self.idle_since.remove(&n.id);
-                }
+                None => h.available_resources.clone(),
+            });
+            let idle = match (fresh, by_policy) {
+                (Some(_), Some(p)) => !p.in_use,
+                (Some(h), None) => h.available_resources.fits(&h.total_resources),
+                (None, _) => false,
+            };
+            if idle {
+                self.idle_since.entry(n.id.clone()).or_insert(now);
+            } else {
+                self.idle_since.remove(&n.id);
             }
             let seen_for = self
                 .first_seen
@@ -1099,6 +1166,8 @@ where
             launch_errors: self.launch_errors.clone(),
             pass_error,
             counters: self.counters.clone(),
+            scaling_policy: self.policy.as_ref().map(|p| p.name().to_string()),
+            policy_error: self.policy_error.clone(),
         }
     }
 

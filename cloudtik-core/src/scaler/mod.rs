@@ -30,6 +30,7 @@ pub mod controller;
 pub mod inputs;
 mod launcher;
 pub mod planner;
+pub mod policy;
 pub mod scenario;
 pub mod setup;
 
@@ -43,5 +44,6 @@ pub use planner::{
     ClusterSnapshot, DemandShape, NodeSnapshot, NodeTypeConfig, ScalingConfig, ScalingPlan, Termination,
     TerminationReason, plan,
 };
+pub use policy::{LoadScalingPolicy, NodeResourceState, ScalingPolicy, ScalingState};
 pub use scenario::{Scenario, ScenarioResult};
 pub use setup::{MarkUpToDate, NodeSetup, SetupMode};

@@ -14,15 +14,23 @@
 //! * Otherwise the user's order is kept: the result is the topological order that is
 //!   smallest when runtimes are compared by their position in the expanded list.
 
+pub mod node;
+pub mod setup;
+
+pub use node::{NodeContext, NodePhase, NodeRuntimeConfig, NodeService, node_command};
+pub use setup::{NodeRuntimes, apply_to_plan};
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt::{self, Debug};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::NodeKind;
+use crate::scaler::policy::ScalingPolicy;
 
 /// The dependency name that puts a runtime after all others.
 pub const DEPENDS_ON_ALL: &str = "all";
@@ -156,6 +164,7 @@ impl RuntimeCommands {
 /// (`runtime.<name>`) after its [`config_defaults`](Runtime::config_defaults) were
 /// merged in and [`validate`](Runtime::validate) accepted it; `Value::Null` when the
 /// cluster has no section.
+#[async_trait]
 pub trait Runtime: Debug + Send + Sync + 'static {
     /// The name used in `runtime.types` and as the config section key. Must not be
     /// [`DEPENDS_ON_ALL`] or [`DEPENDS_ON_NONE`].
@@ -209,6 +218,57 @@ pub trait Runtime: Debug + Send + Sync + 'static {
 
     /// Processes the node agent checks for health. Default: none.
     fn processes(&self) -> Vec<ProcessSpec> {
+        Vec::new()
+    }
+
+    /// What `cloudtik info` shows of the runtime: endpoint name to address (web UIs,
+    /// master URLs), given the head's address. Default: each head service, as
+    /// `http://<head>:<port>` for HTTP and `<head>:<port>` otherwise.
+    fn endpoints(&self, section: &serde_json::Value, head_ip: &str) -> BTreeMap<String, String> {
+        self.services(section)
+            .into_iter()
+            .filter(|s| s.scope != NodeScope::Workers)
+            .map(|s| {
+                let address = match s.protocol {
+                    Protocol::Http => format!("http://{head_ip}:{}", s.port),
+                    Protocol::Https => format!("https://{head_ip}:{}", s.port),
+                    _ => format!("{head_ip}:{}", s.port),
+                };
+                (s.name, address)
+            })
+            .collect()
+    }
+
+    /// The runtime's scaling policy, run by the controller on the head (whose internal
+    /// address is `head_ip`). Default: none (the cluster gets the load-based one).
+    fn scaling_policy(
+        &self,
+        section: &serde_json::Value,
+        head_ip: &str,
+    ) -> Option<std::sync::Arc<dyn ScalingPolicy>> {
+        let _ = (section, head_ip);
+        None
+    }
+
+    /// On the node (`cloudtik-node runtime install <name>`): installs the software.
+    /// Must be idempotent: a second run on a set-up node installs nothing. Default:
+    /// nothing.
+    async fn install(&self, node: &NodeContext) -> Result<()> {
+        let _ = node;
+        Ok(())
+    }
+
+    /// On the node (`cloudtik-node runtime configure <name>`): writes the config files.
+    /// Default: nothing.
+    async fn configure(&self, node: &NodeContext) -> Result<()> {
+        let _ = node;
+        Ok(())
+    }
+
+    /// On the node (`cloudtik-node runtime start|stop <name>`): the long-running
+    /// processes the node's supervisor runs and restarts. Default: none.
+    fn node_services(&self, node: &NodeContext) -> Vec<NodeService> {
+        let _ = node;
         Vec::new()
     }
 }
