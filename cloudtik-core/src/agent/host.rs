@@ -459,6 +459,59 @@ impl HostProbe {
     /// A process matches a name when its `comm` (`/proc/<pid>/comm`, which the kernel
     /// truncates to 15 bytes) equals the name, or the name's first 15 bytes and the
     /// file name of its first command-line argument equals the name.
+    /// The state of each `(name, pattern)` process found by its command line: the
+    /// healthiest state among the processes whose command line (arguments joined by
+    /// spaces) contains `pattern`, or [`ProcessState::Missing`]. Entries of `out` for
+    /// these names are replaced; others are kept.
+    pub(crate) fn check_command_lines(
+        &mut self,
+        patterns: &[(String, String)],
+        out: &mut BTreeMap<String, ProcessState>,
+    ) {
+        for (name, _) in patterns {
+            out.insert(name.clone(), ProcessState::Missing);
+        }
+        if patterns.is_empty() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.paths.proc_dir) else {
+            return;
+        };
+        let own = std::process::id().to_string();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name.to_str() else { continue };
+            if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
+                continue;
+            }
+            let dir = self.paths.proc_dir.join(pid);
+            if !self.read(&dir.join("cmdline")) || self.buf.is_empty() {
+                continue;
+            }
+            let cmdline = self.buf.replace('\0', " ");
+            let matched: Vec<String> = patterns
+                .iter()
+                .filter(|(_, p)| cmdline.contains(p.as_str()))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if matched.is_empty() {
+                continue;
+            }
+            let state = if self.read(&dir.join("stat")) {
+                parse_stat_state(&self.buf)
+            } else {
+                ProcessState::Missing
+            };
+            for name in matched {
+                if let Some(current) = out.get_mut(&name)
+                    && rank(state) > rank(*current)
+                {
+                    *current = state;
+                }
+            }
+        }
+    }
+
     pub(crate) fn check_processes(&mut self, names: &[String], out: &mut BTreeMap<String, ProcessState>) {
         out.retain(|k, _| names.contains(k));
         for name in names {

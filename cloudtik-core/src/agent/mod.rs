@@ -91,6 +91,9 @@ pub struct AgentConfig {
     pub write_timeout: Duration,
     /// The names of the processes whose health to report.
     pub processes: Vec<String>,
+    /// Processes found by their command line: `(name shown, text the command line
+    /// contains)` (a runtime's Java daemons all have the name `java`).
+    pub command_line_processes: Vec<(String, String)>,
     /// Where to read the host's state.
     pub host: HostPaths,
 }
@@ -121,6 +124,7 @@ impl AgentConfig {
             max_backoff: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             processes,
+            command_line_processes: Vec::new(),
             host: HostPaths::default(),
         }
     }
@@ -136,6 +140,25 @@ impl AgentConfig {
             let n = n.into();
             if !self.processes.contains(&n) {
                 self.processes.push(n);
+            }
+        }
+        self
+    }
+
+    /// Adds a runtime's processes ([`ProcessSpec`](crate::runtime::ProcessSpec)): by
+    /// command line when the spec says so, else by name.
+    pub fn with_process_specs<'a>(
+        mut self,
+        specs: impl IntoIterator<Item = &'a crate::runtime::ProcessSpec>,
+    ) -> Self {
+        for spec in specs {
+            if spec.match_command_line {
+                let entry = (spec.name.clone(), spec.pattern.clone());
+                if !self.command_line_processes.contains(&entry) {
+                    self.command_line_processes.push(entry);
+                }
+            } else if !self.processes.contains(&spec.pattern) {
+                self.processes.push(spec.pattern.clone());
             }
         }
         self
@@ -387,6 +410,8 @@ impl NodeAgent {
         self.probe.sample_metrics(now, self.detected, metrics);
         self.probe
             .check_processes(&self.config.processes, &mut processes.processes);
+        self.probe
+            .check_command_lines(&self.config.command_line_processes, &mut processes.processes);
         processes.state_time = now;
         let id = self.config.node_id.as_str();
         let timeout = self.config.write_timeout;

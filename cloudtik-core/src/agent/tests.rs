@@ -266,6 +266,62 @@ fn long_process_names_match_by_comm_prefix_and_command_line() {
 }
 
 #[test]
+fn runtime_processes_match_by_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    put(r, "proc/20/comm", "java\n");
+    put(
+        r,
+        "proc/20/cmdline",
+        "/usr/bin/java\0-cp\0/x/jars/*\0org.apache.spark.deploy.master.Master\0--host\0h\0",
+    );
+    put(r, "proc/20/stat", "20 (java) S 1");
+    put(r, "proc/21/comm", "java\n");
+    put(
+        r,
+        "proc/21/cmdline",
+        "/usr/bin/java\0org.apache.spark.deploy.worker.Worker\0",
+    );
+    put(r, "proc/21/stat", "21 (java) Z 1");
+    let mut probe = HostProbe::new(HostPaths::under(r));
+    let patterns = vec![
+        (
+            "spark-master".to_string(),
+            "org.apache.spark.deploy.master.Master".to_string(),
+        ),
+        (
+            "spark-worker".to_string(),
+            "org.apache.spark.deploy.worker.Worker".to_string(),
+        ),
+        (
+            "spark-history".to_string(),
+            "org.apache.spark.deploy.history.HistoryServer".to_string(),
+        ),
+    ];
+    let mut states = BTreeMap::from([("cloudtik-node".to_string(), ProcessState::Running)]);
+    probe.check_command_lines(&patterns, &mut states);
+    assert_eq!(states["spark-master"], ProcessState::Sleeping);
+    assert_eq!(states["spark-worker"], ProcessState::Zombie);
+    assert_eq!(states["spark-history"], ProcessState::Missing);
+    // Entries of other checks stay.
+    assert_eq!(states["cloudtik-node"], ProcessState::Running);
+    // A spec routes to the right check.
+    let c = AgentConfig::new("n", "10.0.0.1", NodeKind::Worker, "w").with_process_specs(&[
+        crate::runtime::ProcessSpec::command_line(
+            "spark-worker",
+            "Worker",
+            crate::runtime::NodeScope::Workers,
+        ),
+        crate::runtime::ProcessSpec::named("raylet", crate::runtime::NodeScope::All),
+    ]);
+    assert_eq!(
+        c.command_line_processes,
+        vec![("spark-worker".to_string(), "Worker".to_string())]
+    );
+    assert!(c.processes.contains(&"raylet".to_string()));
+}
+
+#[test]
 fn invalid_configs_are_refused() {
     let store: Arc<dyn StateStore> = Arc::new(InMemoryStore::new());
     let base = AgentConfig::new("n", "1.2.3.4", NodeKind::Head, "head");

@@ -207,7 +207,12 @@ impl NodeLayout {
             id = env::NODE_ID,
             ip = env::NODE_IP,
         );
-        self.supervised_start_command("head", &self.head_log(), &[], &command)
+        self.supervised_start_command(
+            "head",
+            &self.head_log(),
+            &[crate::runtime::node::RUNTIME_CONFIG_ENV],
+            &command,
+        )
     }
 
     /// (Re)starts a worker's agent under its supervisor; the password comes from
@@ -222,7 +227,39 @@ impl NodeLayout {
             ip = env::NODE_IP,
             ty = env::NODE_TYPE,
         );
-        self.supervised_start_command("agent", &self.agent_log(), &[env::REDIS_PASSWORD], &command)
+        self.supervised_start_command(
+            "agent",
+            &self.agent_log(),
+            &[env::REDIS_PASSWORD, crate::runtime::node::RUNTIME_CONFIG_ENV],
+            &command,
+        )
+    }
+
+    /// The log of a runtime service.
+    pub fn service_log(&self, service: &str) -> String {
+        format!("{}/{service}.log", self.log_dir())
+    }
+
+    /// (Re)starts a runtime's service ([`NodeService`](crate::runtime::NodeService))
+    /// under its supervisor, as the core services are: its service file keeps its
+    /// command line and environment, its output goes to [`service_log`](Self::service_log).
+    pub fn runtime_service_start_command(&self, service: &crate::runtime::NodeService) -> String {
+        let exports: String = service
+            .env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
+            .collect();
+        let names: Vec<&str> = service.env.keys().map(String::as_str).collect();
+        let command = service
+            .argv
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!(
+            "{exports}{}",
+            self.supervised_start_command(&service.name, &self.service_log(&service.name), &names, &command)
+        )
     }
 
     /// What a node without systemd runs at boot (the virtual provider's containers): a

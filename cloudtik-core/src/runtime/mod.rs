@@ -137,6 +137,30 @@ pub struct ProcessSpec {
     pub scope: NodeScope,
 }
 
+impl ProcessSpec {
+    /// A process found by its name (`comm`, as `ps` shows it).
+    pub fn named(name: impl Into<String>, scope: NodeScope) -> Self {
+        let name = name.into();
+        ProcessSpec {
+            pattern: name.clone(),
+            name,
+            match_command_line: false,
+            scope,
+        }
+    }
+
+    /// A process shown as `name`, found by `pattern` in its command line (e.g. a Java
+    /// daemon's main class).
+    pub fn command_line(name: impl Into<String>, pattern: impl Into<String>, scope: NodeScope) -> Self {
+        ProcessSpec {
+            name: name.into(),
+            pattern: pattern.into(),
+            match_command_line: true,
+            scope,
+        }
+    }
+}
+
 /// The shell commands a runtime runs on a node, per phase, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeCommands {

@@ -133,6 +133,14 @@ impl HeadController for ClusterController {
             boot.node_binary.clone().unwrap_or_else(|| "cloudtik-node".into()),
         );
         let password = boot.redis_password.clone().unwrap_or_default();
+        let registry = Arc::new(cloudtik_runtime::builtin_registry());
+        let runtimes = cloudtik_core::runtime::NodeRuntimes::of(&registry, &config, &config.head_node_type);
+        // The runtimes' scaling policy, else CloudTik's default from the agents' load.
+        let policy: Arc<dyn cloudtik_core::scaler::ScalingPolicy> = match runtimes.scaling_policy(&head_ip) {
+            Some(p) => p,
+            None => Arc::new(cloudtik_core::scaler::LoadScalingPolicy::new(store.clone())),
+        };
+        info!(policy = policy.name(), "scaling policy");
         let setup = SshNodeSetup::new(
             provider.clone(),
             Arc::new(config),
@@ -141,7 +149,8 @@ impl HeadController for ClusterController {
             head_ip,
             redis_port,
             password,
-        );
+        )
+        .with_runtimes(registry);
         let mut cc = ControllerConfig::default();
         if let Some(s) = boot.controller_interval_s.filter(|s| *s > 0.0) {
             cc = cc.with_update_interval(Duration::from_secs_f64(s));
@@ -158,7 +167,8 @@ impl HeadController for ClusterController {
         release_dead_local_lease(store.as_ref(), &self.head_ip, holder).await;
         info!(cluster = %provider.cluster_name(), %holder, "starting the cluster controller");
         let controller = Controller::new(inputs, cc, Arc::new(provider), Arc::new(store), Arc::new(setup))
-            .with_lease(cloudtik_core::scaler::LeaseConfig::new(holder.clone()));
+            .with_lease(cloudtik_core::scaler::LeaseConfig::new(holder.clone()))
+            .with_scaling_policy(policy);
         let counters = controller.run(wait_shutdown(shutdown)).await?;
         info!(
             passes = counters.passes,

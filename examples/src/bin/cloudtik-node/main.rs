@@ -57,6 +57,7 @@
 
 mod bootstrap;
 mod head;
+mod runtime_cmd;
 mod supervise;
 
 use std::path::PathBuf;
@@ -92,6 +93,9 @@ enum Command {
     Head(HeadArgs),
     /// Run a service of the node (from its service file) and restart it whenever it exits.
     Supervise(supervise::SuperviseArgs),
+    /// A runtime's logic on this node: install, configure, start or stop (run by the
+    /// node's setup, start and stop commands).
+    Runtime(runtime_cmd::RuntimeArgs),
 }
 
 /// Flags of the agent, shared by `agent` and `head`.
@@ -210,6 +214,7 @@ fn main() -> ExitCode {
                     .map(|c| Box::new(c) as Box<dyn head::HeadController>);
                 head::run(args, shutdown, controller).await
             }
+            Command::Runtime(args) => runtime_cmd::run(args, &cloudtik_runtime::builtin_registry()).await,
             Command::Supervise(_) => match service {
                 Some(spec) => supervise::run(spec, shutdown).await,
                 None => Ok(()),
@@ -293,6 +298,18 @@ fn agent_config(
     }
     if let Some(s) = args.report_interval.or(boot.report_interval_s) {
         c.report_interval = seconds("--report-interval", s)?;
+    }
+    // The runtimes' processes, when the node's setup passed its runtime settings.
+    if let Ok(runtimes) = cloudtik_core::runtime::NodeRuntimeConfig::from_env() {
+        let registry = cloudtik_runtime::builtin_registry();
+        let specs: Vec<cloudtik_core::runtime::ProcessSpec> = runtimes
+            .types
+            .iter()
+            .filter_map(|t| registry.get(t))
+            .flat_map(|r| r.processes())
+            .filter(|p| p.scope.includes(kind))
+            .collect();
+        c = c.with_process_specs(&specs);
     }
     c = c.with_processes(boot.processes.iter().cloned());
     c = c.with_processes(args.processes.iter().cloned());
