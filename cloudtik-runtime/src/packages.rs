@@ -9,7 +9,8 @@
 //! * **apt**: packages already installed are skipped; `apt-get update` runs only when a
 //!   package is missing and the package lists are older than a day; `.deb` files stay
 //!   in `/var/cache/apt/archives`.
-//! * **pip**: Python packages are built into a *wheelhouse* (`~/.cache/cloudtik/wheels`,
+//! * **pip**: into the venv `/opt/cloudtik/venv`. Python packages are built into a
+//!   *wheelhouse* (`~/.cache/cloudtik/wheels`,
 //!   `pip wheel`, which downloads) and installed from it with `--no-index`; a
 //!   requirement that the wheelhouse already holds is installed with no network. The
 //!   venv records what it installed, so a second run does nothing.
@@ -116,8 +117,12 @@ pub async fn apt_install(packages: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The node's Python environment for runtimes: one venv (`~/cloudtik/venv`), made with
-/// the node's `python3`, that every runtime installs its Python packages into.
+/// Where runtimes keep their software on a node, whatever the SSH user: the venv, and
+/// links such as `/opt/cloudtik/spark` (so paths in the nodes' environment are fixed).
+pub const RUNTIME_ROOT: &str = "/opt/cloudtik";
+
+/// The node's Python environment for runtimes: one venv (`/opt/cloudtik/venv`), made
+/// with the node's `python3`, that every runtime installs its Python packages into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PythonEnv {
     dir: PathBuf,
@@ -125,13 +130,13 @@ pub struct PythonEnv {
 }
 
 impl PythonEnv {
-    /// The venv under `cloudtik_dir` (`~/cloudtik/venv`), with the wheelhouse in the
-    /// user's cache (`~/.cache/cloudtik/wheels`).
-    pub fn for_node(cloudtik_dir: &Path) -> Self {
-        let home = cloudtik_dir.parent().unwrap_or(Path::new("/root"));
+    /// The node's venv (`/opt/cloudtik/venv`), with the wheelhouse in the user's cache
+    /// (`$HOME/.cache/cloudtik/wheels`).
+    pub fn node() -> Self {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_string());
         PythonEnv {
-            dir: cloudtik_dir.join("venv"),
-            wheelhouse: home.join(".cache").join("cloudtik").join("wheels"),
+            dir: Path::new(RUNTIME_ROOT).join("venv"),
+            wheelhouse: Path::new(&home).join(".cache").join("cloudtik").join("wheels"),
         }
     }
 
@@ -177,8 +182,12 @@ impl PythonEnv {
         }
         apt_install(&["python3".to_string(), "python3-venv".to_string()]).await?;
         let dir = quote(&self.dir.to_string_lossy());
+        let parent = quote(&self.dir.parent().unwrap_or(Path::new("/")).to_string_lossy());
+        let s = sudo();
         run(
-            &format!("python3 -m venv {dir}"),
+            &format!(
+                "{s}mkdir -p {parent} && {s}chown \"$(id -u):$(id -g)\" {parent} && python3 -m venv {dir}"
+            ),
             &format!("making the Python venv {}", self.dir.display()),
         )
         .await?;
@@ -274,13 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn the_venv_lives_under_the_cloudtik_folder() {
-        let env = PythonEnv::for_node(Path::new("/home/u/cloudtik"));
-        assert_eq!(
-            env.bin("python"),
-            PathBuf::from("/home/u/cloudtik/venv/bin/python")
-        );
-        assert_eq!(env.wheelhouse, PathBuf::from("/home/u/.cache/cloudtik/wheels"));
-        assert!(env.installed().is_empty());
+    fn the_node_venv_has_a_fixed_path() {
+        let env = PythonEnv::node();
+        assert_eq!(env.bin("python"), PathBuf::from("/opt/cloudtik/venv/bin/python"));
+        assert!(env.wheelhouse.ends_with(".cache/cloudtik/wheels"));
+        let other = PythonEnv::new("/nonexistent/venv", "/nonexistent/wheels");
+        assert!(other.installed().is_empty());
     }
 }
