@@ -149,6 +149,10 @@ pub struct NodeSummary {
     pub available: Option<Resources>,
     /// Seconds since the node's last heartbeat.
     pub heartbeat_age_secs: Option<f64>,
+    /// Processes the node should run (core and runtime ones) that its agent found not
+    /// running at its last report, with their state (`missing`, `zombie`...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub down_processes: std::collections::BTreeMap<String, crate::state::ProcessState>,
 }
 
 /// What `cloudtik status` shows.

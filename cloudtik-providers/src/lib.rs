@@ -24,7 +24,9 @@ pub use providers::{
     node_binary_on_nodes, node_provider, workspace_provider,
 };
 
-/// A config loader that knows every provider's keys.
+/// A config loader that knows every provider's keys and the built-in runtimes
+/// ([`cloudtik_runtime::register_builtin`]).
 pub fn config_loader() -> ConfigLoader {
     provider_config::register_validators(ConfigLoader::new())
+        .with_runtimes(std::sync::Arc::new(cloudtik_runtime::builtin_registry()))
 }

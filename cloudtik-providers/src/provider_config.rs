@@ -51,6 +51,10 @@ pub struct VirtualProviderConfig {
     /// How many containers are created or removed at once (default 8).
     #[serde(default)]
     pub max_concurrency: Option<usize>,
+    /// The host folder of the package cache shared by every node of every cluster
+    /// (default `~/.cloudtik/package-cache`); `""` turns the sharing off.
+    #[serde(default)]
+    pub package_cache: Option<String>,
     /// Other keys.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -25,6 +25,7 @@
 //! CloudTik has some 36 runtimes; this crate has Spark and Ray so far.
 
 pub mod http;
+pub mod machine;
 pub mod packages;
 pub mod ray;
 pub mod spark;

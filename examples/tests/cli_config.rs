@@ -115,7 +115,7 @@ fn runtimes_this_build_lacks_are_warned_by_validate_and_refused_by_start() {
     let f = dir.path().join("spark.yaml");
     std::fs::write(
         &f,
-        "cluster_name: c\nworkspace_name: w\nprovider:\n  type: virtual\nruntime:\n  types: [hdfs, spark]\n",
+        "cluster_name: c\nworkspace_name: w\nprovider:\n  type: virtual\nruntime:\n  types: [hdfs, yarn]\n",
     )
     .unwrap();
     let f = f.to_str().unwrap();
@@ -128,7 +128,7 @@ fn runtimes_this_build_lacks_are_warned_by_validate_and_refused_by_start() {
         "{err}"
     );
     assert!(
-        err.contains("runtime.types[1]") && err.contains("`spark`"),
+        err.contains("runtime.types[1]") && err.contains("`yarn`"),
         "{err}"
     );
     assert!(err.contains("`cloudtik start` refuses"), "{err}");
@@ -142,7 +142,7 @@ fn runtimes_this_build_lacks_are_warned_by_validate_and_refused_by_start() {
     let (code, out, err) = cloudtik(&["config", "show", f]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("runtime `hdfs` is not available"), "{err}");
-    assert!(out.contains("- spark"), "{out}");
+    assert!(out.contains("- yarn"), "{out}");
 
     // start refuses before anything is made: exit 3, the path, nothing under HOME.
     let home = tempfile::tempdir().unwrap();

@@ -775,6 +775,23 @@ impl ManagedCluster {
         Ok(())
     }
 
+    /// The cluster's runtimes (of the head's node type) in start order and, per
+    /// runtime, its endpoints given the head's address (`cloudtik info`).
+    pub fn runtime_endpoints(
+        &self,
+        head_ip: &str,
+    ) -> (Vec<String>, BTreeMap<String, BTreeMap<String, String>>) {
+        let runtimes = NodeRuntimes::of(&self.settings.runtimes, &self.config, &self.config.head_node_type);
+        (runtimes.config().types.clone(), runtimes.endpoints(head_ip))
+    }
+
+    /// The environment the runtimes give every command on the head (their programs on
+    /// the `PATH`, their homes), for commands run on the head (`exec`, `submit`).
+    pub fn head_runtime_env(&self) -> Result<BTreeMap<String, String>> {
+        NodeRuntimes::of(&self.settings.runtimes, &self.config, &self.config.head_node_type)
+            .environment(NodeKind::Head)
+    }
+
     /// Removes the cluster's key pair and secrets from this machine
     /// ([`ClusterDir::remove_secrets`]), saying so; for a cluster that is gone.
     pub fn forget_secrets(&self) -> Result<Vec<std::path::PathBuf>> {
@@ -951,6 +968,7 @@ impl Cluster for ManagedCluster {
         let mut scaling: Option<Value> = None;
         let mut store_error: Option<String> = None;
         let mut lease = None;
+        let mut processes: BTreeMap<String, crate::state::NodeProcesses> = BTreeMap::new();
         let head_listed = nodes.iter().any(|n| n.kind() == Some(NodeKind::Head));
         if head_listed {
             match self.store().await {
@@ -969,6 +987,10 @@ impl Cluster for ManagedCluster {
                     match store.scaling_status().await {
                         Ok(s) => scaling = s,
                         Err(e) => notes.push(format!("cannot read the controller's status: {e}")),
+                    }
+                    match store.all_node_processes().await {
+                        Ok(p) => processes = p,
+                        Err(e) => notes.push(format!("cannot read the nodes' process health: {e}")),
                     }
                 }
                 Err(e) => store_error = Some(e.to_string()),
@@ -1002,9 +1024,41 @@ impl Cluster for ManagedCluster {
                     resources,
                     available: hb.map(|h| h.available_resources.clone()),
                     heartbeat_age_secs: hb.map(|h| (now - h.heartbeat_time).max(0.0)),
+                    down_processes: processes
+                        .get(&n.id)
+                        .filter(|_| hb.is_some_and(|h| !h.is_lost(now, self.settings.heartbeat_timeout)))
+                        .map(|p| {
+                            p.processes
+                                .iter()
+                                .filter(|(_, s)| !s.is_healthy())
+                                .map(|(k, s)| (k.clone(), *s))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect();
+        for n in &summaries {
+            for (name, state) in &n.down_processes {
+                notes.push(format!(
+                    "process {name} is {} on node {} ({}); its supervisor restarts it, see its log in \
+                     ~/cloudtik/logs on the node",
+                    serde_json::to_value(state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    n.id,
+                    n.internal_ip.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+        if let Some(err) = scaling
+            .as_ref()
+            .and_then(|s| s.get("policy_error"))
+            .and_then(Value::as_str)
+        {
+            notes.push(format!("the scaling policy fails: {err}"));
+        }
         let head_ok = summaries
             .iter()
             .any(|s| s.kind == NodeKind::Head && s.status == Some(NodeStatus::UpToDate));
@@ -1102,7 +1156,18 @@ impl Cluster for ManagedCluster {
         let mut runs = tokio::task::JoinSet::new();
         for (i, n) in nodes.iter().enumerate() {
             let runner = self.runner_for(n, head.as_ref()).await?;
-            let mut spec = CommandSpec::new(command.clone()).timeout(options.timeout);
+            // The node's runtimes' environment: their programs on the PATH (`python3`
+            // with pyspark or ray importable), their homes.
+            let kind = n.kind().unwrap_or(NodeKind::Worker);
+            let env = NodeRuntimes::of(
+                &self.settings.runtimes,
+                &self.config,
+                n.node_type().unwrap_or_default(),
+            )
+            .environment(kind)?;
+            let mut spec = CommandSpec::new(command.clone())
+                .envs(env)
+                .timeout(options.timeout);
             if let Some(tx) = &options.output {
                 spec = spec.stream_to(tx.clone());
             }

@@ -96,7 +96,8 @@ pub fn hash_value(v: &Value) -> String {
     hex::encode(Sha1::digest(canonical_json(v).as_bytes()))
 }
 
-pub(crate) fn expand_home(p: &str) -> PathBuf {
+/// `p` with a leading `~` replaced by `$HOME`.
+pub fn expand_home(p: &str) -> PathBuf {
     if let Some(rest) = p.strip_prefix("~/")
         && let Some(home) = dirs::home_dir()
     {

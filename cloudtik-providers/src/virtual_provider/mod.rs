@@ -245,7 +245,26 @@ pub struct VirtualSettings {
     /// How long a cluster's exited or dead container stays before a listing removes it
     /// (default [`EXITED_NODE_GRACE`]); see the [module docs](self#containers-stopped-from-outside).
     pub exited_node_grace: std::time::Duration,
+    /// The host folder of the package cache every node mounts (`provider.package_cache`,
+    /// default `~/.cloudtik/package-cache`; `None`: no sharing). Its `apt-archives`,
+    /// `apt-lists` and `wheels` folders are mounted at `/var/cache/apt/archives`,
+    /// `/var/lib/apt/lists` and `/root/.cache/cloudtik/wheels`, so a package a node
+    /// downloaded (a `.deb`, a Python wheel) is not downloaded again by another node or
+    /// cluster; the installers serialize on lock files in these folders.
+    pub package_cache: Option<PathBuf>,
 }
+
+/// The default package cache of the virtual provider (`~/.cloudtik/package-cache`).
+pub fn default_package_cache() -> PathBuf {
+    expand_home("~/.cloudtik/package-cache")
+}
+
+/// The package cache's folders and where each is mounted in a node.
+pub const PACKAGE_CACHE_MOUNTS: &[(&str, &str)] = &[
+    ("apt-archives", "/var/cache/apt/archives"),
+    ("apt-lists", "/var/lib/apt/lists"),
+    ("wheels", "/root/.cache/cloudtik/wheels"),
+];
 
 impl Default for VirtualSettings {
     fn default() -> Self {
@@ -262,6 +281,7 @@ impl Default for VirtualSettings {
             max_concurrency: 8,
             port_mapping_base: None,
             exited_node_grace: EXITED_NODE_GRACE,
+            package_cache: Some(default_package_cache()),
         }
     }
 }
@@ -293,6 +313,11 @@ impl VirtualSettings {
         s.node_binary = config.node_binary.as_deref().map(expand_home);
         if let Some(n) = config.max_concurrency {
             s.max_concurrency = n.max(1);
+        }
+        match config.package_cache.as_deref() {
+            Some("") => s.package_cache = None,
+            Some(dir) => s.package_cache = Some(expand_home(dir)),
+            None => {}
         }
         if config.enable_port_mapping.unwrap_or(false) {
             s.port_mapping_base = Some(config.port_mapping_base.unwrap_or(DEFAULT_PORT_MAPPING_BASE));

@@ -505,6 +505,22 @@ impl VirtualNodeProvider {
             if let Some(binary) = &settings.node_binary {
                 binds.push(node_binary_bind(binary));
             }
+            if let Some(cache) = &settings.package_cache {
+                for (dir, target) in super::PACKAGE_CACHE_MOUNTS {
+                    let host = cache.join(dir);
+                    if let Err(e) = std::fs::create_dir_all(&host) {
+                        remove_dirs(&disks);
+                        return Err(Error::new(
+                            ErrorKind::Unexpected,
+                            format!("cannot create the package cache folder {}", host.display()),
+                        )
+                        .with_source(e)
+                        .with_context("path", "provider.package_cache")
+                        .with_operation(OP));
+                    }
+                    binds.push(format!("{}:{target}", host.display()));
+                }
+            }
             let mut env = vec![
                 format!("CLOUDTIK_NODE_NAME={name}"),
                 format!("CLOUDTIK_CLUSTER_NAME={}", self.inner.cluster),

@@ -2,6 +2,7 @@
 //! submit|scale|head-ip|worker-ips|kill-node|monitor|wait-for-ready FILE`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -378,6 +379,28 @@ async fn open_prepared(
             .extra
             .insert("node_binary".into(), binary.display().to_string().into());
     }
+    if config.provider.provider_type == "virtual" {
+        // The head's controller makes workers with the host's package cache: give it the
+        // host's path, not one it would resolve inside its container.
+        let cache = match config
+            .provider
+            .extra
+            .get("package_cache")
+            .and_then(|v| v.as_str())
+        {
+            Some("") => None,
+            Some(dir) => Some(cloudtik_core::config::hash::expand_home(dir)),
+            None => Some(cloudtik_providers::virtual_provider::default_package_cache()),
+        };
+        if let Some(dir) = cache {
+            config
+                .provider
+                .extra
+                .insert("package_cache".into(), dir.display().to_string().into());
+        }
+    }
+    // Nodes reach the package indexes as this machine does (pip index, CA bundle, proxies).
+    cloudtik_runtime::machine::MachinePackageSettings::detect().apply(&mut config);
     match cloudtik_providers::bootstrap_cluster_config_async(&mut config).await {
         Ok(()) => {}
         Err(e) if launches == Launches::No && e.context_value("workspace").is_some() => {
@@ -389,7 +412,8 @@ async fn open_prepared(
     let head_config = cloudtik_providers::head_cluster_config(&config)?;
     let provider = cloudtik_providers::node_provider(&config, ProviderPlace::Client).await?;
     let mut settings = ClusterSettings::new(dir, cloudtik_providers::node_binary_on_nodes(&config))
-        .with_head_config(head_config);
+        .with_head_config(head_config)
+        .with_runtimes(Arc::new(cloudtik_runtime::builtin_registry()));
     if let Some(p) = progress {
         settings = settings.with_progress(p.sender()).with_output(p.output());
     }
@@ -700,6 +724,8 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                 }
             }
             let head = status.nodes.iter().find(|n| n.kind == NodeKind::Head);
+            let head_ip = head.and_then(|h| h.internal_ip.clone());
+            let (runtimes, endpoints) = cluster.runtime_endpoints(head_ip.as_deref().unwrap_or("<head>"));
             let info = serde_json::json!({
                 "cluster_name": status.cluster_name,
                 "state": status.state,
@@ -709,6 +735,8 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                 "resources_total": total,
                 "resources_available": free,
                 "pending_launches": status.pending_launches,
+                "runtimes": runtimes,
+                "endpoints": endpoints,
             });
             if json {
                 ui::print_json(&info)?;
@@ -718,6 +746,14 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                 println!("Head:      {}", info["head_ip"].as_str().unwrap_or("-"));
                 println!("Workers:   {ready} ready of {}", workers.len());
                 println!("Resources: {}", resources_cell(&total, Some(&free)));
+                if !runtimes.is_empty() {
+                    println!("Runtimes:  {}", runtimes.join(", "));
+                }
+                for (runtime, list) in &endpoints {
+                    for (name, address) in list {
+                        println!("  {runtime:<8} {name:<20} {address}");
+                    }
+                }
             }
             Ok(0)
         }
