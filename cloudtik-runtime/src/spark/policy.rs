@@ -170,8 +170,17 @@ pub fn app_demand(app: &DriverApp, default_cores: f64, master_waiting: bool) -> 
 /// An application the master lists as `WAITING` whose driver was not read (its UI is
 /// off or on another port) wants one executor of the master's `memoryperexecutor`
 /// and one core.
-pub fn scaling_state(master: &Value, apps: &[DriverApp]) -> ScalingState {
+///
+/// The head (`head_ip`), which runs no Spark worker, has no CPU or memory for
+/// executors: demands are never counted as fitting there.
+pub fn scaling_state(master: &Value, apps: &[DriverApp], head_ip: Option<&str>) -> ScalingState {
     let mut state = ScalingState::new();
+    if let Some(head) = head_ip {
+        state = state.with_node(
+            head,
+            NodeResourceState::new(Resources::from_pairs([(CPU, 0.0), (MEMORY, 0.0)]), false),
+        );
+    }
     let alive: Vec<&Value> = master["workers"]
         .as_array()
         .into_iter()
@@ -300,7 +309,7 @@ impl ScalingPolicy for SparkScalingPolicy {
         }
         apps.sort_by(|a, b| a.id.cmp(&b.id));
         apps.dedup_by(|a, b| a.id == b.id);
-        Ok(scaling_state(&master, &apps))
+        Ok(scaling_state(&master, &apps, Some(&self.head_ip)))
     }
 }
 
@@ -341,7 +350,7 @@ mod tests {
             running_app_ids(&fixture("applications.json")),
             vec![running.id.clone()]
         );
-        let state = scaling_state(&master, std::slice::from_ref(&running));
+        let state = scaling_state(&master, std::slice::from_ref(&running), None);
         let worker = &state.nodes["127.0.0.1"];
         assert!(worker.in_use);
         assert_eq!(worker.available.get(CPU), 0.0);
@@ -441,14 +450,16 @@ mod tests {
             ],
             "activeapps": [],
         });
-        let state = scaling_state(&master, &[]);
-        assert_eq!(state.nodes.len(), 1);
+        let state = scaling_state(&master, &[], Some("10.0.0.2"));
+        assert_eq!(state.nodes.len(), 2);
+        let head = &state.nodes["10.0.0.2"];
+        assert!(!head.in_use && head.available.get(CPU) == 0.0 && head.available.get(MEMORY) == 0.0);
         let n = &state.nodes["10.0.0.3"];
         assert!(!n.in_use);
         assert_eq!(n.available.get(CPU), 2.0);
         assert_eq!(n.available.get(MEMORY), 1536.0 * MIB);
         assert!(state.demands.is_empty());
-        assert_eq!(scaling_state(&json!({}), &[]), ScalingState::new());
+        assert_eq!(scaling_state(&json!({}), &[], None), ScalingState::new());
     }
 
     #[test]
@@ -460,6 +471,73 @@ mod tests {
         ]);
         assert_eq!(running_app_ids(&apps), vec!["b".to_string()]);
         assert!(running_app_ids(&json!({"not": "a list"})).is_empty());
+    }
+
+    /// Serves `routes` (path -> JSON body; anything else 404) until the test ends.
+    async fn serve(routes: Vec<(String, Value)>) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let answer = match routes.iter().find(|(p, _)| *p == path) {
+                        Some((_, body)) => {
+                            let body = body.to_string();
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                        }
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    };
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_policy_reads_the_master_and_the_drivers() {
+        let id = "app-20261201142606-0000";
+        let base = format!("/api/v1/applications/{id}");
+        let master = serve(vec![("/json/".into(), fixture("master.json"))]).await;
+        let driver = serve(vec![
+            ("/api/v1/applications".into(), fixture("applications.json")),
+            (
+                format!("{base}/stages?status=active"),
+                fixture("stages-running.json"),
+            ),
+            (format!("{base}/executors"), fixture("executors-running.json")),
+            (format!("{base}/environment"), fixture("environment.json")),
+        ])
+        .await;
+        // A driver port whose app API fails is skipped.
+        let broken = serve(vec![(
+            "/api/v1/applications".into(),
+            json!([{"id": "x", "attempts": [{"completed": false}]}]),
+        )])
+        .await;
+        let policy = SparkScalingPolicy::new("127.0.0.1", master).with_driver_ports([driver, broken]);
+        let state = policy.scaling_state().await.unwrap();
+        let expected = scaling_state(
+            &fixture("master.json"),
+            &[DriverApp {
+                id: id.into(),
+                stages: fixture("stages-running.json"),
+                executors: fixture("executors-running.json"),
+                environment: fixture("environment.json"),
+            }],
+            Some("127.0.0.1"),
+        );
+        assert_eq!(state, expected);
+        assert_eq!(state.demands.len(), 20);
     }
 
     #[tokio::test]
