@@ -177,7 +177,7 @@ impl PythonEnv {
 
     /// Makes the venv (and installs `python3-venv` when `python3 -m venv` needs it).
     pub async fn ensure(&self) -> Result<()> {
-        if self.bin("python").exists() && self.bin("pip").exists() {
+        if self.bin("python").exists() && self.bin("pip").exists() && self.bin("wheel").exists() {
             return Ok(());
         }
         apt_install(&["python3".to_string(), "python3-venv".to_string()]).await?;
@@ -191,7 +191,8 @@ impl PythonEnv {
             &format!("making the Python venv {}", self.dir.display()),
         )
         .await?;
-        Ok(())
+        // `wheel` lets pip build wheels of packages published as source only (pyspark).
+        self.fetch_and_install(&["wheel".to_string()]).await
     }
 
     /// Installs `requirements` (pip requirement strings, e.g. `pyspark==3.5.3`) into the
@@ -207,30 +208,7 @@ impl PythonEnv {
             return Ok(());
         }
         self.ensure().await?;
-        std::fs::create_dir_all(&self.wheelhouse).map_err(|e| {
-            Error::new(
-                ErrorKind::Unexpected,
-                format!("cannot make the wheelhouse {}: {e}", self.wheelhouse.display()),
-            )
-        })?;
-        let pip = quote(&self.bin("pip").to_string_lossy());
-        let wheels = quote(&self.wheelhouse.to_string_lossy());
-        let reqs: Vec<String> = missing.iter().map(|r| quote(r)).collect();
-        let reqs = reqs.join(" ");
-        let lock = quote(&self.wheelhouse.join(".cloudtik.lock").to_string_lossy());
-        // Offline from the wheelhouse first; else fetch into it (the only step that
-        // downloads), then install offline.
-        let script = format!(
-            "exec flock -w {LOCK_WAIT_SECS} {lock} sh -c \"\
-             {pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {reqs} 2>/dev/null || \
-             {{ {pip} wheel -q --disable-pip-version-check --wheel-dir {wheels} {reqs} && \
-             {pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {reqs}; }}\""
-        );
-        run(
-            &script,
-            &format!("installing the Python packages {} with pip", missing.join(", ")),
-        )
-        .await?;
+        self.fetch_and_install(&missing).await?;
         let mut all = installed;
         all.extend(missing);
         let json = serde_json::to_vec(&all).unwrap_or_default();
@@ -240,6 +218,37 @@ impl PythonEnv {
                 format!("cannot write {}: {e}", self.record().display()),
             )
         })?;
+        Ok(())
+    }
+}
+
+impl PythonEnv {
+    /// Installs `reqs` from the wheelhouse with no network, else fetches them into it
+    /// (`pip wheel`, the only step that downloads) and installs them from it; under the
+    /// wheelhouse's lock.
+    async fn fetch_and_install(&self, reqs: &[String]) -> Result<()> {
+        std::fs::create_dir_all(&self.wheelhouse).map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("cannot make the wheelhouse {}: {e}", self.wheelhouse.display()),
+            )
+        })?;
+        let pip = quote(&self.bin("pip").to_string_lossy());
+        let wheels = quote(&self.wheelhouse.to_string_lossy());
+        let list: Vec<String> = reqs.iter().map(|r| quote(r)).collect();
+        let list = list.join(" ");
+        let lock = quote(&self.wheelhouse.join(".cloudtik.lock").to_string_lossy());
+        let script = format!(
+            "exec flock -w {LOCK_WAIT_SECS} {lock} sh -c \"\
+             {pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {list} 2>/dev/null || \
+             {{ {pip} wheel -q --disable-pip-version-check --wheel-dir {wheels} {list} && \
+             {pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {list}; }}\""
+        );
+        run(
+            &script,
+            &format!("installing the Python packages {} with pip", reqs.join(", ")),
+        )
+        .await?;
         Ok(())
     }
 }
