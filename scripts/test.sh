@@ -21,5 +21,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --lock
 step "cargo test (all features)"
 cargo test --workspace --all-features --locked 2>&1 | tee "$CARGO_TARGET_DIR/test-output.log"
 
+step "library examples (run against Docker)"
+scripts/build-node-image.sh
+cargo build -p cloudtik-examples --bins --examples --locked
+"$CARGO_TARGET_DIR/debug/examples/custom_runtime"
+
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$CARGO_TARGET_DIR/test-output.log" | awk '{s+=$4} END {print s+0}')
 step "all green: $passed tests passed"

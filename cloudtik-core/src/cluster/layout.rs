@@ -33,6 +33,7 @@ pub mod env {
 /// |---|---|
 /// | `cloudtik/bootstrap.yaml` | the head's bootstrap config ([`HeadBootstrap`], mode 0600) |
 /// | `cloudtik/cluster.json` | the cluster config the head's controller runs with |
+/// | `cloudtik/runtimes.json` | the cluster's runtimes as data, for runtimes the head's program lacks |
 /// | `cloudtik/keys/cluster_key` (+`.pub`) | the cluster's key, for the head to reach workers |
 /// | `cloudtik/head/` | redis-server's config, data and log |
 /// | `cloudtik/services/head.json`, `agent.json` | the node's service (command, env, log) for `cloudtik-node supervise` (mode 0600) |
@@ -68,6 +69,13 @@ impl NodeLayout {
     /// The cluster config of the head's controller.
     pub fn cluster_file(&self) -> String {
         format!("{}/cluster.json", self.dir())
+    }
+    /// The runtimes of the cluster as data ([`RuntimeSnapshot`]s, JSON), for the head's
+    /// controller to set workers up with runtimes its node program lacks.
+    ///
+    /// [`RuntimeSnapshot`]: crate::runtime::snapshot::RuntimeSnapshot
+    pub fn runtimes_file(&self) -> String {
+        format!("{}/runtimes.json", self.dir())
     }
     /// The folder of the cluster's key pair.
     pub fn keys_dir(&self) -> String {

@@ -486,6 +486,16 @@ impl ManagedCluster {
         std::fs::write(&cluster, json).map_err(io)?;
         files.insert(layout.cluster_file(), cluster);
 
+        let snapshots = crate::runtime::snapshot::snapshots(&self.settings.runtimes, &self.config);
+        if !snapshots.is_empty() {
+            let runtimes = tmp.join("runtimes.json");
+            let json = serde_json::to_vec_pretty(&snapshots).map_err(|e| {
+                Error::new(ErrorKind::Unexpected, "cannot serialize the runtimes").with_source(e)
+            })?;
+            std::fs::write(&runtimes, json).map_err(io)?;
+            files.insert(layout.runtimes_file(), runtimes);
+        }
+
         let boot = HeadBootstrap {
             cluster_name: Some(self.config.cluster_name.clone()),
             head_ip: head.internal_ip.clone(),

@@ -16,6 +16,7 @@
 
 pub mod node;
 pub mod setup;
+pub mod snapshot;
 
 pub use node::{NodeContext, NodePhase, NodeRuntimeConfig, NodeService, node_command};
 pub use setup::{NodeRuntimes, apply_to_plan};

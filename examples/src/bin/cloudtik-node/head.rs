@@ -133,7 +133,22 @@ impl HeadController for ClusterController {
             boot.node_binary.clone().unwrap_or_else(|| "cloudtik-node".into()),
         );
         let password = boot.redis_password.clone().unwrap_or_default();
-        let registry = Arc::new(cloudtik_runtime::builtin_registry());
+        // The built-in runtimes, plus those the program that started the cluster
+        // registered (sent as data next to the cluster config).
+        let mut registry = cloudtik_runtime::builtin_registry();
+        if let Some(dir) = boot.cluster_config.as_deref().and_then(|p| p.parent()) {
+            let file = dir.join("runtimes.json");
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let snapshots: Vec<cloudtik_core::runtime::snapshot::RuntimeSnapshot> =
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("invalid runtimes file {}", file.display()))?;
+                let added = cloudtik_core::runtime::snapshot::register_missing(&mut registry, snapshots);
+                if !added.is_empty() {
+                    info!(runtimes = ?added, "runtimes from the cluster's starter");
+                }
+            }
+        }
+        let registry = Arc::new(registry);
         let runtimes = cloudtik_core::runtime::NodeRuntimes::of(&registry, &config, &config.head_node_type);
         // The runtimes' scaling policy, else CloudTik's default from the agents' load.
         let policy: Arc<dyn cloudtik_core::scaler::ScalingPolicy> = match runtimes.scaling_policy(&head_ip) {
