@@ -102,12 +102,16 @@ pub async fn apt_install(packages: &[String]) -> Result<()> {
     let list = list.join(" ");
     let s = sudo();
     // Refresh the package lists when none is a day young (or there are none).
+    // Downloading (and refreshing the lists) takes the lock of the archives, which nodes
+    // may share; installing from the downloaded files does not, so nodes sharing the
+    // cache install at once (each node's own dpkg database is its own).
     let script = format!(
         "set -e; {s}mkdir -p /var/cache/apt/archives; \
-         exec {s}flock -w {LOCK_WAIT_SECS} /var/cache/apt/archives/.cloudtik.lock sh -c '\
+         {s}flock -w {LOCK_WAIT_SECS} /var/cache/apt/archives/.cloudtik.lock sh -c '\
          if [ -z \"$(find /var/lib/apt/lists -maxdepth 1 -name \"*Packages*\" -mmin -1440 2>/dev/null | head -n 1)\" ]; then \
          apt-get update -q; fi; \
-         apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 {list}'"
+         apt-get install -y -q --no-install-recommends --download-only -o Dpkg::Use-Pty=0 {list}'; \
+         {s}apt-get install -y -q --no-install-recommends --no-download -o Debug::NoLocking=true -o Dpkg::Use-Pty=0 {list}"
     );
     run(
         &script,
@@ -238,11 +242,15 @@ impl PythonEnv {
         let list: Vec<String> = reqs.iter().map(|r| quote(r)).collect();
         let list = list.join(" ");
         let lock = quote(&self.wheelhouse.join(".cloudtik.lock").to_string_lossy());
+        // Offline first, with no lock: nodes sharing the wheelhouse install at once. Only
+        // fetching into it takes the lock (then the offline install is tried again: another
+        // node may have fetched the same meanwhile).
+        let offline =
+            format!("{pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {list}");
         let script = format!(
-            "exec flock -w {LOCK_WAIT_SECS} {lock} sh -c \"\
-             {pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {list} 2>/dev/null || \
-             {{ {pip} wheel -q --disable-pip-version-check --wheel-dir {wheels} {list} && \
-             {pip} install -q --disable-pip-version-check --no-index --find-links {wheels} {list}; }}\""
+            "{offline} 2>/dev/null || exec flock -w {LOCK_WAIT_SECS} {lock} sh -c \"\
+             {offline} 2>/dev/null || \
+             {{ {pip} wheel -q --disable-pip-version-check --wheel-dir {wheels} {list} && {offline}; }}\""
         );
         run(
             &script,

@@ -109,6 +109,11 @@ pub struct ControllerConfig {
     pub launcher: LauncherConfig,
     /// How long shutdown waits for launch calls in flight.
     pub shutdown_timeout: Duration,
+    /// Between passes, how often the scaling policy (if any) is asked whether new work
+    /// is waiting; more demands than the last pass saw start a pass at once, so a
+    /// runtime's demand reaches the launcher within about this long plus a pass, not an
+    /// `update_interval` later. `None`: only the regular passes.
+    pub demand_poll_interval: Option<Duration>,
 }
 
 impl Default for ControllerConfig {
@@ -121,6 +126,7 @@ impl Default for ControllerConfig {
             max_concurrent_setups: 50,
             launcher: LauncherConfig::default(),
             shutdown_timeout: Duration::from_secs(30),
+            demand_poll_interval: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -149,6 +155,11 @@ impl ControllerConfig {
     /// Sets `max_concurrent_setups`.
     pub fn with_max_concurrent_setups(mut self, n: usize) -> Self {
         self.max_concurrent_setups = n.max(1);
+        self
+    }
+    /// Sets `demand_poll_interval` (`None`: no polling between passes).
+    pub fn with_demand_poll_interval(mut self, d: Option<Duration>) -> Self {
+        self.demand_poll_interval = d;
         self
     }
     /// Sets the launcher settings.
@@ -369,6 +380,8 @@ pub struct Controller<P, S, U> {
     standing_by_for: Option<String>,
     policy: Option<Arc<dyn ScalingPolicy>>,
     policy_error: Option<String>,
+    /// How many demands the policy gave in the last pass.
+    policy_demands: usize,
 }
 
 impl<P, S, U> Controller<P, S, U>
@@ -408,6 +421,7 @@ where
             standing_by_for: None,
             policy: None,
             policy_error: None,
+            policy_demands: 0,
         }
     }
 
@@ -503,6 +517,10 @@ where
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {}
+                () = self.new_demand() => {
+                    tracing::debug!("new demand from the scaling policy: a pass now");
+                    ticker.reset();
+                }
             }
             if self.leadership.is_some() && !self.lead().await {
                 continue;
@@ -514,6 +532,26 @@ where
         }
         self.shutdown().await;
         Ok(self.counters)
+    }
+
+    /// Completes when the scaling policy reports more demands than the last pass saw
+    /// (polled every `demand_poll_interval`); never without a policy, polling, or the
+    /// lease.
+    async fn new_demand(&self) {
+        let (Some(policy), Some(every)) = (self.policy.clone(), self.config.demand_poll_interval) else {
+            return std::future::pending().await;
+        };
+        if self.leadership.is_some() && self.lease().is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            if let Ok(Ok(state)) = tokio::time::timeout(POLICY_TIMEOUT, policy.scaling_state()).await
+                && state.demands.len() > self.policy_demands
+            {
+                return;
+            }
+        }
     }
 
     /// Stops: waits for launch calls in flight, cancels setup runs and releases the
@@ -687,6 +725,7 @@ where
         let requests = self.store.requested_bundles().await?;
         let pending = self.store.pending_launches().await?;
         let policy = self.policy_state().await;
+        self.policy_demands = policy.demands.len();
         let mut demands = demands;
         demands.extend(policy.demands.iter().cloned());
 
