@@ -361,3 +361,63 @@ fn agent_with_a_wrong_password_fails_fast_with_a_clear_message() {
     assert!(head.wait(Duration::from_secs(30)).success());
     assert!(redis_servers_on(port).is_empty());
 }
+
+/// `cloudtik-node runtime start` of a runtime whose process cannot start (Spark's master
+/// on a machine without Spark): the command fails naming the process, the node and the
+/// last lines of the process's log; `runtime stop` then stops its supervisor and removes
+/// its service file. A runtime name this program lacks is refused with the list it has.
+#[test]
+fn a_runtime_process_that_does_not_start_is_named_with_its_log() {
+    let home = tempfile::tempdir().unwrap();
+    let home_s = home.path().to_str().unwrap();
+    let config = serde_json::json!({
+        "cluster_name": "c",
+        "types": ["spark"],
+        "sections": {"spark": {"history_server": false, "master_port": free_port(), "master_ui_port": free_port()}},
+    })
+    .to_string();
+    let run = |args: &[&str]| {
+        Command::new(NODE)
+            .args(args)
+            .env("HOME", home_s)
+            .env("CLOUDTIK_RUNTIME_CONFIG", &config)
+            .env("CLOUDTIK_NODE_IP", "127.0.0.1")
+            .env("CLOUDTIK_NODE_BINARY", NODE)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["runtime", "start", "spark", "--head", "--ready-timeout", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("runtime spark: process spark-master did not start on node 127.0.0.1"),
+        "{err}"
+    );
+    assert!(err.contains("spark-master.log"), "{err}");
+    // The log's last lines are in the message: the supervisor says what failed.
+    let log = std::fs::read_to_string(home.path().join("cloudtik/logs/spark-master.log")).unwrap();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(!last.is_empty() && err.contains(last.trim()), "{err}\n---\n{log}");
+    let service = home.path().join("cloudtik/services/spark-master.json");
+    assert!(service.exists());
+
+    let out = run(&["runtime", "stop", "spark", "--head"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!service.exists(), "a stopped service does not come back at boot");
+    let ps = Command::new("pgrep")
+        .args(["-f", &format!("supervise --service-file {}", service.display())])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "the supervisor is stopped"
+    );
+
+    let out = run(&["runtime", "install", "hdfs"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("runtime `hdfs` is not available") && err.contains("ray, spark"),
+        "{err}"
+    );
+}

@@ -58,6 +58,15 @@ impl NodeLayout {
         }
     }
 
+    /// The layout under the home folder `home` (of the user running this), running
+    /// `node_binary`: for programs on the node, which know their `$HOME`.
+    pub fn at_home(home: impl Into<String>, node_binary: impl Into<String>) -> Self {
+        NodeLayout {
+            home: home.into(),
+            node_binary: node_binary.into(),
+        }
+    }
+
     /// `~/cloudtik`.
     pub fn dir(&self) -> String {
         format!("{}/cloudtik", self.home)
@@ -408,7 +417,7 @@ mod tests {
         );
         assert!(
             !agent.contains("--redis-password")
-                && agent.contains("--env CLOUDTIK_REDIS_PASSWORD --write-only"),
+                && agent.contains("--env CLOUDTIK_REDIS_PASSWORD --env CLOUDTIK_RUNTIME_CONFIG --write-only"),
             "the password comes from the environment, into the service file: {agent}"
         );
         // Both run under the supervisor, from their service files.

@@ -795,6 +795,12 @@ impl ManagedCluster {
         (runtimes.config().types.clone(), runtimes.endpoints(head_ip))
     }
 
+    /// The runtime config the head's controller published in the state store (runtimes,
+    /// sections, services, endpoints); `None` when it published none.
+    pub async fn published_runtimes(&self) -> Result<Option<Value>> {
+        self.store().await?.runtime_config(None).await
+    }
+
     /// The environment the runtimes give every command on the head (their programs on
     /// the `PATH`, their homes), for commands run on the head (`exec`, `submit`).
     pub fn head_runtime_env(&self) -> Result<BTreeMap<String, String>> {

@@ -128,6 +128,26 @@ impl<'a> NodeRuntimes<'a> {
             .collect()
     }
 
+    /// Per runtime, the services it offers.
+    pub fn services(&self) -> BTreeMap<String, Vec<super::ServiceSpec>> {
+        self.each()
+            .map(|(r, section)| (r.name().to_string(), r.services(&section)))
+            .collect()
+    }
+
+    /// What the head's controller publishes in the state store as the cluster's runtime
+    /// config ([`StateStore::set_runtime_config`](crate::state::StateStore::set_runtime_config),
+    /// encrypted with the cluster's key): the runtimes in start order, their sections,
+    /// their services and their endpoints given the head's address.
+    pub fn published(&self, head_ip: &str) -> serde_json::Value {
+        serde_json::json!({
+            "types": self.config.types,
+            "sections": self.config.sections,
+            "services": self.services(),
+            "endpoints": self.endpoints(head_ip),
+        })
+    }
+
     /// The scaling policy of the first runtime (in start order) that has one.
     pub fn scaling_policy(&self, head_ip: &str) -> Option<Arc<dyn ScalingPolicy>> {
         self.each()
@@ -238,6 +258,10 @@ mod tests {
         let sent: NodeRuntimeConfig = serde_json::from_str(&plan.env[RUNTIME_CONFIG_ENV]).unwrap();
         assert_eq!(sent.types, vec!["zk", "kafka"]);
         assert_eq!(sent.section("kafka")["home"], "/k");
+        let published = rts.published("10.0.0.1");
+        assert_eq!(published["types"], serde_json::json!(["zk", "kafka"]));
+        assert_eq!(published["sections"]["kafka"]["home"], "/k");
+        assert!(published["services"]["zk"].as_array().unwrap().is_empty());
         // Stop: reverse runtime order.
         assert_eq!(
             rts.commands(NodeKind::Worker).stop,

@@ -156,6 +156,13 @@ impl HeadController for ClusterController {
             None => Arc::new(cloudtik_core::scaler::LoadScalingPolicy::new(store.clone())),
         };
         info!(policy = policy.name(), "scaling policy");
+        // The runtimes, their services and endpoints, for discovery (`cloudtik info`).
+        if let Err(e) = store
+            .set_runtime_config(None, &runtimes.published(&head_ip))
+            .await
+        {
+            warn!(error = %e, "cannot publish the runtime config; going on");
+        }
         let setup = SshNodeSetup::new(
             provider.clone(),
             Arc::new(config),

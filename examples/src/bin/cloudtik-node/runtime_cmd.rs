@@ -20,8 +20,8 @@ use cloudtik_core::runtime::{NodeContext, NodeRuntimeConfig, unknown_runtime_mes
 use cloudtik_core::{NodeKind, RuntimeRegistry};
 use tracing::info;
 
-/// How long `start` waits for a service's port.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `start` waits for a service's port by default.
+const READY_TIMEOUT_SECS: u64 = 180;
 
 /// Lines of a failed service's log shown.
 const LOG_TAIL: usize = 20;
@@ -48,21 +48,18 @@ pub(crate) struct RuntimeArgs {
     /// This node is the head.
     #[arg(long)]
     head: bool,
+    /// `start`: how long to wait for each service's port, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = READY_TIMEOUT_SECS)]
+    ready_timeout: u64,
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The node's `~/cloudtik` and the user, from `$HOME`.
-fn home() -> (PathBuf, String) {
-    let home = env("HOME").unwrap_or_else(|| "/root".to_string());
-    let user = if home == "/root" {
-        "root".to_string()
-    } else {
-        home.rsplit('/').next().unwrap_or("root").to_string()
-    };
-    (PathBuf::from(home).join("cloudtik"), user)
+/// The node's home folder, from `$HOME`.
+fn home() -> String {
+    env("HOME").unwrap_or_else(|| "/root".to_string())
 }
 
 pub(crate) async fn run(args: RuntimeArgs, registry: &RuntimeRegistry) -> anyhow::Result<()> {
@@ -78,7 +75,8 @@ pub(crate) async fn run(args: RuntimeArgs, registry: &RuntimeRegistry) -> anyhow
     let node_ip = env("CLOUDTIK_NODE_IP").unwrap_or_else(|| "127.0.0.1".to_string());
     let head_ip = env("CLOUDTIK_HEAD_IP").unwrap_or_else(|| node_ip.clone());
     let node_type = env("CLOUDTIK_NODE_TYPE").unwrap_or_default();
-    let (dir, user) = home();
+    let home = home();
+    let dir = PathBuf::from(&home).join("cloudtik");
     let detected = DetectedResources::detect(HostPaths::default());
     let ctx = NodeContext::new(
         kind,
@@ -98,7 +96,8 @@ pub(crate) async fn run(args: RuntimeArgs, registry: &RuntimeRegistry) -> anyhow
                 .map(|p| p.to_string_lossy().into_owned())
         })
         .context("cannot tell the path of cloudtik-node")?;
-    let layout = NodeLayout::new(&user, binary);
+    let layout = NodeLayout::at_home(home, binary);
+    let ready_timeout = Duration::from_secs(args.ready_timeout);
     match args.phase {
         Phase::Install => {
             info!(runtime = %args.name, "installing");
@@ -123,7 +122,7 @@ pub(crate) async fn run(args: RuntimeArgs, registry: &RuntimeRegistry) -> anyhow
             }
             for s in &services {
                 let Some(port) = s.ready_port else { continue };
-                if !cloudtik_runtime::packages::wait_for_port(&node_ip, port, READY_TIMEOUT).await
+                if !cloudtik_runtime::packages::wait_for_port(&node_ip, port, ready_timeout).await
                     && !cloudtik_runtime::packages::wait_for_port("127.0.0.1", port, Duration::ZERO).await
                 {
                     let log = layout.service_log(&s.name);
@@ -132,7 +131,7 @@ pub(crate) async fn run(args: RuntimeArgs, registry: &RuntimeRegistry) -> anyhow
                          {port} after {}s); the last lines of {log}:\n{}",
                         args.name,
                         s.name,
-                        READY_TIMEOUT.as_secs(),
+                        ready_timeout.as_secs(),
                         tail(&log, LOG_TAIL)
                     );
                 }

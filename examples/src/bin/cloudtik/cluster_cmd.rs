@@ -725,7 +725,18 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             }
             let head = status.nodes.iter().find(|n| n.kind == NodeKind::Head);
             let head_ip = head.and_then(|h| h.internal_ip.clone());
-            let (runtimes, endpoints) = cluster.runtime_endpoints(head_ip.as_deref().unwrap_or("<head>"));
+            let (runtimes, mut endpoints) = cluster.runtime_endpoints(head_ip.as_deref().unwrap_or("<head>"));
+            // What the head published wins: it is what runs.
+            let published = match head {
+                Some(_) => cluster.published_runtimes().await.ok().flatten(),
+                None => None,
+            };
+            if let Some(e) = published
+                .as_ref()
+                .and_then(|p| serde_json::from_value(p["endpoints"].clone()).ok())
+            {
+                endpoints = e;
+            }
             let info = serde_json::json!({
                 "cluster_name": status.cluster_name,
                 "state": status.state,
@@ -737,6 +748,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                 "pending_launches": status.pending_launches,
                 "runtimes": runtimes,
                 "endpoints": endpoints,
+                "services": published.as_ref().map(|p| p["services"].clone()),
             });
             if json {
                 ui::print_json(&info)?;
