@@ -7,8 +7,10 @@
 //! a PySpark job wanting more executors than fit, with no `scale` call -> the Spark
 //! scaling policy's demands make the controller add workers, executors run on 3 workers
 //! at least, no worker running an executor is taken away while the job runs -> the job
-//! ends with its count -> after the idle timeout, back to 1 worker -> `stop` runs the
-//! runtime's stop commands (the Spark daemons get SIGTERM) -> nothing left.
+//! ends with its count -> after the idle timeout, back to 1 worker -> the worker's Spark
+//! daemon stopped (SIGSTOP) shows in `status` with its node, and killed it is started
+//! again by its supervisor and registers with the master -> `stop` runs the runtime's
+//! stop commands (the Spark daemons get SIGTERM) -> nothing left.
 //!
 //! Timings are printed as `TIMING` lines. Needs Docker, the node image and the package
 //! indexes; without Docker it fails under `CI=true` and says so otherwise.
@@ -283,6 +285,56 @@ fn spark_jobs_scale_the_cluster_up_and_idle_workers_go() {
     println!(
         "TIMING job end -> back to 1 worker {:.1}s",
         idle_from.elapsed().as_secs_f64()
+    );
+
+    // A runtime process that stops is shown by `status` with its node; one that dies is
+    // started again by its supervisor and rejoins the master.
+    let status = env.status(&file);
+    let (worker_ip, worker_id) = worker_ips(&status).into_iter().next().unwrap();
+    const WORKER_CLASS: &str = "org.apache.spark.deploy.worker.Worker";
+    let out = docker(&["exec", &worker_id, "pkill", "-STOP", "-f", WORKER_CLASS]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(
+        "status shows the stopped spark-worker",
+        Duration::from_secs(60),
+        || {
+            let s = env.status(&file);
+            let node = s["nodes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["id"] == worker_id.as_str()).cloned())
+                .unwrap_or_default();
+            (node["down_processes"]["spark-worker"] != "stopped").then(|| format!("{node}"))
+        },
+    );
+    let text = env.run(&["status", f]);
+    assert!(
+        text.1.contains(&format!(
+            "process spark-worker is stopped on node {worker_id} ({worker_ip})"
+        )),
+        "{}",
+        text.1
+    );
+    let before: Vec<String> = get_json(&head_ip, 8080, "/json/")
+        .map(|m| alive_workers(&m).iter().map(|w| w["id"].to_string()).collect())
+        .unwrap_or_default();
+    docker(&["exec", &worker_id, "pkill", "-CONT", "-f", WORKER_CLASS]);
+    let out = docker(&["exec", &worker_id, "pkill", "-KILL", "-f", WORKER_CLASS]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let killed = Instant::now();
+    wait_until(
+        "the killed spark-worker is back at the master",
+        Duration::from_secs(120),
+        || {
+            let m = get_json(&head_ip, 8080, "/json/").unwrap_or_default();
+            let back = alive_workers(&m)
+                .iter()
+                .any(|w| w["host"] == worker_ip.as_str() && !before.contains(&w["id"].to_string()));
+            (!back).then(|| format!("{m}"))
+        },
+    );
+    println!(
+        "TIMING spark-worker killed -> a new one registered {:.1}s",
+        killed.elapsed().as_secs_f64()
     );
 
     // Stop: the runtime's stop commands run on every node, and the Spark daemons get
