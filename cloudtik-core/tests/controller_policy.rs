@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use cloudtik_core::scaler::planner::{NodeTypeConfig, ScalingConfig};
 use cloudtik_core::scaler::{
     Clock, Controller, ControllerConfig, LaunchSpec, MarkUpToDate, NodeResourceState, ScalingInputs,
@@ -72,7 +71,8 @@ impl Scripted {
     }
 }
 
-#[async_trait]
+// The library's re-export: no async-trait dependency of one's own is needed.
+#[cloudtik_core::async_trait]
 impl ScalingPolicy for Scripted {
     fn name(&self) -> &str {
         "scripted"

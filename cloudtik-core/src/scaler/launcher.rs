@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::provider::{LaunchRequest, NodeProvider};
@@ -172,14 +173,15 @@ impl<P: NodeProvider> Launcher<P> {
                 slot
             };
             tokio::time::sleep_until(slot).await;
+            // The span follows the call across its awaits (an entered guard would not).
             let span = tracing::info_span!("launch", node_type = %request.node_type, count = request.count, token = %request.token);
-            let _g = span.enter();
             let call = async {
                 if let Some(gate) = &gate {
                     (gate.0)().await.map_err(|e| e.with_operation("create_nodes"))?;
                 }
                 provider.create_nodes(&request).await
-            };
+            }
+            .instrument(span);
             let result = match tokio::time::timeout(call_timeout, call).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::new(
