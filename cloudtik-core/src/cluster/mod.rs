@@ -801,13 +801,6 @@ impl ManagedCluster {
         self.store().await?.runtime_config(None).await
     }
 
-    /// The environment the runtimes give every command on the head (their programs on
-    /// the `PATH`, their homes), for commands run on the head (`exec`, `submit`).
-    pub fn head_runtime_env(&self) -> Result<BTreeMap<String, String>> {
-        NodeRuntimes::of(&self.settings.runtimes, &self.config, &self.config.head_node_type)
-            .environment(NodeKind::Head)
-    }
-
     /// Removes the cluster's key pair and secrets from this machine
     /// ([`ClusterDir::remove_secrets`]), saying so; for a cluster that is gone.
     pub fn forget_secrets(&self) -> Result<Vec<std::path::PathBuf>> {

@@ -191,11 +191,6 @@ impl NodeContext {
     pub fn is_head(&self) -> bool {
         self.kind == NodeKind::Head
     }
-
-    /// A string setting of the section, or `default`.
-    pub fn str_setting<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
-        self.section.get(key).and_then(|v| v.as_str()).unwrap_or(default)
-    }
 }
 
 /// A long-running process of a runtime, run and restarted by the node's supervisor

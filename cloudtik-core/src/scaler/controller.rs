@@ -439,14 +439,7 @@ where
         let Some(policy) = &self.policy else {
             return ScalingState::default();
         };
-        let result = match tokio::time::timeout(POLICY_TIMEOUT, policy.scaling_state()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no answer within {POLICY_TIMEOUT:?}"),
-            )),
-        };
-        match result {
+        match ask_policy(policy.as_ref()).await {
             Ok(state) => {
                 if self.policy_error.take().is_some() {
                     tracing::info!(policy = policy.name(), "the scaling policy answers again");
@@ -546,7 +539,7 @@ where
         }
         loop {
             tokio::time::sleep(every).await;
-            if let Ok(Ok(state)) = tokio::time::timeout(POLICY_TIMEOUT, policy.scaling_state()).await
+            if let Ok(state) = ask_policy(policy.as_ref()).await
                 && state.demands.len() > self.policy_demands
             {
                 return;
@@ -1232,4 +1225,16 @@ where
             tracing::debug!(error = %e, "cannot record an event");
         }
     }
+}
+
+/// The policy's answer, or a timeout error after [`POLICY_TIMEOUT`].
+async fn ask_policy(policy: &dyn ScalingPolicy) -> Result<ScalingState> {
+    tokio::time::timeout(POLICY_TIMEOUT, policy.scaling_state())
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no answer within {POLICY_TIMEOUT:?}"),
+            ))
+        })
 }
