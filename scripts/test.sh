@@ -15,6 +15,15 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+step "cloudtik-core feature combinations (the lean core has no openssh, redis or aes-gcm)"
+for features in "" "ssh" "redis" "testing"; do
+  cargo clippy -p cloudtik-core --no-default-features --features "$features" --locked -- -D warnings
+done
+if cargo tree -p cloudtik-core --no-default-features -e normal --prefix none | grep -E '^(openssh|redis|aes-gcm) '; then
+  echo "cloudtik-core without default features must not depend on the crates above" >&2
+  exit 1
+fi
+
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
 

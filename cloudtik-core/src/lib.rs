@@ -15,12 +15,26 @@
 //! This crate compiles no cloud SDK; providers live in `cloudtik-providers`, each behind
 //! its own cargo feature.
 //!
+//! # Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `ssh` | yes | `command::SshRunner` (openssh, sftp), `cluster::SshNodeSetup` |
+//! | `redis` | yes | `state::RedisStore` and sealed values (AES-256-GCM), `cluster::ClusterDir` |
+//! | `testing` | no | the module `testing` (below) |
+//!
+//! With both `ssh` and `redis`, `cluster::ManagedCluster` implements [`Cluster`]. Without
+//! them the crate still has configs, the planner, the [controller](scaler::Controller),
+//! the in-memory state store, the node agent and every trait: `default-features = false`
+//! is the core for a program that brings its own runner or store.
+//!
 //! The cargo feature `testing` adds the module `testing`: an in-memory fake cloud with failure
 //! injection, the conformance suite every provider must pass, and harnesses that start
 //! real sshd servers (also in network namespaces) and build a local Docker image.
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod backoff;
 pub mod cluster;
 pub mod command;
 pub mod config;

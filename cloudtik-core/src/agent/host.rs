@@ -440,6 +440,7 @@ impl HostProbe {
             out.memory_available = detected.memory.saturating_sub(used);
         }
 
+        #[cfg(unix)]
         match rustix::fs::statvfs(&self.paths.disk_path) {
             Ok(st) => {
                 let frsize = st.f_frsize;

@@ -308,8 +308,7 @@ impl Streak {
         if self.failures == 0 {
             return interval;
         }
-        let factor = 1u32 << self.failures.min(16);
-        interval.saturating_mul(factor).min(max.max(interval))
+        crate::backoff::Backoff::new(interval, max).delay(self.failures)
     }
 }
 

@@ -654,6 +654,7 @@ async fn a_hanging_store_write_times_out_and_shutdown_interrupts_it() {
         .unwrap();
 }
 
+#[cfg(feature = "redis")]
 mod redis {
     use super::*;
     use crate::state::test_server::TestRedis;

@@ -37,12 +37,14 @@ use crate::error::{Error, ErrorKind, Result};
 mod docker;
 mod local;
 mod mask;
+#[cfg(feature = "ssh")]
 mod ssh;
 mod sync;
 
 pub use docker::{ContainerSpec, ContainerStart, DockerRunner};
 pub use local::LocalRunner;
 pub use mask::{MASK, SECRET_NAME_PARTS, is_secret_name, mask_secrets};
+#[cfg(feature = "ssh")]
 pub use ssh::{JumpHost, SshOptions, SshRunner, TransferMode, known_host, pin_host_keys};
 
 /// Default timeout of a command (CloudTik's 120 s).

@@ -101,20 +101,23 @@
 //! nothing with `always`, and with `everysec` the writes of the last ~2 s only when the
 //! disk was too slow to keep up. The rendered config needs redis-server 7.0 or newer.
 
+#[cfg(feature = "redis")]
 mod crypto;
 mod lease;
 mod liveness;
 mod memory;
 mod model;
+#[cfg(feature = "redis")]
 mod redis_store;
+#[cfg(feature = "redis")]
 mod row;
 mod server;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod redis_tests;
 #[cfg(test)]
 mod suite;
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 pub(crate) mod test_server;
 
 use std::collections::BTreeMap;
@@ -128,15 +131,18 @@ use crate::error::Result;
 use crate::node::NodeId;
 use crate::resources::Resources;
 
+#[cfg(feature = "redis")]
 pub use crypto::EncryptionKey;
 pub use lease::{CONTROLLER_LEASE, Fence, Lease, LeaseAcquire};
 pub use liveness::{DEFAULT_HEARTBEAT_TIMEOUT, NodeLiveness, classify_nodes, read_node_liveness};
 pub use memory::InMemoryStore;
+#[cfg(feature = "redis")]
 pub(crate) use model::resource_id;
 pub use model::{
     ClusterEvent, EventSeverity, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ProcessState,
     RequestBundle, ResourceDemands, ResourceRequest, StandingRequests, unix_now,
 };
+#[cfg(feature = "redis")]
 pub use redis_store::{RedisAddress, RedisStore, RedisStoreConfig};
 pub use server::{AppendFsync, RedisServerConfig, generate_password};
 

@@ -36,6 +36,7 @@ pub mod conformance;
 pub mod docker;
 mod fake;
 mod fake_workspace;
+#[cfg(feature = "ssh")]
 pub mod sshd;
 
 pub use fake::{CallCounts, FakeCloud, FakeProvider, GateStage};
