@@ -59,7 +59,8 @@ pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
 pub use operations::{Cluster, Workspace};
 pub use provider::{
     DeleteWorkspaceOptions, LaunchOutcome, LaunchRequest, NodeProvider, NodeProviderExt,
-    ProviderCapabilities, TagUpdate, WorkspaceExistence, WorkspaceProvider,
+    ProviderCapabilities, ProviderFactory, ProviderRegistry, TagUpdate, WorkspaceExistence,
+    WorkspaceProvider,
 };
 pub use resources::Resources;
 pub use runtime::{Runtime, RuntimeRegistry};

@@ -1,175 +1,213 @@
-//! Providers by `provider.type`: what the CLI, the head and embedding programs call to
-//! get the provider of a config without naming it.
+//! The built-in providers as [`ProviderFactory`]s: [`register_builtin`] adds the ones
+//! this build's cargo features enable to a [`ProviderRegistry`], and says why the others
+//! are missing (a feature not enabled, a provider not built yet).
+//!
+//! ```
+//! let registry = cloudtik_providers::builtin_registry();
+//! assert!(registry.get("virtual").is_ok());
+//! let err = registry.get("gcp").unwrap_err();
+//! assert!(err.to_string().contains("not built yet"));
+//! ```
 
+use cloudtik_core::provider::ProviderRegistry;
+#[cfg(any(feature = "virtual", feature = "aws"))]
+use cloudtik_core::{
+    NodeProvider, Result, WorkspaceProvider,
+    config::{ClusterConfig, WorkspaceConfig},
+    provider::{ProviderFactory, ProviderPlace},
+};
+#[cfg(any(feature = "virtual", feature = "aws"))]
 use std::sync::Arc;
-
-use cloudtik_core::config::{ClusterConfig, WorkspaceConfig};
-use cloudtik_core::{Error, ErrorKind, NodeProvider, Result, WorkspaceProvider};
-
-/// Where a provider runs: on the user's machine, or inside the cluster's head.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ProviderPlace {
-    /// On the machine that starts the cluster (the CLI, an embedding service).
-    #[default]
-    Client,
-    /// Inside the head node, for its controller.
-    Head {
-        /// The public key to authorize on the workers it launches.
-        authorized_key: Option<String>,
-    },
-}
 
 /// Provider types whose configs this crate checks but whose nodes it cannot run yet.
 const NOT_BUILT_YET: [&str; 3] = ["local", "gcp", "azure"];
 
-/// Checks that this build can run nodes of `provider_type`, before anything is made for
-/// a cluster: an error ([`ErrorKind::Unsupported`], path `provider.type`) says why not
-/// (a provider not built yet, a cargo feature not enabled, an unknown type).
-pub fn check_node_provider(provider_type: &str) -> Result<()> {
-    #[cfg(feature = "virtual")]
-    if provider_type == crate::virtual_provider::PROVIDER_TYPE {
-        return Ok(());
+/// Registers the built-in providers of this build: `virtual` and `aws` with their cargo
+/// features; `local`, `gcp` and `azure` (and a built-in type whose feature is off) as
+/// unavailable, with the reason.
+pub fn register_builtin(registry: &mut ProviderRegistry) -> &mut ProviderRegistry {
+    for t in NOT_BUILT_YET {
+        registry.register_unavailable(
+            t,
+            "it is not built yet: its configs are checked, but its nodes and workspaces cannot be made; \
+             clusters run on the `virtual` and `aws` providers today",
+        );
     }
+    for t in ["virtual", "aws"] {
+        registry.register_unavailable(t, format!("enable the cargo feature `{t}` of cloudtik-providers"));
+    }
+    #[cfg(feature = "virtual")]
+    registry.register(VirtualFactory);
     #[cfg(feature = "aws")]
-    if provider_type == crate::aws::PROVIDER_TYPE {
-        return Ok(());
+    registry.register(AwsFactory);
+    registry
+}
+
+/// A registry with the built-in providers ([`register_builtin`]).
+pub fn builtin_registry() -> ProviderRegistry {
+    let mut r = ProviderRegistry::new();
+    register_builtin(&mut r);
+    r
+}
+
+/// The `virtual` provider: Docker containers on this machine.
+#[cfg(feature = "virtual")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VirtualFactory;
+
+#[cfg(feature = "virtual")]
+#[async_trait::async_trait]
+impl ProviderFactory for VirtualFactory {
+    fn provider_type(&self) -> &str {
+        crate::virtual_provider::PROVIDER_TYPE
     }
-    Err(unsupported(provider_type, "nodes"))
-}
 
-fn unsupported(provider_type: &str, what: &str) -> Error {
-    let known = ["virtual", "aws", "gcp", "azure", "local"];
-    let msg = if NOT_BUILT_YET.contains(&provider_type) {
-        format!(
-            "the `{provider_type}` provider is not built yet: its configs are checked, but its {what} \
-             cannot be made; clusters run on the `virtual` and `aws` providers today"
-        )
-    } else if known.contains(&provider_type) {
-        format!(
-            "{what} of provider `{provider_type}` are not available in this build \
-             (enable the cargo feature `{provider_type}` of cloudtik-providers)"
-        )
-    } else {
-        format!(
-            "unknown provider type `{provider_type}`: expected one of {}",
-            known.join(", ")
-        )
-    };
-    Error::new(ErrorKind::Unsupported, msg).with_context("path", "provider.type")
-}
-
-/// Fills in what the provider knows of a cluster config before it is used: for the
-/// virtual provider, each node type's `resources` (CPU and memory) from its
-/// `node_config.instance_type`, or this machine's when the type sets no limit.
-pub fn bootstrap_cluster_config(config: &mut ClusterConfig) -> Result<()> {
-    #[cfg(feature = "virtual")]
-    if config.provider.provider_type == crate::virtual_provider::PROVIDER_TYPE {
-        return crate::virtual_provider::bootstrap_resources(config);
+    /// Each node type's `resources` (CPU and memory) from its
+    /// `node_config.instance_type`, or this machine's when the type sets no limit.
+    fn prepare_config(&self, config: &mut ClusterConfig) -> Result<()> {
+        crate::virtual_provider::bootstrap_resources(config)
     }
-    let _ = config;
-    Ok(())
-}
 
-/// [`bootstrap_cluster_config`], plus what needs the provider's API. For the `aws`
-/// provider (see `aws::AwsClusterBootstrap`): the workspace named by `workspace_name`
-/// must be complete; each node type's `node_config` gets the workspace's subnets
-/// (public for the head, private for workers), security group and instance profile, and
-/// the cluster's key pair (`auth.ssh_public_key`, imported into EC2 once), where the user
-/// did not set them; and each node type's `resources` (CPU, memory, GPU) from EC2's
-/// `DescribeInstanceTypes` for its `node_config.InstanceType`, when the type sets none.
-/// Credentials come from the standard AWS chain.
-pub async fn bootstrap_cluster_config_async(config: &mut ClusterConfig) -> Result<()> {
-    #[cfg(feature = "aws")]
-    if config.provider.provider_type == crate::aws::PROVIDER_TYPE {
-        let bootstrap = crate::aws::AwsClusterBootstrap::from_cluster_config(config).await?;
-        return bootstrap.bootstrap(config).await;
-    }
-    bootstrap_cluster_config(config)
-}
-
-/// The node provider of `config`'s cluster.
-pub async fn node_provider(config: &ClusterConfig, place: ProviderPlace) -> Result<Arc<dyn NodeProvider>> {
-    let t = config.provider.provider_type.as_str();
-    #[cfg(feature = "virtual")]
-    if t == crate::virtual_provider::PROVIDER_TYPE {
+    async fn node_provider(
+        &self,
+        config: &ClusterConfig,
+        place: &ProviderPlace,
+    ) -> Result<Arc<dyn NodeProvider>> {
         use crate::virtual_provider::{DOCKER_SOCKET_IN_HEAD, VirtualNodeProvider, VirtualSettings};
         let settings = match place {
-            ProviderPlace::Client => VirtualSettings::from_cluster_config(config)?,
             ProviderPlace::Head { authorized_key } => {
                 let mut s = VirtualSettings::from_provider_section(&config.provider)?
                     .with_docker_socket(DOCKER_SOCKET_IN_HEAD);
-                s.authorized_key = authorized_key;
+                s.authorized_key = authorized_key.clone();
                 s
             }
+            _ => VirtualSettings::from_cluster_config(config)?,
         };
-        return Ok(Arc::new(VirtualNodeProvider::new(
+        Ok(Arc::new(VirtualNodeProvider::new(
             &config.workspace_name,
             &config.cluster_name,
             settings,
-        )?));
+        )?))
     }
-    #[cfg(feature = "aws")]
-    if t == "aws" {
-        let _ = &place;
-        return Ok(Arc::new(
-            crate::aws::AwsNodeProvider::from_cluster_config(config).await?,
-        ));
-    }
-    let _ = place;
-    Err(unsupported(t, "nodes"))
-}
 
-/// The workspace provider of `config`'s workspace.
-pub async fn workspace_provider(config: &WorkspaceConfig) -> Result<Arc<dyn WorkspaceProvider>> {
-    let t = config.provider.provider_type.as_str();
-    #[cfg(feature = "virtual")]
-    if t == crate::virtual_provider::PROVIDER_TYPE {
-        return Ok(Arc::new(
+    async fn workspace_provider(&self, config: &WorkspaceConfig) -> Result<Arc<dyn WorkspaceProvider>> {
+        Ok(Arc::new(
             crate::virtual_provider::VirtualWorkspaceProvider::from_workspace_config(config)?,
-        ));
+        ))
     }
-    #[cfg(feature = "aws")]
-    if t == "aws" {
-        return Ok(Arc::new(
-            crate::aws::AwsWorkspaceProvider::from_workspace_config(config).await?,
-        ));
-    }
-    Err(unsupported(t, "workspaces"))
-}
 
-/// The cluster config the head's controller gets: for the virtual provider, the state
-/// folder as an absolute host path (the head sees it at the same path) and the Docker
-/// socket where the head has it.
-pub fn head_cluster_config(config: &ClusterConfig) -> Result<ClusterConfig> {
-    let mut c = config.clone();
-    #[cfg(feature = "virtual")]
-    if c.provider.provider_type == crate::virtual_provider::PROVIDER_TYPE {
+    /// The state folder and the package cache as absolute host paths (the head sees
+    /// them at the same paths: it makes workers with the host's folders), the Docker
+    /// socket where the head has it, and the host's node program.
+    fn head_config(&self, config: &ClusterConfig) -> Result<ClusterConfig> {
         use crate::virtual_provider::{DOCKER_SOCKET_IN_HEAD, VirtualSettings};
+        let mut c = config.clone();
         let settings = VirtualSettings::from_provider_section(&c.provider)?;
-        c.provider.extra.insert(
+        let extra = &mut c.provider.extra;
+        extra.insert(
             "state_dir".into(),
             settings.state_dir.display().to_string().into(),
         );
-        c.provider
-            .extra
-            .insert("docker_socket".into(), DOCKER_SOCKET_IN_HEAD.into());
+        extra.insert("docker_socket".into(), DOCKER_SOCKET_IN_HEAD.into());
         if let Some(b) = &settings.node_binary {
-            c.provider
-                .extra
-                .insert("node_binary".into(), b.display().to_string().into());
+            extra.insert("node_binary".into(), b.display().to_string().into());
         }
+        let cache = match extra.get("package_cache").and_then(|v| v.as_str()) {
+            Some("") => None,
+            Some(dir) => Some(cloudtik_core::config::hash::expand_home(dir)),
+            None => Some(crate::virtual_provider::default_package_cache()),
+        };
+        if let Some(dir) = cache {
+            extra.insert("package_cache".into(), dir.display().to_string().into());
+        }
+        Ok(c)
     }
-    Ok(c)
+
+    /// Mounted at `/cloudtik/bin/cloudtik-node` on every node.
+    fn node_binary_on_nodes(&self, _config: &ClusterConfig) -> String {
+        crate::virtual_provider::NODE_BINARY_IN_NODE.to_string()
+    }
+
+    /// `provider.node_binary`, unless the config names one.
+    fn use_local_node_binary(
+        &self,
+        config: &mut ClusterConfig,
+        find: &dyn Fn() -> Result<std::path::PathBuf>,
+    ) -> Result<()> {
+        if !config.provider.extra.contains_key("node_binary") {
+            let path = find()?;
+            config
+                .provider
+                .extra
+                .insert("node_binary".into(), path.display().to_string().into());
+        }
+        Ok(())
+    }
 }
 
-/// Where the `cloudtik-node` program is on the nodes of `config`'s cluster: mounted at
-/// `/cloudtik/bin/cloudtik-node` on virtual nodes, else on the `PATH`.
-pub fn node_binary_on_nodes(config: &ClusterConfig) -> String {
-    #[cfg(feature = "virtual")]
-    if config.provider.provider_type == crate::virtual_provider::PROVIDER_TYPE {
-        return crate::virtual_provider::NODE_BINARY_IN_NODE.to_string();
+/// The `aws` provider: Amazon EC2, with its workspaces (VPC, subnets, security group,
+/// IAM roles, S3 bucket).
+#[cfg(feature = "aws")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AwsFactory;
+
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl ProviderFactory for AwsFactory {
+    fn provider_type(&self) -> &str {
+        crate::aws::PROVIDER_TYPE
     }
-    let _ = config;
-    "cloudtik-node".to_string()
+
+    /// The workspace named by `workspace_name` must be complete; each node type's
+    /// `node_config` gets the workspace's subnets (public for the head, private for
+    /// workers), security group and instance profile, and the cluster's key pair
+    /// (`auth.ssh_public_key`, imported into EC2 once), where the user did not set them;
+    /// and each node type's `resources` (CPU, memory, GPU) from EC2's
+    /// `DescribeInstanceTypes` for its `node_config.InstanceType`, when the type sets
+    /// none. Credentials come from the standard AWS chain.
+    async fn bootstrap_config(&self, config: &mut ClusterConfig) -> Result<()> {
+        let bootstrap = crate::aws::AwsClusterBootstrap::from_cluster_config(config).await?;
+        bootstrap.bootstrap(config).await
+    }
+
+    async fn node_provider(
+        &self,
+        config: &ClusterConfig,
+        _place: &ProviderPlace,
+    ) -> Result<Arc<dyn NodeProvider>> {
+        Ok(Arc::new(
+            crate::aws::AwsNodeProvider::from_cluster_config(config).await?,
+        ))
+    }
+
+    async fn workspace_provider(&self, config: &WorkspaceConfig) -> Result<Arc<dyn WorkspaceProvider>> {
+        Ok(Arc::new(
+            crate::aws::AwsWorkspaceProvider::from_workspace_config(config).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_types_say_why() {
+        let r = builtin_registry();
+        for t in NOT_BUILT_YET {
+            let e = r.get(t).unwrap_err();
+            assert!(e.to_string().contains("not built yet"), "{e}");
+        }
+        #[cfg(not(feature = "aws"))]
+        assert!(
+            r.get("aws")
+                .unwrap_err()
+                .to_string()
+                .contains("cargo feature `aws`")
+        );
+        #[cfg(feature = "aws")]
+        assert!(r.get("aws").is_ok());
+        let e = r.get("openstack").unwrap_err();
+        assert!(e.to_string().contains("unknown provider type"), "{e}");
+    }
 }

@@ -145,19 +145,17 @@ async fn main() -> Result<()> {
         .extra
         .insert("node_binary".into(), node_binary.display().to_string().into());
 
-    let workspace = ManagedWorkspace::new(
-        "hello-ws",
-        cloudtik_providers::workspace_provider(&ws_config).await?,
-    );
+    let providers = cloudtik_providers::builtin_registry();
+    let workspace = ManagedWorkspace::new("hello-ws", providers.workspace_provider(&ws_config).await?);
     workspace.create().await?;
 
     let dir = ClusterDir::new(ClusterDir::default_base(), &config);
     dir.prepare_auth(&mut config)?;
-    cloudtik_providers::bootstrap_cluster_config_async(&mut config).await?;
-    let settings = ClusterSettings::new(dir, cloudtik_providers::node_binary_on_nodes(&config))
-        .with_head_config(cloudtik_providers::head_cluster_config(&config)?)
+    providers.bootstrap_config(&mut config).await?;
+    let settings = ClusterSettings::new(dir, providers.node_binary_on_nodes(&config)?)
+        .with_head_config(providers.head_config(&config)?)
         .with_runtimes(registry);
-    let provider = cloudtik_providers::node_provider(&config, ProviderPlace::Client).await?;
+    let provider = providers.node_provider(&config, &ProviderPlace::Client).await?;
     let cluster = ManagedCluster::new(config, provider, settings);
 
     let outcome = run(&cluster).await;

@@ -18,7 +18,7 @@ use crate::provider::NodeProvider;
 use crate::runtime::NodeRuntimes;
 use crate::state::{RedisAddress, RedisStore, RedisStoreConfig, StateStore};
 
-/// A cluster on a provider: the [`Cluster`] operations.
+/// A cluster on a provider: the [`Cluster`](crate::Cluster) operations.
 pub struct ManagedCluster {
     pub(super) config: ClusterConfig,
     pub(super) provider: Arc<dyn NodeProvider>,
@@ -39,7 +39,7 @@ impl std::fmt::Debug for ManagedCluster {
 
 impl ManagedCluster {
     /// The cluster of `config` on `provider`. `config.auth` must name the private key
-    /// (see [`ClusterDir::prepare_auth`]).
+    /// (see [`ClusterDir::prepare_auth`](super::ClusterDir::prepare_auth)).
     pub fn new(config: ClusterConfig, provider: Arc<dyn NodeProvider>, settings: ClusterSettings) -> Self {
         ManagedCluster {
             config,
@@ -232,7 +232,7 @@ impl ManagedCluster {
     }
 
     /// Removes the cluster's key pair and secrets from this machine
-    /// ([`ClusterDir::remove_secrets`]), saying so; for a cluster that is gone.
+    /// ([`ClusterDir::remove_secrets`](super::ClusterDir::remove_secrets)), saying so; for a cluster that is gone.
     pub fn forget_secrets(&self) -> Result<Vec<std::path::PathBuf>> {
         let removed = self.settings.dir.remove_secrets()?;
         if !removed.is_empty() {

@@ -1,10 +1,10 @@
 //! The cluster and workspace operations on a provider: [`ManagedCluster`] implements
-//! [`Cluster`] (`cloudtik start|stop|status|exec|...`), [`ManagedWorkspace`] implements
-//! [`Workspace`].
+//! [`Cluster`](crate::Cluster) (`cloudtik start|stop|status|exec|...`), [`ManagedWorkspace`] implements
+//! [`Workspace`](crate::Workspace).
 //!
 //! # How a cluster starts
 //!
-//! [`Cluster::start`] runs on the user's machine. It
+//! [`Cluster::start`](crate::Cluster::start) runs on the user's machine. It
 //! 1. finds the head (the node tagged `cloudtik-node-kind=head`); a head whose launch hash
 //!    is outdated is terminated and replaced;
 //! 2. launches a head if there is none, with a launch token recorded in the cluster's

@@ -11,7 +11,7 @@ use crate::config::ClusterConfig;
 use crate::runtime::RuntimeRegistry;
 use crate::updater::UpdaterOptions;
 
-/// How a [`ManagedCluster`] runs, besides its config and provider.
+/// How a [`ManagedCluster`](super::ManagedCluster) runs, besides its config and provider.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClusterSettings {

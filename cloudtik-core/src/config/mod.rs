@@ -389,6 +389,32 @@ impl ConfigLoader {
         })
     }
 
+    /// Reads a cluster config that was merged and checked already (the head's
+    /// `cluster.json`, written by `start`, JSON or YAML): the same typing and checks as
+    /// [`check_cluster_str`](Self::check_cluster_str), the provider's key checks, and no
+    /// merge of templates or defaults. Errors name the YAML path and `source`.
+    pub fn load_resolved_cluster_str(&self, source: &str, text: &str) -> Result<ClusterConfig> {
+        let locate = |mut e: Error| {
+            if let Some(loc) = e.location_mut() {
+                loc.file = Some(source.to_string());
+            }
+            e.with_context("file", source)
+        };
+        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{source} is not a JSON or YAML document: {e}"),
+            )
+        })?;
+        check_mappings(&value).map_err(locate)?;
+        let config: ClusterConfig = typed::from_value(&value, &YamlPath::root()).map_err(locate)?;
+        validate::validate_cluster(&config).map_err(locate)?;
+        if let Some(v) = self.validators.get(&config.provider.provider_type) {
+            v(&config.provider).map_err(locate)?;
+        }
+        Ok(config)
+    }
+
     fn type_and_validate(&self, merged: &MergedConfig) -> Result<(ClusterConfig, Vec<Error>)> {
         check_mappings(&merged.value).map_err(|e| merged.locate(e))?;
         let mut config: ClusterConfig =

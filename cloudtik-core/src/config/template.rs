@@ -32,6 +32,12 @@ pub(crate) fn normalize(name: &str) -> String {
         .to_string()
 }
 
+/// The defaults of a built-in provider type (`<type>/defaults`), e.g. for a provider of
+/// your own built on the virtual provider to start from.
+pub fn built_in_defaults(provider_type: &str) -> Option<&'static str> {
+    built_in(&format!("{provider_type}/defaults"))
+}
+
 pub(crate) fn built_in(name: &str) -> Option<&'static str> {
     let n = normalize(name);
     BUILT_IN

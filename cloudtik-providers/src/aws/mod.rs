@@ -5,7 +5,7 @@
 //! IAM and S3); and the cluster bootstrap that ties a cluster's
 //! node types to that workspace ([`AwsClusterBootstrap`], CloudTik's `bootstrap_aws`:
 //! subnets, security group, instance profiles and the cluster's key pair, run by
-//! [`bootstrap_cluster_config_async`](crate::bootstrap_cluster_config_async)).
+//! [`AwsFactory`](crate::AwsFactory)'s `bootstrap_config`).
 //!
 //! * **List**: `DescribeInstances` filtered on `tag:cloudtik-cluster-name`, one
 //!   `tag:<key>` filter per requested tag, and `instance-state-name` pending or running;

@@ -11,7 +11,7 @@ use cloudtik_core::command::OutputStream;
 use cloudtik_core::config::ClusterConfig;
 use cloudtik_core::operations::{ExecOptions, NodeTarget, ScaleRequest, StartOptions, StopOptions};
 use cloudtik_core::{Cluster, Error, ErrorKind, NodeKind, Resources, Result};
-use cloudtik_providers::ProviderPlace;
+use cloudtik_providers::{ProviderPlace, ProviderRegistry};
 
 use crate::ui::{self, Progress};
 
@@ -310,7 +310,8 @@ async fn open_cluster_inner(
     launches: Launches,
     lock: bool,
 ) -> Result<Opened> {
-    let loader = cloudtik_providers::config_loader();
+    let providers = cloudtik_providers::builtin_registry();
+    let loader = providers.configure_loader(cloudtik_providers::config_loader());
     let mut config: ClusterConfig = match launches {
         // What would run must be what the config asks for.
         Launches::Yes => loader.load_cluster_file(file)?,
@@ -323,7 +324,7 @@ async fn open_cluster_inner(
             checked.config
         }
     };
-    cloudtik_providers::providers::check_node_provider(&config.provider.provider_type)?;
+    providers.get(&config.provider.provider_type)?;
     let dir = ClusterDir::new(ClusterDir::default_base(), &config);
     let lock = if lock {
         let say = |pid: Option<u32>| {
@@ -343,7 +344,7 @@ async fn open_cluster_inner(
     };
     let new_folder = !dir.exists();
     dir.prepare_auth(&mut config)?;
-    let opened = open_prepared(config, dir.clone(), progress, launches).await;
+    let opened = open_prepared(&providers, config, dir.clone(), progress, launches).await;
     let cluster = match opened {
         Ok(c) => c,
         Err(e) => {
@@ -367,51 +368,27 @@ async fn open_cluster_inner(
 }
 
 async fn open_prepared(
+    providers: &ProviderRegistry,
     mut config: ClusterConfig,
     dir: ClusterDir,
     progress: Option<&Progress>,
     launches: Launches,
 ) -> Result<ManagedCluster> {
-    if config.provider.provider_type == "virtual" && !config.provider.extra.contains_key("node_binary") {
-        let binary = sibling_node_binary()?;
-        config
-            .provider
-            .extra
-            .insert("node_binary".into(), binary.display().to_string().into());
-    }
-    if config.provider.provider_type == "virtual" {
-        // The head's controller makes workers with the host's package cache: give it the
-        // host's path, not one it would resolve inside its container.
-        let cache = match config
-            .provider
-            .extra
-            .get("package_cache")
-            .and_then(|v| v.as_str())
-        {
-            Some("") => None,
-            Some(dir) => Some(cloudtik_core::config::hash::expand_home(dir)),
-            None => Some(cloudtik_providers::virtual_provider::default_package_cache()),
-        };
-        if let Some(dir) = cache {
-            config
-                .provider
-                .extra
-                .insert("package_cache".into(), dir.display().to_string().into());
-        }
-    }
+    // A provider that mounts or copies the node program into nodes uses this build's.
+    providers.use_local_node_binary(&mut config, &sibling_node_binary)?;
     // Nodes reach the package indexes as this machine does (pip index, CA bundle, proxies).
     cloudtik_runtime::machine::MachinePackageSettings::detect().apply(&mut config);
-    match cloudtik_providers::bootstrap_cluster_config_async(&mut config).await {
+    match providers.bootstrap_config(&mut config).await {
         Ok(()) => {}
         Err(e) if launches == Launches::No && e.context_value("workspace").is_some() => {
             eprintln!("warning: {e}; going on without the workspace's settings (only `start` needs them)");
-            cloudtik_providers::bootstrap_cluster_config(&mut config)?;
+            providers.prepare_config(&mut config)?;
         }
         Err(e) => return Err(e),
     }
-    let head_config = cloudtik_providers::head_cluster_config(&config)?;
-    let provider = cloudtik_providers::node_provider(&config, ProviderPlace::Client).await?;
-    let mut settings = ClusterSettings::new(dir, cloudtik_providers::node_binary_on_nodes(&config))
+    let head_config = providers.head_config(&config)?;
+    let provider = providers.node_provider(&config, &ProviderPlace::Client).await?;
+    let mut settings = ClusterSettings::new(dir, providers.node_binary_on_nodes(&config)?)
         .with_head_config(head_config)
         .with_runtimes(Arc::new(cloudtik_runtime::builtin_registry()));
     if let Some(p) = progress {

@@ -48,8 +48,11 @@ pub(crate) enum WorkspaceCommand {
 }
 
 async fn open(file: &std::path::Path) -> Result<ManagedWorkspace> {
-    let config = cloudtik_providers::config_loader().load_workspace_file(file)?;
-    let provider = cloudtik_providers::workspace_provider(&config).await?;
+    let providers = cloudtik_providers::builtin_registry();
+    let config = providers
+        .configure_loader(cloudtik_providers::config_loader())
+        .load_workspace_file(file)?;
+    let provider = providers.workspace_provider(&config).await?;
     Ok(ManagedWorkspace::new(config.workspace_name.clone(), provider))
 }
 

@@ -13,19 +13,19 @@ use cloudtik_core::agent::NodeAgent;
 use cloudtik_core::cluster::{NodeLayout, SshNodeSetup};
 use cloudtik_core::command::SshOptions;
 use cloudtik_core::config::ClusterConfig;
+use cloudtik_core::provider::ProviderPlace;
 use cloudtik_core::scaler::{Controller, ControllerConfig, ScalingInputs};
 use cloudtik_core::state::{
     CONTROLLER_LEASE, EncryptionKey, RedisAddress, RedisServerConfig, RedisStoreConfig, StateStore,
     generate_password,
 };
-use cloudtik_providers::ProviderPlace;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::bootstrap::{BootstrapConfig, DEFAULT_REDIS_PORT};
-use crate::supervise::Backoff;
-use crate::{HeadArgs, Shutdown, agent_config, connect_store, wait_shutdown};
+use super::bootstrap::{BootstrapConfig, DEFAULT_REDIS_PORT};
+use super::supervise::Backoff;
+use super::{HeadArgs, NodeProgram, Shutdown, agent_config, connect_store, wait_shutdown};
 
 /// The cluster controller of the autoscaler, run by the head next to its agent on the
 /// state store the head supervises. [`run`] takes an `Option<Box<dyn HeadController>>`:
@@ -67,22 +67,27 @@ pub(crate) struct ClusterController {
     boot: BootstrapConfig,
     head_ip: String,
     redis_port: u16,
+    program: NodeProgram,
 }
 
 impl ClusterController {
     /// The controller of the bootstrap config's cluster, or `None` when it names none.
-    pub(crate) fn from_bootstrap(args: &HeadArgs) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn from_bootstrap(args: &HeadArgs, program: &NodeProgram) -> anyhow::Result<Option<Self>> {
         let boot = BootstrapConfig::load(args.node.bootstrap_config.as_deref())?;
         let Some(path) = boot.cluster_config.clone() else {
             return Ok(None);
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the cluster config {}", path.display()))?;
-        let mut config: ClusterConfig = serde_json::from_str(&text)
-            .with_context(|| format!("invalid cluster config {}", path.display()))?;
+        // Checked as `cloudtik start` checked it (types, limits, the provider's keys).
+        let loader = program
+            .providers
+            .configure_loader(cloudtik_providers::config_loader());
+        let mut config: ClusterConfig =
+            loader.load_resolved_cluster_str(&path.display().to_string(), &text)?;
         // `cloudtik start` filled in the node types' resources (from DescribeInstanceTypes on
         // AWS); this fills only what needs no cloud call.
-        cloudtik_providers::bootstrap_cluster_config(&mut config)?;
+        program.providers.prepare_config(&mut config)?;
         let head_ip = args
             .node
             .node_ip
@@ -95,6 +100,7 @@ impl ClusterController {
             boot,
             head_ip,
             redis_port,
+            program: program.clone(),
         }))
     }
 }
@@ -115,8 +121,11 @@ impl HeadController for ClusterController {
             ),
             None => None,
         };
-        let provider =
-            cloudtik_providers::node_provider(&config, ProviderPlace::Head { authorized_key }).await?;
+        let provider = self
+            .program
+            .providers
+            .node_provider(&config, &ProviderPlace::Head { authorized_key })
+            .await?;
         let inputs = ScalingInputs::from_cluster_config(&config)?;
         let known_hosts = boot
             .known_hosts
@@ -135,7 +144,7 @@ impl HeadController for ClusterController {
         let password = boot.redis_password.clone().unwrap_or_default();
         // The built-in runtimes, plus those the program that started the cluster
         // registered (sent as data next to the cluster config).
-        let mut registry = cloudtik_runtime::builtin_registry();
+        let mut registry = (*self.program.runtimes).clone();
         if let Some(dir) = boot.cluster_config.as_deref().and_then(|p| p.parent()) {
             let file = dir.join("runtimes.json");
             if let Ok(text) = std::fs::read_to_string(&file) {
@@ -307,10 +316,17 @@ pub(crate) async fn run(
     args: HeadArgs,
     shutdown: Shutdown,
     controller: Option<Box<dyn HeadController>>,
+    program: &NodeProgram,
 ) -> anyhow::Result<()> {
     let boot = BootstrapConfig::load(args.node.bootstrap_config.as_deref())?;
     let head_ip = args.node.node_ip.clone().or_else(|| boot.head_ip.clone());
-    let agent = agent_config(&args.node, &boot, NodeKind::Head, head_ip.as_deref())?;
+    let agent = agent_config(
+        &args.node,
+        &boot,
+        NodeKind::Head,
+        head_ip.as_deref(),
+        &program.runtimes,
+    )?;
     let port = args.redis_port.or(boot.redis_port).unwrap_or(DEFAULT_REDIS_PORT);
 
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;

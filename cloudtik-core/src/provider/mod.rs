@@ -23,6 +23,8 @@
 //! * **Errors** carry an [`ErrorKind`](crate::ErrorKind): capacity and quota errors make
 //!   the autoscaler back the node type off; rate-limit and transient errors are retried.
 
+mod registry;
+
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -32,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::node::{NodeId, NodeInfo, NodeKind, Tags, tags};
 use crate::resources::Resources;
+
+pub use registry::{ProviderFactory, ProviderPlace, ProviderRegistry};
 
 /// What a provider can do, declared up front instead of failing at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::{Shutdown, wait_shutdown};
+use super::{Shutdown, wait_shutdown};
 
 /// How long the supervisor waits for the service to exit after SIGTERM before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(25);
