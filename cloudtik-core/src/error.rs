@@ -312,10 +312,39 @@ impl fmt::Display for Error {
         if inner.status == ErrorStatus::Persistent {
             f.write_str(" [persisted after retries]")?;
         }
-        if let Some(source) = &inner.source {
-            write!(f, ": {source}")?;
+        if f.alternate()
+            && let Some(source) = &inner.source
+        {
+            write!(f, ": {}", Report(source.as_ref()))?;
         }
         Ok(())
+    }
+}
+
+/// Shows an error and its chain of causes, `: `-separated: what `{:#}` shows of an
+/// [`Error`], for any error type, e.g. in a `tracing` field: `error = %Report(&e)`.
+///
+/// [`Error`]'s plain `Display` (`{}`) is its own text only and
+/// [`source`](std::error::Error::source) returns the cause, so error-chain printers
+/// (this one, `anyhow`'s `{:#}`, ...) say each cause once.
+#[derive(Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e:#}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -391,8 +420,16 @@ mod tests {
     #[test]
     fn source_is_chained() {
         let io = std::io::Error::other("boom");
-        let e = Error::new(ErrorKind::Transient, "reading").with_source(io);
-        assert_eq!(e.to_string(), "transient failure: reading: boom");
-        assert!(std::error::Error::source(&e).is_some());
+        let inner = Error::new(ErrorKind::Transient, "reading").with_source(io);
+        let e = Error::new(ErrorKind::Unexpected, "loading").with_source(inner);
+        // `{}` is the error's own text; the causes come from source(), once each.
+        assert_eq!(e.to_string(), "unexpected: loading");
+        let source = std::error::Error::source(&e).unwrap();
+        assert_eq!(source.to_string(), "transient failure: reading");
+        assert_eq!(source.source().unwrap().to_string(), "boom");
+        assert!(source.source().unwrap().source().is_none());
+        // `{:#}` and Report show the chain.
+        assert_eq!(format!("{e:#}"), "unexpected: loading: transient failure: reading: boom");
+        assert_eq!(Report(&e).to_string(), format!("{e:#}"));
     }
 }

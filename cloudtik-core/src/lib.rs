@@ -54,7 +54,7 @@ pub mod updater;
 /// [`scaler::ScalingPolicy`], ...) are written with: put `#[cloudtik_core::async_trait]`
 /// on an `impl` of one of them that has async methods, with no dependency of your own.
 pub use async_trait::async_trait;
-pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Result};
+pub use error::{ConfigLocation, Error, ErrorKind, ErrorStatus, Report, Result};
 pub use node::{NodeId, NodeInfo, NodeKind, NodeState, NodeStatus, Tags};
 pub use operations::{Cluster, Workspace};
 pub use provider::{

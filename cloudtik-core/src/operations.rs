@@ -224,7 +224,7 @@ pub fn head_services_problem(
         return None;
     }
     if let Err(e) = store {
-        return Some(format!("the head's state store is not reachable: {e}"));
+        return Some(format!("the head's state store is not reachable: {e:#}"));
     }
     let problem = match lease {
         None => "no cluster controller is running (nobody holds the controller lease)".to_string(),

@@ -448,7 +448,7 @@ impl<F: RunnerFactory> NodeUpdater<F> {
                 if let Err(tag_err) = self.provider.set_tags(&self.node_id, t).await {
                     tracing::warn!(node = %self.node_id, error = %tag_err, "cannot tag the node update-failed");
                 }
-                tracing::warn!(node = %self.node_id, error = %err, "node update failed");
+                tracing::warn!(node = %self.node_id, error = %crate::Report(&err), "node update failed");
                 Err(err)
             }
         }
@@ -614,7 +614,7 @@ impl<F: RunnerFactory> NodeUpdater<F> {
                 )
                 .with_context("last_error", err));
             }
-            tracing::debug!(node = %self.node_id, error = %err, "SSH not ready yet");
+            tracing::debug!(node = %self.node_id, error = %crate::Report(&err), "SSH not ready yet");
             tokio::time::sleep(self.options.ssh_check_interval).await;
         }
     }

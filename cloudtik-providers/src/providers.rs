@@ -29,12 +29,15 @@ pub fn register_builtin(registry: &mut ProviderRegistry) -> &mut ProviderRegistr
     for t in NOT_BUILT_YET {
         registry.register_unavailable(
             t,
-            "it is not built yet: its configs are checked, but its nodes and workspaces cannot be made; \
+            "is not built yet: its configs are checked, but its nodes and workspaces cannot be made; \
              clusters run on the `virtual` and `aws` providers today",
         );
     }
     for t in ["virtual", "aws"] {
-        registry.register_unavailable(t, format!("enable the cargo feature `{t}` of cloudtik-providers"));
+        registry.register_unavailable(
+            t,
+            format!("is not in this build: enable the cargo feature `{t}` of cloudtik-providers"),
+        );
     }
     #[cfg(feature = "virtual")]
     registry.register(VirtualFactory);
@@ -196,7 +199,7 @@ mod tests {
         let r = builtin_registry();
         for t in NOT_BUILT_YET {
             let e = r.get(t).unwrap_err();
-            assert!(e.to_string().contains("not built yet"), "{e}");
+            assert!(e.to_string().contains("not built yet"), "{e:#}");
         }
         #[cfg(not(feature = "aws"))]
         assert!(
@@ -208,6 +211,6 @@ mod tests {
         #[cfg(feature = "aws")]
         assert!(r.get("aws").is_ok());
         let e = r.get("openstack").unwrap_err();
-        assert!(e.to_string().contains("unknown provider type"), "{e}");
+        assert!(e.to_string().contains("unknown provider type"), "{e:#}");
     }
 }

@@ -30,7 +30,7 @@ pub async fn get_json(host: &str, port: u16, path: &str, timeout: Duration) -> R
     serde_json::from_slice(&body).map_err(|e| {
         Error::new(
             ErrorKind::Unexpected,
-            format!("GET {url}: the answer is not JSON: {e}"),
+            format!("GET {url}: the answer is not JSON: {e:#}"),
         )
     })
 }
@@ -39,14 +39,14 @@ async fn get(host: &str, port: u16, path: &str) -> Result<Vec<u8>> {
     let mut stream = TcpStream::connect((host, port)).await.map_err(|e| {
         Error::new(
             ErrorKind::Transient,
-            format!("cannot connect to {host}:{port}: {e}"),
+            format!("cannot connect to {host}:{port}: {e:#}"),
         )
     })?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
     let io =
-        |e: std::io::Error| Error::new(ErrorKind::Transient, format!("HTTP I/O with {host}:{port}: {e}"));
+        |e: std::io::Error| Error::new(ErrorKind::Transient, format!("HTTP I/O with {host}:{port}: {e:#}"));
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -174,7 +174,7 @@ mod tests {
         let t = Duration::from_secs(5);
         let p = serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nno such x").await;
         let err = get_json("127.0.0.1", p, "/json/", t).await.unwrap_err();
-        assert!(err.to_string().contains("404"), "{err}");
+        assert!(err.to_string().contains("404"), "{err:#}");
         assert!(format!("{err:?}").contains("/json/"), "{err:?}");
         // Nothing listens: a transient error.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -40,7 +40,7 @@ async fn run(script: &str, what: &str) -> Result<String> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output()
         .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("{what}: cannot run sh: {e}")))?;
+        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("{what}: cannot run sh: {e:#}")))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
@@ -84,7 +84,7 @@ pub async fn apt_missing(packages: &[String]) -> Result<Vec<String>> {
             .args(["-W", "-f=${Status}", p])
             .output()
             .await
-            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("cannot run dpkg-query: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("cannot run dpkg-query: {e:#}")))?;
         if !String::from_utf8_lossy(&status.stdout).contains("install ok installed") {
             missing.push(p.clone());
         }
@@ -219,7 +219,7 @@ impl PythonEnv {
         std::fs::write(self.record(), json).map_err(|e| {
             Error::new(
                 ErrorKind::Unexpected,
-                format!("cannot write {}: {e}", self.record().display()),
+                format!("cannot write {}: {e:#}", self.record().display()),
             )
         })?;
         Ok(())
@@ -234,7 +234,7 @@ impl PythonEnv {
         std::fs::create_dir_all(&self.wheelhouse).map_err(|e| {
             Error::new(
                 ErrorKind::Unexpected,
-                format!("cannot make the wheelhouse {}: {e}", self.wheelhouse.display()),
+                format!("cannot make the wheelhouse {}: {e:#}", self.wheelhouse.display()),
             )
         })?;
         let pip = quote(&self.bin("pip").to_string_lossy());

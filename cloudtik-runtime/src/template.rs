@@ -42,7 +42,7 @@ mod tests {
         let values = BTreeMap::from([("a", "1".to_string()), ("b", "two".to_string())]);
         assert_eq!(render("x={{a}} y={{ b }}\n", &values).unwrap(), "x=1 y=two\n");
         let err = render("{{c}}", &values).unwrap_err();
-        assert!(err.to_string().contains("{{c}}"), "{err}");
+        assert!(err.to_string().contains("{{c}}"), "{err:#}");
         assert!(render("{{a", &values).is_err());
     }
 }

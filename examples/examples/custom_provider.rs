@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("custom provider: {e}");
+            eprintln!("custom provider: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -208,9 +208,9 @@ async fn demo() -> Result<()> {
     let err = loader
         .load_cluster_str("no-owner.yaml", &CLUSTER.replace("  owner: data-team\n", ""))
         .expect_err("a lab config without an owner is refused");
-    println!("refused as expected: {err}");
+    println!("refused as expected: {err:#}");
     if err.location().map(|l| l.path.as_str()) != Some("provider.owner") {
-        return Err(Error::new(ErrorKind::Unexpected, format!("wrong error: {err}")));
+        return Err(Error::new(ErrorKind::Unexpected, format!("wrong error: {err:#}")));
     }
 
     let mut config = loader.load_cluster_str("lab.yaml", CLUSTER)?;

@@ -282,9 +282,9 @@ impl Streak {
         if self.failures == 0 {
             self.since = Some(Instant::now());
             stats.failure_streaks.fetch_add(1, Ordering::Relaxed);
-            warn!(error = %error, "node agent: writing the {} failed; retrying with backoff (logged once until it works again)", self.what);
+            warn!(error = %crate::Report(&error), "node agent: writing the {} failed; retrying with backoff (logged once until it works again)", self.what);
         } else {
-            debug!(error = %error, failures = self.failures + 1, "node agent: writing the {} failed again", self.what);
+            debug!(error = %crate::Report(&error), failures = self.failures + 1, "node agent: writing the {} failed again", self.what);
         }
         self.failures = self.failures.saturating_add(1);
     }

@@ -736,8 +736,8 @@ mod redis {
             let config = RedisStoreConfig::new(server.address(), EncryptionKey::generate())
                 .with_password("not-the-password");
             let err = RedisStore::connect(config).await.unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
-            assert!(err.to_string().contains("password"), "{err}");
+            assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err:#}");
+            assert!(err.to_string().contains("password"), "{err:#}");
         })
         .await
         .expect("the connect failed in time");

@@ -167,7 +167,7 @@ impl NodeLayout {
     fn supervised_start_command(&self, service: &str, log: &str, env: &[&str], command: &str) -> String {
         let bin = shell_quote(&self.node_binary);
         let file = shell_quote(&self.service_file(service));
-        let env: String = env.iter().map(|e| format!(" --env {e}")).collect();
+        let env: String = env.iter().map(|e| format!(" --env {e:#}")).collect();
         let unit = Self::systemd_unit(service);
         let unit_text = [
             "[Unit]".to_string(),
@@ -385,7 +385,7 @@ impl HeadBootstrap {
         serde_yaml_ng::from_str(&text).map_err(|e| {
             crate::Error::new(
                 crate::ErrorKind::InvalidConfig,
-                format!("invalid bootstrap config {}: {e}", path.display()),
+                format!("invalid bootstrap config {}: {e:#}", path.display()),
             )
         })
     }

@@ -331,7 +331,7 @@ impl ClusterDir {
                     Error::new(
                         ErrorKind::InvalidConfig,
                         format!(
-                            "{} is damaged ({e}); restore it, or delete it only if the cluster is stopped",
+                            "{} is damaged ({e:#}); restore it, or delete it only if the cluster is stopped",
                             path.display()
                         ),
                     )
@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(base.path().join("w/c/secrets.json"), "{").unwrap();
         let e = dir.secrets().unwrap_err();
-        assert!(e.to_string().contains("damaged"), "{e}");
+        assert!(e.to_string().contains("damaged"), "{e:#}");
     }
 
     #[tokio::test]
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(
             e.to_string().contains(&format!("pid {}", std::process::id())),
-            "{e}"
+            "{e:#}"
         );
         drop(held);
         dir.lock(std::time::Duration::from_millis(300), |_| panic!("released"))

@@ -157,7 +157,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(e.to_string().contains("--worker-type"), "{e}");
+        assert!(e.to_string().contains("--worker-type"), "{e:#}");
         let e = resource_request(
             &c,
             &ScaleRequest {
@@ -169,7 +169,7 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string().contains("worker.a, worker.b, worker.default"),
-            "{e}"
+            "{e:#}"
         );
         // As in CloudTik, a config naming one type of its own has two worker types.
         let e = resource_request(
@@ -180,7 +180,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(e.to_string().contains("--worker-type"), "{e}");
+        assert!(e.to_string().contains("--worker-type"), "{e:#}");
         let r = resource_request(
             &c,
             &ScaleRequest {
@@ -221,7 +221,7 @@ mod tests {
         assert!(r.requests.iter().any(|b| b.len() == 2));
         assert!(r.override_all);
         let e = resource_request(&c, &scale()).unwrap_err();
-        assert!(e.to_string().contains("nothing to scale"), "{e}");
+        assert!(e.to_string().contains("nothing to scale"), "{e:#}");
         let e = resource_request(
             &c,
             &ScaleRequest {

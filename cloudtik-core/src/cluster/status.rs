@@ -30,7 +30,7 @@ impl ManagedCluster {
                     match store.all_heartbeats().await {
                         Ok(h) => heartbeats = h,
                         Err(e) => {
-                            notes.push(format!("cannot read heartbeats: {e}"));
+                            notes.push(format!("cannot read heartbeats: {e:#}"));
                             store_error = Some(e.to_string());
                         }
                     }
@@ -40,11 +40,11 @@ impl ManagedCluster {
                     }
                     match store.scaling_status().await {
                         Ok(s) => scaling = s,
-                        Err(e) => notes.push(format!("cannot read the controller's status: {e}")),
+                        Err(e) => notes.push(format!("cannot read the controller's status: {e:#}")),
                     }
                     match store.all_node_processes().await {
                         Ok(p) => processes = p,
-                        Err(e) => notes.push(format!("cannot read the nodes' process health: {e}")),
+                        Err(e) => notes.push(format!("cannot read the nodes' process health: {e:#}")),
                     }
                 }
                 Err(e) => store_error = Some(e.to_string()),
@@ -111,7 +111,7 @@ impl ManagedCluster {
             .and_then(|s| s.get("policy_error"))
             .and_then(Value::as_str)
         {
-            notes.push(format!("the scaling policy fails: {err}"));
+            notes.push(format!("the scaling policy fails: {err:#}"));
         }
         let head_ok = summaries
             .iter()
@@ -163,7 +163,7 @@ impl ManagedCluster {
             .and_then(|s| s.get("pass_error"))
             .and_then(Value::as_str)
         {
-            notes.push(format!("the controller's last pass failed: {err}"));
+            notes.push(format!("the controller's last pass failed: {err:#}"));
         }
         if let Some(errs) = scaling
             .as_ref()

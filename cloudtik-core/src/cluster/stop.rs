@@ -25,7 +25,7 @@ impl ManagedCluster {
                 let spec = CommandSpec::new(self.layout().stop_service_command("head"))
                     .timeout(Some(Duration::from_secs(40)));
                 if let Err(e) = r.run(&spec).await {
-                    tracing::warn!(error = %e, "stopping the head's services failed; terminating anyway");
+                    tracing::warn!(error = %crate::Report(&e), "stopping the head's services failed; terminating anyway");
                 }
             }
         }
@@ -79,7 +79,7 @@ impl ManagedCluster {
                             .envs(env.clone())
                             .timeout(Some(Duration::from_secs(60)));
                         if let Err(e) = runner.run(&spec).await {
-                            tracing::warn!(node = %id, error = %e, "a stop command failed");
+                            tracing::warn!(node = %id, error = %crate::Report(&e), "a stop command failed");
                         }
                     }
                 });

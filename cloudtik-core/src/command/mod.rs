@@ -409,7 +409,7 @@ pub trait CommandRunnerExt: CommandRunner {
             .retry(backoff)
             .when(is_retryable_command_error)
             .notify(|err: &Error, wait: Duration| {
-                tracing::info!(target: "cloudtik::command", runner = %describe, error = %err, ?wait, "command failed; retrying");
+                tracing::info!(target: "cloudtik::command", runner = %describe, error = %crate::Report(&err), ?wait, "command failed; retrying");
             })
             .await
             .map_err(Error::set_persistent)
@@ -553,7 +553,7 @@ pub(crate) fn io_error(what: impl fmt::Display, e: std::io::Error) -> Error {
         std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
         _ => ErrorKind::Unexpected,
     };
-    Error::new(kind, format!("{what}: {e}"))
+    Error::new(kind, format!("{what}: {e:#}"))
 }
 
 #[cfg(test)]

@@ -698,7 +698,7 @@ impl SshRunner {
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Transient,
-                    format!("cannot open SFTP on {}: {e}", self.describe()),
+                    format!("cannot open SFTP on {}: {e:#}", self.describe()),
                 )
             })
     }
@@ -741,7 +741,7 @@ impl CommandRunner for SshRunner {
                 if e.context_value("ssh_stage") == Some("start")
                     && self.connection.lock().await.is_none() =>
             {
-                tracing::debug!(target: "cloudtik::command", runner = %self.describe(), error = %e, "reconnecting");
+                tracing::debug!(target: "cloudtik::command", runner = %self.describe(), error = %crate::Report(&e), "reconnecting");
                 self.run_once(spec).await
             }
             other => other,
@@ -838,7 +838,7 @@ impl CommandRunner for SshRunner {
             session.close().await.map_err(|e| {
                 Error::new(
                     ErrorKind::Transient,
-                    format!("closing SSH to {}: {e}", self.describe()),
+                    format!("closing SSH to {}: {e:#}", self.describe()),
                 )
             })?;
         }
@@ -880,7 +880,7 @@ fn closed() -> Error {
 }
 
 fn sftp_err(what: impl fmt::Display, e: openssh_sftp_client::Error) -> Error {
-    Error::new(ErrorKind::Transient, format!("SFTP {what}: {e}"))
+    Error::new(ErrorKind::Transient, format!("SFTP {what}: {e:#}"))
 }
 
 /// True when `rel` (a `/`-separated path relative to the transfer's root) matches an

@@ -117,7 +117,7 @@ pub fn launch_hash(node_config: &Value, auth: &AuthConfig) -> Result<String> {
             let contents = std::fs::read_to_string(expand_home(&path)).map_err(|e| {
                 Error::config(
                     YamlPath::root().key("auth").key(key).to_string(),
-                    format!("cannot read the key file `{path}`: {e}"),
+                    format!("cannot read the key file `{path}`: {e:#}"),
                 )
             })?;
             full_auth[key] = Value::String(contents);
@@ -172,7 +172,7 @@ pub fn runtime_hashes(config: &ClusterConfig, kind: NodeKind, node_type: &str) -
         hash_path(&p, &p, &mut hasher).map_err(|e| {
             Error::config(
                 YamlPath::root().key("file_mounts").key(remote).to_string(),
-                format!("cannot read the local path `{local}`: {e}"),
+                format!("cannot read the local path `{local}`: {e:#}"),
             )
         })?;
     }

@@ -168,7 +168,7 @@ mod tests {
         let e = merged(json!({"l": "text"}), json!({"l++": ["a"]})).unwrap_err();
         assert_eq!(e.location().unwrap().path, "l++");
         let e = merged(json!({}), json!({"l++": "a"})).unwrap_err();
-        assert!(e.to_string().contains("must be a list"), "{e}");
+        assert!(e.to_string().contains("must be a list"), "{e:#}");
         let e = merged(json!({}), json!({"++l++": ["a"]})).unwrap_err();
         assert_eq!(e.location().unwrap().path, "++l++");
     }

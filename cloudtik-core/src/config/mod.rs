@@ -403,7 +403,7 @@ impl ConfigLoader {
         let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidConfig,
-                format!("{source} is not a JSON or YAML document: {e}"),
+                format!("{source} is not a JSON or YAML document: {e:#}"),
             )
         })?;
         check_mappings(&value).map_err(locate)?;
@@ -587,7 +587,7 @@ impl ConfigLoader {
             template::find_in_dirs(&self.user_dirs(), name).map_err(|e| {
                 Error::new(
                     ErrorKind::InvalidConfig,
-                    format!("cannot read template `{name}`: {e}"),
+                    format!("cannot read template `{name}`: {e:#}"),
                 )
             })?
         };
@@ -842,7 +842,7 @@ fn read_document(path: &Path) -> Result<Document> {
         };
         Error::new(
             kind,
-            format!("cannot read the config file `{}`: {e}", path.display()),
+            format!("cannot read the config file `{}`: {e:#}", path.display()),
         )
     })?;
     Document::parse_bytes(&path.display().to_string(), &bytes)

@@ -473,7 +473,7 @@ mod tests {
     fn hostile_input_is_refused_with_a_position() {
         let deep = "a: ".to_string() + &"[".repeat(200) + &"]".repeat(200);
         let e = Document::parse("t.yaml", &deep).unwrap_err();
-        assert!(e.to_string().contains("nesting deeper"), "{e}");
+        assert!(e.to_string().contains("nesting deeper"), "{e:#}");
 
         let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..10 {
@@ -483,7 +483,7 @@ mod tests {
             );
         }
         let e = Document::parse("t.yaml", &bomb).unwrap_err();
-        assert!(e.to_string().contains("aliases expand"), "{e}");
+        assert!(e.to_string().contains("aliases expand"), "{e:#}");
 
         let e = Document::parse("t.yaml", "a: 1\na: 2\n").unwrap_err();
         assert_eq!(e.location().unwrap().path, "a");
@@ -494,10 +494,10 @@ mod tests {
         assert_eq!((loc.line, loc.column), (Some(2), Some(4)));
 
         let e = Document::parse("t.yaml", "a: [1, 2\n").unwrap_err();
-        assert!(e.to_string().contains("YAML syntax error"), "{e}");
+        assert!(e.to_string().contains("YAML syntax error"), "{e:#}");
 
         let e = Document::parse("t.yaml", "a: 1\n---\nb: 2\n").unwrap_err();
-        assert!(e.to_string().contains("one YAML document"), "{e}");
+        assert!(e.to_string().contains("one YAML document"), "{e:#}");
 
         let e = Document::parse("t.yaml", "a: .nan\n").unwrap_err();
         assert_eq!(e.location().unwrap().path, "a");

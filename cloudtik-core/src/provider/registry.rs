@@ -159,8 +159,10 @@ impl ProviderRegistry {
         self
     }
 
-    /// Records a provider type this build knows of but cannot run, and why (e.g. "enable
-    /// the cargo feature `aws`"): asking for it then says so instead of "unknown".
+    /// Records a provider type this program knows of but cannot run, and why, as the end
+    /// of a sentence that starts "the `<type>` provider " (e.g. "is not in this build:
+    /// enable the cargo feature `aws`"): asking for it then says so instead of
+    /// "unknown".
     pub fn register_unavailable(&mut self, provider_type: &str, why: impl Into<String>) -> &mut Self {
         if !self.factories.contains_key(provider_type) {
             self.unavailable.insert(provider_type.to_string(), why.into());
@@ -181,7 +183,7 @@ impl ProviderRegistry {
         }
         let known = self.provider_types().join(", ");
         let msg = match self.unavailable.get(provider_type) {
-            Some(why) => format!("the `{provider_type}` provider is not available in this program: {why}"),
+            Some(why) => format!("the `{provider_type}` provider {why}"),
             None => format!("unknown provider type `{provider_type}`: this program knows {known}"),
         };
         Err(Error::new(ErrorKind::Unsupported, msg).with_context("path", "provider.type"))
@@ -268,19 +270,22 @@ mod tests {
     fn lookups_name_what_is_known_and_why_a_type_is_missing() {
         let mut r = ProviderRegistry::new();
         r.register(Named("b")).register(Named("a"));
-        r.register_unavailable("gcp", "not built yet");
-        r.register_unavailable("a", "ignored: `a` is registered");
+        r.register_unavailable("gcp", "is not built yet");
+        r.register_unavailable("a", "is ignored: `a` is registered");
         assert_eq!(r.provider_types(), ["a", "b"]);
         assert_eq!(r.get("a").unwrap().provider_type(), "a");
 
         let e = r.get("gcp").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(e.to_string().contains("not built yet"), "{e}");
+        assert!(
+            e.to_string().contains("the `gcp` provider is not built yet"),
+            "{e:#}"
+        );
         assert_eq!(e.context_value("path"), Some("provider.type"));
 
         let e = r.get("zzz").unwrap_err();
-        assert!(e.to_string().contains("unknown provider type `zzz`"), "{e}");
-        assert!(e.to_string().contains("a, b"), "{e}");
+        assert!(e.to_string().contains("unknown provider type `zzz`"), "{e:#}");
+        assert!(e.to_string().contains("a, b"), "{e:#}");
 
         // Registering a type after it was marked unavailable makes it available.
         r.register(Named("gcp"));

@@ -704,20 +704,20 @@ mod tests {
         let err = r.order(&names(&["c", "a", "b"])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
         assert_eq!(err.location().unwrap().path, "runtime.types");
-        assert!(err.message().contains("a -> b -> a"), "{err}");
+        assert!(err.message().contains("a -> b -> a"), "{err:#}");
 
         let r = registry(&[("a", &["b"], &[]), ("b", &["c"], &[]), ("c", &["a"], &[])]);
         let err = r.order(&names(&["a", "b", "c"])).unwrap_err();
-        assert!(err.message().contains("a -> b -> c -> a"), "{err}");
+        assert!(err.message().contains("a -> b -> c -> a"), "{err:#}");
 
         // A system runtime that depends on an ordinary one cannot go first.
         let r = registry(&[("sys", &["none", "b"], &[]), ("b", &[], &[])]);
         let err = r.order(&names(&["b", "sys"])).unwrap_err();
-        assert!(err.message().contains("b -> sys -> b"), "{err}");
+        assert!(err.message().contains("b -> sys -> b"), "{err:#}");
 
         let r = registry(&[("both", &["none", "all"], &[])]);
         let err = r.order(&names(&["both"])).unwrap_err();
-        assert!(err.message().contains("both \"all\" and \"none\""), "{err}");
+        assert!(err.message().contains("both \"all\" and \"none\""), "{err:#}");
     }
 
     #[test]
@@ -725,13 +725,13 @@ mod tests {
         let r = registry(&[("a", &[], &["b"]), ("b", &[], &["a"])]);
         let err = r.order(&names(&["a"])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
-        assert!(err.message().contains("a -> b -> a"), "{err}");
+        assert!(err.message().contains("a -> b -> a"), "{err:#}");
         // Also when both are listed, and when the cycle closes through a listed runtime.
         let err = r.order(&names(&["b", "a"])).unwrap_err();
-        assert!(err.message().contains("b -> a -> b"), "{err}");
+        assert!(err.message().contains("b -> a -> b"), "{err:#}");
         let r = registry(&[("a", &[], &["b"]), ("b", &[], &["c"]), ("c", &[], &["a"])]);
         let err = r.order(&names(&["a", "c"])).unwrap_err();
-        assert!(err.message().contains("a -> b -> c -> a"), "{err}");
+        assert!(err.message().contains("a -> b -> c -> a"), "{err:#}");
     }
 
     #[test]
@@ -740,12 +740,12 @@ mod tests {
         let err = r.order(&names(&["hdfs", "nope"])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
         assert_eq!(err.location().unwrap().path, "runtime.types[1]");
-        assert!(err.message().contains("runtime `nope` is not available"), "{err}");
-        assert!(err.message().contains("hdfs, spark"), "{err}");
+        assert!(err.message().contains("runtime `nope` is not available"), "{err:#}");
+        assert!(err.message().contains("hdfs, spark"), "{err:#}");
 
         let err = r.order(&names(&["hdfs", "spark"])).unwrap_err();
         assert_eq!(err.location().unwrap().path, "runtime.types[1]");
-        assert!(err.message().contains("requires runtime \"yarn\""), "{err}");
+        assert!(err.message().contains("requires runtime \"yarn\""), "{err:#}");
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl NodeRuntimeConfig {
         serde_json::from_str(&text).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidConfig,
-                format!("{RUNTIME_CONFIG_ENV} is not a runtime config: {e}"),
+                format!("{RUNTIME_CONFIG_ENV} is not a runtime config: {e:#}"),
             )
         })
     }

@@ -628,7 +628,7 @@ impl StateStore for RedisStore {
         let row = encode_heartbeat(heartbeat).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidConfig,
-                format!("cannot encode the heartbeat row: {e}"),
+                format!("cannot encode the heartbeat row: {e:#}"),
             )
             .with_operation(op)
         })?;
@@ -1051,7 +1051,7 @@ mod tests {
             ErrorKind::Unexpected
         );
         let e = redis_error((R::AuthenticationFailed, "x").into(), "connect", &addr);
-        assert!(e.to_string().contains("redis: h:1"), "{e}");
+        assert!(e.to_string().contains("redis: h:1"), "{e:#}");
     }
 
     #[test]

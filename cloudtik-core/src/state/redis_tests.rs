@@ -178,7 +178,7 @@ async fn heartbeat_rows_are_compact_and_json_rows_of_earlier_builds_still_read()
         let _: () = raw.hset(HEARTBEATS, "i-damaged", cut).await.unwrap();
         let e = store.all_heartbeats().await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unexpected);
-        assert!(e.to_string().contains("cut short"), "{e}");
+        assert!(e.to_string().contains("cut short"), "{e:#}");
         let e = store.heartbeat("i-damaged").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unexpected);
 
@@ -187,7 +187,7 @@ async fn heartbeat_rows_are_compact_and_json_rows_of_earlier_builds_still_read()
         huge.node_type = "t".repeat(70_000);
         let e = store.put_heartbeat(&huge).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-        assert!(e.to_string().contains("node_type"), "{e}");
+        assert!(e.to_string().contains("node_type"), "{e:#}");
         assert_eq!(store.heartbeat(&huge.node_id).await.unwrap(), None);
     })
     .await
@@ -225,7 +225,7 @@ async fn runtime_config_and_secrets_are_encrypted_at_rest_and_need_the_key() {
             .unwrap();
         let err = other.runtime_config(None).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unauthenticated);
-        assert!(err.to_string().contains("wrong cluster encryption key"), "{err}");
+        assert!(err.to_string().contains("wrong cluster encryption key"), "{err:#}");
         assert_eq!(
             other.secret("token").await.unwrap_err().kind(),
             ErrorKind::Unauthenticated
@@ -258,11 +258,11 @@ async fn wrong_or_missing_password_is_unauthenticated_not_a_hang() {
             .await
             .expect("a wrong password fails, it does not hang")
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
-        assert!(err.to_string().contains("password"), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err:#}");
+        assert!(err.to_string().contains("password"), "{err:#}");
         assert!(
             !err.to_string().contains("a-wrong-password"),
-            "the password is not shown: {err}"
+            "the password is not shown: {err:#}"
         );
         eprintln!("wrong password refused after {:?}", started.elapsed());
 
@@ -271,7 +271,7 @@ async fn wrong_or_missing_password_is_unauthenticated_not_a_hang() {
             .await
             .expect("a missing password fails, it does not hang")
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err:#}");
 
         // Nothing listening: a transient error, also without hanging.
         let port = server.port;
@@ -281,7 +281,7 @@ async fn wrong_or_missing_password_is_unauthenticated_not_a_hang() {
             .await
             .expect("an unreachable server fails, it does not hang")
             .unwrap_err();
-        assert!(err.is_retryable(), "{err}");
+        assert!(err.is_retryable(), "{err:#}");
     })
     .await
     .expect("the test finished in time");
@@ -368,7 +368,7 @@ async fn restart_under_load(appendfsync: AppendFsync, kill: bool) {
                         } else {
                             a.errors += 1;
                             for e in [r1.err(), r2.err(), r3.err()].into_iter().flatten() {
-                                assert!(e.is_retryable(), "a restart gives retryable errors only: {e}");
+                                assert!(e.is_retryable(), "a restart gives retryable errors only: {e:#}");
                             }
                         }
                     }

@@ -470,7 +470,7 @@ pub(crate) async fn leases(store: &dyn StateStore) {
     assert!(!store.release_lease(&a.fence()).await.unwrap());
     let err = store.check_fence(&a.fence()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert!(err.to_string().contains("held by b"), "{err}");
+    assert!(err.to_string().contains("held by b"), "{err:#}");
     assert_eq!(store.lease("ctl").await.unwrap(), Some(b.clone()));
 
     // B releases: the lease is free at once, and the next token is larger still, also
@@ -549,7 +549,7 @@ pub(crate) async fn fenced_pending_launches(store: &dyn StateStore) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert!(err.to_string().contains("fenced"), "{err}");
+    assert!(err.to_string().contains("fenced"), "{err:#}");
     let all = store.pending_launches().await.unwrap();
     assert_eq!(all.keys().collect::<Vec<_>>(), vec!["tok-a"]);
     assert!(

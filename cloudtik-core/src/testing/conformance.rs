@@ -413,7 +413,7 @@ pub async fn list_with_filters(provider: &dyn NodeProvider, config: &Conformance
         let unfiltered = provider
             .list_nodes(&Tags::new())
             .await
-            .map_err(|e| format!("list_nodes without filters failed: {e}"))?;
+            .map_err(|e| format!("list_nodes without filters failed: {e:#}"))?;
         for node in &all {
             ensure!(
                 unfiltered.iter().any(|n| n.id == node.id),
@@ -473,7 +473,7 @@ pub async fn cluster_isolation(
         let unfiltered = provider
             .list_nodes(&Tags::new())
             .await
-            .map_err(|e| format!("list_nodes without filters failed: {e}"))?;
+            .map_err(|e| format!("list_nodes without filters failed: {e:#}"))?;
         ensure!(
             !unfiltered.iter().any(|n| n.id == theirs[0].id),
             "our list without filters shows node {} of cluster {:?}",
@@ -512,7 +512,7 @@ pub async fn batch_tag_update(provider: &dyn NodeProvider, config: &ConformanceC
         provider
             .set_node_tags(&updates)
             .await
-            .map_err(|e| format!("set_node_tags on 2 nodes failed: {e}"))?;
+            .map_err(|e| format!("set_node_tags on 2 nodes failed: {e:#}"))?;
         let listed = run.list(provider, &[]).await?;
         ensure_same_ids(&listed, &nodes, "the list after the tag update")?;
         for (i, node) in nodes.iter().enumerate() {
@@ -549,7 +549,7 @@ pub async fn idempotent_launch_retry(provider: &dyn NodeProvider, config: &Confo
             let again = provider
                 .create_nodes(&request)
                 .await
-                .map_err(|e| format!("repeating a launch with the same token failed: {e}"))?;
+                .map_err(|e| format!("repeating a launch with the same token failed: {e:#}"))?;
             ensure!(
                 again.shortfall.is_none(),
                 "repeating a fulfilled launch reported a shortfall: {}",
@@ -588,7 +588,7 @@ pub async fn set_tags_on_missing_node(
             Ok(()) => return Err(format!("set_node_tags on missing node {missing} succeeded; expected NotFound")),
             Err(e) => ensure!(
                 e.kind() == ErrorKind::NotFound,
-                "set_node_tags on missing node {missing} failed with kind {:?}; expected NotFound: {e}",
+                "set_node_tags on missing node {missing} failed with kind {:?}; expected NotFound: {e:#}",
                 e.kind()
             ),
         }
@@ -606,12 +606,12 @@ pub async fn set_tags_on_missing_node(
             Err(e) => {
                 ensure!(
                     e.kind() == ErrorKind::NotFound,
-                    "set_node_tags on an existing and a missing node failed with kind {:?}; expected NotFound: {e}",
+                    "set_node_tags on an existing and a missing node failed with kind {:?}; expected NotFound: {e:#}",
                     e.kind()
                 );
                 ensure!(
                     e.to_string().contains(missing),
-                    "the NotFound error does not name the missing node {missing}: {e}"
+                    "the NotFound error does not name the missing node {missing}: {e:#}"
                 );
             }
         }
@@ -641,7 +641,7 @@ pub async fn idempotent_terminate(provider: &dyn NodeProvider, config: &Conforma
         provider
             .terminate_nodes(&ids)
             .await
-            .map_err(|e| format!("terminating 2 nodes failed: {e}"))?;
+            .map_err(|e| format!("terminating 2 nodes failed: {e:#}"))?;
         ensure_same_ids(
             &run.list(provider, &[]).await?,
             &[],
@@ -650,15 +650,15 @@ pub async fn idempotent_terminate(provider: &dyn NodeProvider, config: &Conforma
         provider
             .terminate_nodes(&ids)
             .await
-            .map_err(|e| format!("terminating 2 terminated nodes again failed: {e}"))?;
+            .map_err(|e| format!("terminating 2 terminated nodes again failed: {e:#}"))?;
         provider
             .terminate_nodes(std::slice::from_ref(&config.missing_node_id))
             .await
-            .map_err(|e| format!("terminating missing node {} failed: {e}", config.missing_node_id))?;
+            .map_err(|e| format!("terminating missing node {} failed: {e:#}", config.missing_node_id))?;
         provider
             .terminate_nodes(&[])
             .await
-            .map_err(|e| format!("terminating no node failed: {e}"))?;
+            .map_err(|e| format!("terminating no node failed: {e:#}"))?;
         Ok(())
     }
     .await;
@@ -680,7 +680,7 @@ pub async fn partial_launch(
         arm().await;
         let outcome = provider.create_nodes(&request).await.map_err(|e| {
             format!(
-                "the armed launch of 3 nodes failed: {e}; a partial launch must answer Ok with a \
+                "the armed launch of 3 nodes failed: {e:#}; a partial launch must answer Ok with a \
                  shortfall (or the hook did not arm one that creates at least one node)"
             )
         })?;
@@ -709,7 +709,7 @@ pub async fn partial_launch(
         let retry = provider
             .create_nodes(&request)
             .await
-            .map_err(|e| format!("retrying the partial launch with the same token failed: {e}"))?;
+            .map_err(|e| format!("retrying the partial launch with the same token failed: {e:#}"))?;
         for node in &outcome.nodes {
             ensure!(
                 retry.nodes.iter().any(|n| n.id == node.id),
@@ -776,7 +776,7 @@ impl<'a> Run<'a> {
     ) -> Result<Vec<NodeInfo>, String> {
         let outcome = provider.create_nodes(request).await.map_err(|e| {
             format!(
-                "launching {} nodes on cluster {} failed: {e}",
+                "launching {} nodes on cluster {} failed: {e:#}",
                 request.count,
                 provider.cluster_name()
             )
@@ -807,7 +807,7 @@ impl<'a> Run<'a> {
         provider
             .list_nodes(&all)
             .await
-            .map_err(|e| format!("list_nodes with filters {all:?} failed: {e}"))
+            .map_err(|e| format!("list_nodes with filters {all:?} failed: {e:#}"))
     }
 
     /// Terminates the run's nodes on every provider and turns the body's result into
@@ -816,7 +816,7 @@ impl<'a> Run<'a> {
         let mut problems: Vec<String> = result.err().into_iter().collect();
         for provider in providers {
             if let Err(e) = self.cleanup(*provider).await {
-                problems.push(format!("cleanup on cluster {}: {e}", provider.cluster_name()));
+                problems.push(format!("cleanup on cluster {}: {e:#}", provider.cluster_name()));
             }
         }
         if problems.is_empty() {
@@ -841,7 +841,7 @@ impl<'a> Run<'a> {
             provider
                 .terminate_nodes(chunk)
                 .await
-                .map_err(|e| format!("terminating {} nodes failed: {e}", chunk.len()))?;
+                .map_err(|e| format!("terminating {} nodes failed: {e:#}", chunk.len()))?;
         }
         let left = self.list(provider, &[]).await?;
         ensure!(

@@ -334,7 +334,7 @@ impl VirtualSettings {
             let key = std::fs::read_to_string(&path).map_err(|e| {
                 Error::config(
                     "auth.ssh_public_key",
-                    format!("cannot read the public key {}: {e}", path.display()),
+                    format!("cannot read the public key {}: {e:#}", path.display()),
                 )
             })?;
             s.authorized_key = Some(key.trim().to_string());
@@ -842,9 +842,9 @@ mod tests {
         assert_eq!(InstanceType::default().name(), None);
         let e = InstanceType::from_node_config(&json!({"instance_type": {"CPU": -1}})).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-        assert!(e.to_string().contains("node_config.instance_type.CPU"), "{e}");
+        assert!(e.to_string().contains("node_config.instance_type.CPU"), "{e:#}");
         let e = InstanceType::from_node_config(&json!({"instance_type": {"memory": "lots"}})).unwrap_err();
-        assert!(e.to_string().contains("`lots` is not a size"), "{e}");
+        assert!(e.to_string().contains("`lots` is not a size"), "{e:#}");
     }
 
     #[test]
@@ -926,7 +926,7 @@ mod tests {
                 "workspace_name: w\nprovider:\n  type: virtual\n  subnet: 10.0.0.0/33\n",
             )
             .unwrap_err();
-        assert!(e.to_string().contains("provider.subnet"), "{e}");
+        assert!(e.to_string().contains("provider.subnet"), "{e:#}");
     }
 
     #[test]
@@ -953,7 +953,7 @@ mod tests {
         let bad: VirtualProviderConfig =
             serde_json::from_value(json!({"docker_socket": "tcp://1.2.3.4:2375"})).unwrap();
         let e = VirtualSettings::from_config(&bad).unwrap_err();
-        assert!(e.to_string().contains("provider.docker_socket"), "{e}");
+        assert!(e.to_string().contains("provider.docker_socket"), "{e:#}");
         assert_eq!(VirtualSettings::default().image, node_image_name());
     }
 }

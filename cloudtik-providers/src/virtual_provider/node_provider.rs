@@ -239,7 +239,7 @@ impl VirtualNodeProvider {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "removing containers stopped from outside failed; the next listing tries again")
+                    tracing::warn!(error = %cloudtik_core::Report(&e), "removing containers stopped from outside failed; the next listing tries again")
                 }
             }
         }
@@ -414,7 +414,7 @@ impl VirtualNodeProvider {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
-                    "port {port} of this machine, where the head's SSH port would be published                      (provider.enable_port_mapping), is in use ({e}): free it, or set                      provider.port_mapping_base to a free port"
+                    "port {port} of this machine, where the head's SSH port would be published                      (provider.enable_port_mapping), is in use ({e:#}): free it, or set                      provider.port_mapping_base to a free port"
                 ),
             )
             .set_permanent()
@@ -822,7 +822,7 @@ fn remove_dirs(dirs: &[PathBuf]) {
         if let Err(e) = std::fs::remove_dir_all(dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(folder = %dir.display(), error = %e, "could not remove a data disk folder");
+            tracing::warn!(folder = %dir.display(), error = %cloudtik_core::Report(&e), "could not remove a data disk folder");
         }
     }
 }
@@ -882,7 +882,7 @@ impl NodeProvider for VirtualNodeProvider {
                     match docker.start_container(id, None).await {
                         Ok(()) => have += 1,
                         Err(e) => {
-                            tracing::warn!(container = %id, error = %e, "an unstarted container of an earlier try did not start; removing it");
+                            tracing::warn!(container = %id, error = %cloudtik_core::Report(&e), "an unstarted container of an earlier try did not start; removing it");
                             self.terminate_one(docker, id).await?;
                         }
                     }
@@ -1120,7 +1120,7 @@ mod tests {
         assert_eq!(e.operation(), Some("list_nodes"));
         let request = LaunchRequest::new("w", serde_json::json!({}), Tags::new(), 1);
         let e = provider.create_nodes(&request).await.unwrap_err();
-        assert!(e.to_string().contains("Docker is not reachable"), "{e}");
+        assert!(e.to_string().contains("Docker is not reachable"), "{e:#}");
         assert!(
             !dir.path().join("ws").exists(),
             "a failed call made state folders"
@@ -1138,7 +1138,7 @@ mod tests {
             .with_state_dir(dir.path());
         let provider = VirtualNodeProvider::new("ws", "c", settings).unwrap();
         let e = provider.list_nodes(&Tags::new()).await.unwrap_err();
-        assert!(e.to_string().contains("Docker is not reachable"), "{e}");
+        assert!(e.to_string().contains("Docker is not reachable"), "{e:#}");
     }
 
     #[test]

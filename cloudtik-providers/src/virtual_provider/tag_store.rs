@@ -221,6 +221,6 @@ mod tests {
         let store = TagStore::new(dir.path().to_path_buf());
         std::fs::write(store.path(), b"{not json").unwrap();
         let e = store.read().unwrap_err();
-        assert!(e.to_string().contains("is not valid JSON"), "{e}");
+        assert!(e.to_string().contains("is not valid JSON"), "{e:#}");
     }
 }

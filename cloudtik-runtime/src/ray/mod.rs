@@ -466,9 +466,9 @@ mod tests {
             assert_eq!(
                 err.location().map(|l| l.path.as_str()),
                 Some(path.as_str()),
-                "{section}: {err}"
+                "{section}: {err:#}"
             );
-            assert!(err.to_string().contains("expected"), "{err}");
+            assert!(err.to_string().contains("expected"), "{err:#}");
         }
         assert!(Ray.validate(&json!([1])).is_err());
         let s =

@@ -343,7 +343,7 @@ mod tests {
             json!([1, 2]),
         ] {
             let err = scaling_state_from_cluster_status(&bad).unwrap_err();
-            assert!(err.to_string().contains(CLUSTER_STATUS_PATH), "{err}");
+            assert!(err.to_string().contains(CLUSTER_STATUS_PATH), "{err:#}");
         }
         // An empty report (no node yet) is an empty state.
         let empty = json!({"result": true, "data": {"clusterStatus": {"loadMetricsReport": {}}}});

@@ -349,8 +349,8 @@ mod tests {
         for (section, path, message) in cases {
             let err = SparkConfig::from_section(&section).unwrap_err();
             assert_eq!(err.kind(), cloudtik_core::ErrorKind::InvalidConfig, "{section}");
-            assert_eq!(path_of(&err), path, "{section}: {err}");
-            assert!(err.to_string().contains(message), "{section}: {err}");
+            assert_eq!(path_of(&err), path, "{section}: {err:#}");
+            assert!(err.to_string().contains(message), "{section}: {err:#}");
         }
         // The history port may clash when there is no history server.
         SparkConfig::from_section(&json!({"history_server": false, "history_ui_port": 8080})).unwrap();

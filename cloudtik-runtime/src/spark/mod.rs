@@ -104,7 +104,7 @@ pub fn worker_cores(node: &NodeContext) -> u64 {
 }
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::new(ErrorKind::Unexpected, format!("{what}: {e}"))
+    move |e| Error::new(ErrorKind::Unexpected, format!("{what}: {e:#}"))
 }
 
 /// Runs `program args` and returns its trimmed standard output, or an error with its
@@ -526,7 +526,7 @@ mod tests {
     fn validation_goes_through_the_config() {
         assert!(Spark.validate(&Spark.config_defaults()).is_ok());
         let err = Spark.validate(&json!({"nope": 1})).unwrap_err();
-        assert!(err.to_string().contains("unknown key"), "{err}");
+        assert!(err.to_string().contains("unknown key"), "{err:#}");
     }
 
     #[test]

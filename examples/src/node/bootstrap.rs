@@ -29,7 +29,7 @@ mod tests {
         assert_eq!(b.heartbeat_interval_s, Some(0.5));
         std::fs::write(&json, r#"{"redis_adress": "h:1"}"#).unwrap();
         let e = BootstrapConfig::load(Some(&json)).unwrap_err().to_string();
-        assert!(e.contains("redis_adress"), "{e}");
+        assert!(e.contains("redis_adress"), "{e:#}");
         assert!(BootstrapConfig::load(None).unwrap().redis_address().is_none());
         assert_eq!(DEFAULT_REDIS_PORT, 6789);
     }

@@ -263,7 +263,7 @@ fn run(program: NodeProgram, cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: cannot start the runtime: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -413,13 +413,13 @@ async fn connect_store(
             Ok(store) => return Ok(Some(store)),
             Err(e) if e.is_retryable() && tokio::time::Instant::now() + delay < deadline => {
                 if !logged {
-                    warn!(error = %e, "the state store is not reachable yet; waiting for it");
+                    warn!(error = %cloudtik_core::Report(&e), "the state store is not reachable yet; waiting for it");
                     logged = true;
                 }
             }
             Err(e) if e.kind() == ErrorKind::Unauthenticated => {
                 bail!(
-                    "{e}\nhint: pass the cluster's password with --redis-password or CLOUDTIK_REDIS_PASSWORD"
+                    "{e:#}\nhint: pass the cluster's password with --redis-password or CLOUDTIK_REDIS_PASSWORD"
                 )
             }
             Err(e) => return Err(e.into()),

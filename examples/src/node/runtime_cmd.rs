@@ -178,6 +178,6 @@ fn tail(path: &str, n: usize) -> String {
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
-        Err(e) => format!("(cannot read {path}: {e})"),
+        Err(e) => format!("(cannot read {path}: {e:#})"),
     }
 }

@@ -305,7 +305,7 @@ pub(crate) async fn run_with(
                                 "the service exited; starting it again in {delay:?}"
                             ),
                             Err(e) => warn!(
-                                service = %name, error = %e,
+                                service = %name, error = %cloudtik_core::Report(&e),
                                 "lost track of the service; starting it again in {delay:?}"
                             ),
                         }
@@ -335,7 +335,7 @@ async fn stop(name: &str, child: &mut tokio::process::Child, pid: u32, grace: Du
     }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => info!(service = %name, %status, "the service stopped"),
-        Ok(Err(e)) => warn!(service = %name, error = %e, "waiting for the service"),
+        Ok(Err(e)) => warn!(service = %name, error = %cloudtik_core::Report(&e), "waiting for the service"),
         Err(_) => {
             warn!(service = %name, "the service did not stop within {grace:?}; killing it");
             signal_group(pid, Signal::KILL);

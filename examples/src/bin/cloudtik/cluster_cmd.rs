@@ -381,7 +381,7 @@ async fn open_prepared(
     match providers.bootstrap_config(&mut config).await {
         Ok(()) => {}
         Err(e) if launches == Launches::No && e.context_value("workspace").is_some() => {
-            eprintln!("warning: {e}; going on without the workspace's settings (only `start` needs them)");
+            eprintln!("warning: {e:#}; going on without the workspace's settings (only `start` needs them)");
             providers.prepare_config(&mut config)?;
         }
         Err(e) => return Err(e),
@@ -404,7 +404,7 @@ async fn forget_failed_start(cluster: &ManagedCluster, file: &Path) {
     match cluster.nodes().await {
         Ok(nodes) if nodes.is_empty() => match cluster.settings().dir.remove_secrets() {
             Ok(_) => eprintln!("note: the failed start made no node; removed what it made in {dir}"),
-            Err(e) => eprintln!("note: could not remove {dir}: {e}"),
+            Err(e) => eprintln!("note: could not remove {dir}: {e:#}"),
         },
         Ok(nodes) => eprintln!(
             "note: kept the cluster's key pair and secrets in {dir}: the start made {} node(s); \
@@ -414,7 +414,7 @@ async fn forget_failed_start(cluster: &ManagedCluster, file: &Path) {
         ),
         Err(e) => eprintln!(
             "note: kept the cluster's key pair and secrets in {dir}: cannot tell whether the start made a node \
-             ({e}); `cloudtik stop {} --yes` terminates any and removes the folder",
+             ({e:#}); `cloudtik stop {} --yes` terminates any and removes the folder",
             file.display()
         ),
     }
@@ -922,7 +922,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                     serde_json::from_str::<Resources>(&j).map_err(|e| {
                         Error::new(
                             ErrorKind::InvalidConfig,
-                            format!("--resources is not a JSON object of amounts: {e}"),
+                            format!("--resources is not a JSON object of amounts: {e:#}"),
                         )
                     })
                 })
@@ -932,7 +932,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                     serde_json::from_str::<Vec<Resources>>(&j).map_err(|e| {
                         Error::new(
                             ErrorKind::InvalidConfig,
-                            format!("--bundles is not a JSON list of objects of amounts: {e}"),
+                            format!("--bundles is not a JSON list of objects of amounts: {e:#}"),
                         )
                     })
                 })

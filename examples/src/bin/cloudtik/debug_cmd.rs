@@ -25,7 +25,7 @@ pub(crate) fn run(cmd: DebugCommand) -> Result<()> {
             let text = std::fs::read_to_string(&scenario).map_err(|e| {
                 Error::new(
                     ErrorKind::NotFound,
-                    format!("cannot read the scenario `{}`: {e}", scenario.display()),
+                    format!("cannot read the scenario `{}`: {e:#}", scenario.display()),
                 )
             })?;
             let s = Scenario::from_json(&text).map_err(|e| {

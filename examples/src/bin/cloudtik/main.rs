@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }

@@ -97,7 +97,7 @@ fn forget_clusters(workspace: &str) {
                     );
                 }
             }
-            Err(e) => eprintln!("note: could not remove {}: {e}", dir.path().display()),
+            Err(e) => eprintln!("note: could not remove {}: {e:#}", dir.path().display()),
         }
     }
     // Lock files of clusters whose folder is gone.
