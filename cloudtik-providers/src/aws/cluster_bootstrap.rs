@@ -54,7 +54,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aws_sdk_ec2::primitives::Blob;
-use aws_sdk_ec2::types::{Filter, KeyPairInfo, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{KeyPairInfo, ResourceType, SecurityGroup, Subnet, Tag, TagSpecification};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use cloudtik_core::config::ClusterConfig;
@@ -63,6 +63,7 @@ use cloudtik_core::{Error, ErrorKind, Result, WorkspaceProvider};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::call::filter;
 use super::errors::ec2_code;
 use super::{AwsNodeProvider, AwsSettings, AwsWorkspaceOptions, AwsWorkspaceProvider};
 use crate::provider_config::AwsProviderConfig;
@@ -423,18 +424,12 @@ impl AwsClusterBootstrap {
         };
         if !subnets.is_empty() {
             let ids: Vec<String> = subnets.keys().cloned().collect();
-            let found = self
+            let found: Vec<Subnet> = self
                 .nodes
-                .call(OP, "DescribeSubnets", || {
-                    self.nodes
-                        .ec2()
-                        .describe_subnets()
-                        .filters(filter("subnet-id", ids.clone()))
-                        .send()
-                })
+                .calls()
+                .list(OP, vec![filter("subnet-id", ids)])
                 .await?;
             let vpcs: BTreeMap<&str, &str> = found
-                .subnets()
                 .iter()
                 .filter_map(|s| Some((s.subnet_id()?, s.vpc_id()?)))
                 .collect();
@@ -447,18 +442,9 @@ impl AwsClusterBootstrap {
         }
         if !groups.is_empty() {
             let ids: Vec<String> = groups.keys().cloned().collect();
-            let found = self
-                .nodes
-                .call(OP, "DescribeSecurityGroups", || {
-                    self.nodes
-                        .ec2()
-                        .describe_security_groups()
-                        .filters(filter("group-id", ids.clone()))
-                        .send()
-                })
-                .await?;
+            let found: Vec<SecurityGroup> =
+                self.nodes.calls().list(OP, vec![filter("group-id", ids)]).await?;
             let vpcs: BTreeMap<&str, &str> = found
-                .security_groups()
                 .iter()
                 .filter_map(|g| Some((g.group_id()?, g.vpc_id()?)))
                 .collect();
@@ -681,11 +667,6 @@ fn strings(v: Option<&Value>) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// An EC2 filter.
-fn filter(name: &str, values: Vec<String>) -> Filter {
-    Filter::builder().name(name).set_values(Some(values)).build()
 }
 
 /// `~/` at the start of a path as the home folder.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use cloudtik_core::{Error, ErrorKind};
 
 /// How the provider retries EC2 calls that failed with a rate limit or a transient
@@ -57,24 +57,27 @@ impl RetryPolicy {
     }
 
     /// The delay before retry number `retry` (from 1): `min_delay` doubled per retry,
-    /// capped at `max_delay`, without jitter.
-    pub(crate) fn delay(&self, retry: usize) -> Duration {
+    /// capped at `max_delay`, then stretched by `jitter` (0 to 1: up to twice as long).
+    /// The one place the AWS code computes a retry delay (the rate-limited and transient
+    /// retries of [`run`](Self::run), and the lost launch answers of `create_nodes`).
+    pub(crate) fn delay(&self, retry: usize, jitter: f32) -> Duration {
         let factor = 1u32 << retry.saturating_sub(1).min(16);
-        self.min_delay
+        let delay = self
+            .min_delay
             .saturating_mul(factor)
-            .min(self.max_delay.max(self.min_delay))
+            .min(self.max_delay.max(self.min_delay));
+        delay.saturating_add(delay.mul_f32(jitter.clamp(0.0, 1.0)))
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay.max(self.min_delay))
-            .with_max_times(self.max_retries)
+    /// The jittered delays of the retries, one per retry.
+    fn backoff(self) -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+        (1..=self.max_retries).map(move |retry| self.delay(retry, jitter()))
     }
 
     /// Runs `call` until it succeeds, fails with an error that is not rate-limited or
-    /// transient, or the retries ran out (the error is then marked persistent).
+    /// transient, or the retries ran out (the error is then marked persistent). (The
+    /// call layer uses [`run_when`](Self::run_when) with its own choice of errors.)
+    #[cfg(test)]
     pub(crate) async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -99,8 +102,19 @@ impl RetryPolicy {
     }
 }
 
+/// A random jitter from 0 to 1 (no cryptographic quality needed: it only spreads the
+/// retries of concurrent callers apart).
+fn jitter() -> f32 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        >> 40;
+    bits as f32 / (1u64 << 24) as f32
+}
+
 /// The kinds the provider retries itself.
-fn is_retried(e: &Error) -> bool {
+pub(crate) fn is_retried(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::RateLimited | ErrorKind::Transient)
 }
 
