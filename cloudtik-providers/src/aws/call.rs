@@ -434,3 +434,129 @@ listed!(VpcPeeringConnection, "DescribeVpcPeeringConnections", describe_vpc_peer
     DescribeVpcPeeringConnectionsOutput, DescribeVpcPeeringConnectionsError,
     describe_vpc_peering_connections, set_filters, paged, page_size: false,
     items: |p: Self::Page| p.vpc_peering_connections.unwrap_or_default());
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+
+    use super::*;
+
+    fn calls() -> Calls {
+        let client = Client::from_conf(
+            aws_sdk_ec2::Config::builder()
+                .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+                .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+                .build(),
+        );
+        let retry = RetryPolicy::default()
+            .with_max_retries(3)
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(2));
+        Calls::new(client, retry, RateLimits::unlimited()).with_scope("workspace", "ws")
+    }
+
+    fn failure(code: &str, status: u16) -> SdkError<RunInstancesError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message("no").build();
+        SdkError::service_error(
+            RunInstancesError::generic(meta),
+            HttpResponse::new(status.try_into().unwrap(), "".into()),
+        )
+    }
+
+    #[tokio::test]
+    async fn pages_are_read_until_a_page_has_no_next_token() {
+        let calls = calls();
+        let asked: Mutex<Vec<Option<String>>> = Mutex::default();
+        let pages = calls
+            .pages(
+                Call::ec2("list", "DescribeThings"),
+                |token: Option<String>| {
+                    asked.lock().unwrap().push(token.clone());
+                    let page = match token.as_deref() {
+                        None => (1, Some("a".to_string())),
+                        Some("a") => (2, Some("b".to_string())),
+                        // An empty token ends the listing as well as none.
+                        _ => (3, Some(String::new())),
+                    };
+                    std::future::ready(Ok::<_, SdkError<RunInstancesError, HttpResponse>>(page))
+                },
+                |page: &(u32, Option<String>)| page.1.as_deref(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(pages.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [None, Some("a".to_string()), Some("b".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn creates_are_retried_on_rate_limits_only_and_errors_name_the_call_and_scope() {
+        let calls = calls();
+        let create = Call::ec2("create_workspace", "CreateVpc").creating();
+        let tries = Mutex::new(0);
+        let answer = calls
+            .run(create, || {
+                *tries.lock().unwrap() += 1;
+                let first = *tries.lock().unwrap() == 1;
+                std::future::ready(if first {
+                    Err(failure("RequestLimitExceeded", 503))
+                } else {
+                    Ok(7)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!((answer, *tries.lock().unwrap()), (7, 2));
+
+        let tries = Mutex::new(0);
+        let e = calls
+            .run(create, || {
+                *tries.lock().unwrap() += 1;
+                std::future::ready(Err::<(), _>(failure("InternalError", 500)))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(*tries.lock().unwrap(), 1);
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(e.operation(), Some("create_workspace"));
+        assert_eq!(e.context_value("call"), Some("CreateVpc"));
+        assert_eq!(e.context_value("workspace"), Some("ws"));
+        assert!(e.to_string().contains("EC2 CreateVpc failed"), "{e}");
+
+        // A read retries transient failures (1 try and 3 retries), then gives up.
+        let tries = Mutex::new(0);
+        let e = calls
+            .run(Call::iam("find", "GetRole"), || {
+                *tries.lock().unwrap() += 1;
+                std::future::ready(Err::<(), _>(failure("InternalError", 500)))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(*tries.lock().unwrap(), 4);
+        assert!(e.to_string().contains("IAM GetRole failed"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_deletion_of_something_gone_succeeds() {
+        let calls = calls();
+        let gone = calls
+            .delete(Call::ec2("delete_workspace", "DeleteSubnet"), || {
+                std::future::ready(Err::<(), _>(failure("InvalidSubnetID.NotFound", 400)))
+            })
+            .await;
+        assert!(gone.is_ok());
+        let refused = calls
+            .delete(Call::ec2("delete_workspace", "DeleteSubnet"), || {
+                std::future::ready(Err::<(), _>(failure("DependencyViolation", 400)))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Conflict);
+    }
+}

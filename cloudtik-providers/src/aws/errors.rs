@@ -352,6 +352,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_delay_doubles_is_capped_and_jitter_stretches_it_up_to_twice() {
+        let policy = RetryPolicy::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_millis(500));
+        let plain: Vec<u128> = (1..=5).map(|n| policy.delay(n, 0.0).as_millis()).collect();
+        assert_eq!(plain, [100, 200, 400, 500, 500]);
+        assert_eq!(policy.delay(2, 1.0).as_millis(), 400);
+        assert_eq!(policy.delay(2, 0.5).as_millis(), 300);
+        for delay in policy.backoff().take(3).zip([100, 200, 400]) {
+            let (d, base) = (delay.0.as_millis(), delay.1);
+            assert!((base..=2 * base).contains(&d), "{d} ms for a base of {base} ms");
+        }
+        assert_eq!(policy.with_max_retries(2).backoff().count(), 2);
+    }
+
     #[tokio::test]
     async fn retry_stops_on_permanent_errors_and_is_bounded_on_temporary_ones() {
         let policy = RetryPolicy::default()
