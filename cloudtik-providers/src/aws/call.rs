@@ -329,11 +329,11 @@ pub(crate) trait Listed: Sized + Send {
     fn tags(&self) -> &[Tag];
 }
 
-/// Implements [`Listed`] for `$item`, listed by `$method` (module `$module` of the SDK's
-/// operations) with the filter setter `$filters`; `paged` calls take a next token and
+/// Implements [`Listed`] for `$item`, listed by the client method `$module` (also the
+/// SDK's module of the operation) with the filter setter `$filters`; `paged` calls take a next token and
 /// a page size, `unpaged` ones answer everything at once.
 macro_rules! listed {
-    ($item:ty, $call:literal, $module:ident, $output:ident, $error:ident, $method:ident, $filters:ident,
+    ($item:ty, $call:literal, $module:ident, $output:ident, $error:ident, $filters:ident,
      paged, page_size: $page_size:literal, items: $items:expr) => {
         impl Listed for $item {
             const CALL: &'static str = $call;
@@ -349,7 +349,7 @@ macro_rules! listed {
             ) -> impl Future<Output = std::result::Result<Self::Page, SdkError<Self::Error, HttpResponse>>> + Send
             {
                 client
-                    .$method()
+                    .$module()
                     .$filters(Some(filters))
                     .set_max_results(page_size)
                     .set_next_token(token)
@@ -369,7 +369,7 @@ macro_rules! listed {
             }
         }
     };
-    ($item:ty, $call:literal, $module:ident, $output:ident, $error:ident, $method:ident, $filters:ident,
+    ($item:ty, $call:literal, $module:ident, $output:ident, $error:ident, $filters:ident,
      unpaged, items: $items:expr) => {
         impl Listed for $item {
             const CALL: &'static str = $call;
@@ -384,7 +384,7 @@ macro_rules! listed {
                 _token: Option<String>,
             ) -> impl Future<Output = std::result::Result<Self::Page, SdkError<Self::Error, HttpResponse>>> + Send
             {
-                client.$method().$filters(Some(filters)).send()
+                client.$module().$filters(Some(filters)).send()
             }
 
             fn next_token(_page: &Self::Page) -> Option<&str> {
@@ -403,36 +403,36 @@ macro_rules! listed {
 }
 
 listed!(Instance, "DescribeInstances", describe_instances, DescribeInstancesOutput, DescribeInstancesError,
-    describe_instances, set_filters, paged, page_size: true,
+    set_filters, paged, page_size: true,
     items: |p: Self::Page| p.reservations.unwrap_or_default().into_iter().flat_map(|r| r.instances.unwrap_or_default()).collect());
 listed!(Vpc, "DescribeVpcs", describe_vpcs, DescribeVpcsOutput, DescribeVpcsError,
-    describe_vpcs, set_filters, paged, page_size: false,
+    set_filters, paged, page_size: false,
     items: |p: Self::Page| p.vpcs.unwrap_or_default());
 listed!(Subnet, "DescribeSubnets", describe_subnets, DescribeSubnetsOutput, DescribeSubnetsError,
-    describe_subnets, set_filters, paged, page_size: false,
+    set_filters, paged, page_size: false,
     items: |p: Self::Page| p.subnets.unwrap_or_default());
 listed!(InternetGateway, "DescribeInternetGateways", describe_internet_gateways,
     DescribeInternetGatewaysOutput, DescribeInternetGatewaysError,
-    describe_internet_gateways, set_filters, paged, page_size: false,
+    set_filters, paged, page_size: false,
     items: |p: Self::Page| p.internet_gateways.unwrap_or_default());
 listed!(RouteTable, "DescribeRouteTables", describe_route_tables, DescribeRouteTablesOutput,
-    DescribeRouteTablesError, describe_route_tables, set_filters, paged, page_size: false,
+    DescribeRouteTablesError, set_filters, paged, page_size: false,
     items: |p: Self::Page| p.route_tables.unwrap_or_default());
 listed!(Address, "DescribeAddresses", describe_addresses, DescribeAddressesOutput, DescribeAddressesError,
-    describe_addresses, set_filters, unpaged,
+    set_filters, unpaged,
     items: |p: Self::Page| p.addresses.unwrap_or_default());
 listed!(NatGateway, "DescribeNatGateways", describe_nat_gateways, DescribeNatGatewaysOutput,
-    DescribeNatGatewaysError, describe_nat_gateways, set_filter, paged, page_size: false,
+    DescribeNatGatewaysError, set_filter, paged, page_size: false,
     items: |p: Self::Page| p.nat_gateways.unwrap_or_default());
 listed!(VpcEndpoint, "DescribeVpcEndpoints", describe_vpc_endpoints, DescribeVpcEndpointsOutput,
-    DescribeVpcEndpointsError, describe_vpc_endpoints, set_filters, paged, page_size: false,
+    DescribeVpcEndpointsError, set_filters, paged, page_size: false,
     items: |p: Self::Page| p.vpc_endpoints.unwrap_or_default());
 listed!(SecurityGroup, "DescribeSecurityGroups", describe_security_groups, DescribeSecurityGroupsOutput,
-    DescribeSecurityGroupsError, describe_security_groups, set_filters, paged, page_size: false,
+    DescribeSecurityGroupsError, set_filters, paged, page_size: false,
     items: |p: Self::Page| p.security_groups.unwrap_or_default());
 listed!(VpcPeeringConnection, "DescribeVpcPeeringConnections", describe_vpc_peering_connections,
     DescribeVpcPeeringConnectionsOutput, DescribeVpcPeeringConnectionsError,
-    describe_vpc_peering_connections, set_filters, paged, page_size: false,
+    set_filters, paged, page_size: false,
     items: |p: Self::Page| p.vpc_peering_connections.unwrap_or_default());
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ impl RetryPolicy {
     /// The delay before retry number `retry` (from 1): `min_delay` doubled per retry,
     /// capped at `max_delay`, then stretched by `jitter` (0 to 1: up to twice as long).
     /// The one place the AWS code computes a retry delay (the rate-limited and transient
-    /// retries of [`run`](Self::run), and the lost launch answers of `create_nodes`).
+    /// retries of [`run_when`](Self::run_when), and the lost launch answers of `create_nodes`).
     pub(crate) fn delay(&self, retry: usize, jitter: f32) -> Duration {
         let factor = 1u32 << retry.saturating_sub(1).min(16);
         let delay = self
@@ -74,19 +74,9 @@ impl RetryPolicy {
         (1..=self.max_retries).map(move |retry| self.delay(retry, jitter()))
     }
 
-    /// Runs `call` until it succeeds, fails with an error that is not rate-limited or
-    /// transient, or the retries ran out (the error is then marked persistent). (The
-    /// call layer uses [`run_when`](Self::run_when) with its own choice of errors.)
-    #[cfg(test)]
-    pub(crate) async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
-    {
-        self.run_when(call, is_retried).await
-    }
-
-    /// Like [`run`](Self::run), retrying only the errors `retried` accepts.
+    /// Runs `call` until it succeeds, fails with an error `retried` does not accept, or
+    /// the retries ran out (a retried error is then marked persistent). The call layer
+    /// chooses `retried`: rate limits and transient failures, or rate limits only.
     pub(crate) async fn run_when<T, F, Fut>(&self, call: F, retried: fn(&Error) -> bool) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -95,7 +85,7 @@ impl RetryPolicy {
         call.retry(self.backoff())
             .when(retried)
             .notify(|e: &Error, delay: Duration| {
-                tracing::debug!(error = %e, ?delay, "retrying an EC2 call");
+                tracing::debug!(error = %e, ?delay, "retrying an AWS call");
             })
             .await
             .map_err(|e| if retried(&e) { e.set_persistent() } else { e })
@@ -376,10 +366,13 @@ mod tests {
             .with_max_delay(Duration::from_millis(2));
         let mut tries = 0;
         let e = policy
-            .run(|| {
-                tries += 1;
-                async { Err::<(), _>(Error::new(ErrorKind::Transient, "flaky")) }
-            })
+            .run_when(
+                || {
+                    tries += 1;
+                    async { Err::<(), _>(Error::new(ErrorKind::Transient, "flaky")) }
+                },
+                is_retried,
+            )
             .await
             .unwrap_err();
         assert_eq!(tries, 4);
@@ -387,10 +380,13 @@ mod tests {
 
         let mut tries = 0;
         let e = policy
-            .run(|| {
-                tries += 1;
-                async { Err::<(), _>(Error::new(ErrorKind::Quota, "vcpu")) }
-            })
+            .run_when(
+                || {
+                    tries += 1;
+                    async { Err::<(), _>(Error::new(ErrorKind::Quota, "vcpu")) }
+                },
+                is_retried,
+            )
             .await
             .unwrap_err();
         assert_eq!(tries, 1);
@@ -398,17 +394,20 @@ mod tests {
 
         let mut tries = 0;
         let v = policy
-            .run(|| {
-                tries += 1;
-                let t = tries;
-                async move {
-                    if t < 3 {
-                        Err(Error::new(ErrorKind::RateLimited, "slow down"))
-                    } else {
-                        Ok(t)
+            .run_when(
+                || {
+                    tries += 1;
+                    let t = tries;
+                    async move {
+                        if t < 3 {
+                            Err(Error::new(ErrorKind::RateLimited, "slow down"))
+                        } else {
+                            Ok(t)
+                        }
                     }
-                }
-            })
+                },
+                is_retried,
+            )
             .await
             .unwrap();
         assert_eq!(v, 3);
