@@ -54,7 +54,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aws_sdk_ec2::primitives::Blob;
-use aws_sdk_ec2::types::{Filter, KeyPairInfo, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{KeyPairInfo, ResourceType, SecurityGroup, Subnet, Tag, TagSpecification};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use cloudtik_core::config::ClusterConfig;
@@ -63,6 +63,7 @@ use cloudtik_core::{Error, ErrorKind, Result, WorkspaceProvider};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::call::{Listed, filter};
 use super::errors::ec2_code;
 use super::{AwsNodeProvider, AwsSettings, AwsWorkspaceOptions, AwsWorkspaceProvider};
 use crate::provider_config::AwsProviderConfig;
@@ -421,55 +422,43 @@ impl AwsClusterBootstrap {
             };
             Err(Error::config(path, message).with_operation(OP))
         };
-        if !subnets.is_empty() {
-            let ids: Vec<String> = subnets.keys().cloned().collect();
-            let found = self
-                .nodes
-                .call(OP, "DescribeSubnets", || {
-                    self.nodes
-                        .ec2()
-                        .describe_subnets()
-                        .filters(filter("subnet-id", ids.clone()))
-                        .send()
-                })
-                .await?;
-            let vpcs: BTreeMap<&str, &str> = found
-                .subnets()
-                .iter()
-                .filter_map(|s| Some((s.subnet_id()?, s.vpc_id()?)))
-                .collect();
-            for (id, path) in &subnets {
-                match vpcs.get(id.as_str()) {
+        let subnet_vpcs = self.vpcs_of("subnet-id", &subnets, subnet_vpc).await?;
+        let group_vpcs = self.vpcs_of("group-id", &groups, group_vpc).await?;
+        for (kind, wanted, vpcs) in [
+            ("subnet", &subnets, &subnet_vpcs),
+            ("security group", &groups, &group_vpcs),
+        ] {
+            for (id, path) in wanted {
+                match vpcs.get(id) {
                     Some(vpc) if *vpc == ws.vpc_id => {}
-                    vpc => return outside("subnet", id, vpc.copied(), path),
-                }
-            }
-        }
-        if !groups.is_empty() {
-            let ids: Vec<String> = groups.keys().cloned().collect();
-            let found = self
-                .nodes
-                .call(OP, "DescribeSecurityGroups", || {
-                    self.nodes
-                        .ec2()
-                        .describe_security_groups()
-                        .filters(filter("group-id", ids.clone()))
-                        .send()
-                })
-                .await?;
-            let vpcs: BTreeMap<&str, &str> = found
-                .security_groups()
-                .iter()
-                .filter_map(|g| Some((g.group_id()?, g.vpc_id()?)))
-                .collect();
-            for (id, path) in &groups {
-                match vpcs.get(id.as_str()) {
-                    Some(vpc) if *vpc == ws.vpc_id => {}
-                    vpc => return outside("security group", id, vpc.copied(), path),
+                    vpc => return outside(kind, id, vpc.map(String::as_str), path),
                 }
             }
         }
         Ok(())
+    }
+
+    /// The VPC of each of `ids` (the keys) EC2 has, by id: one listing filtered on
+    /// `filter_name`, none when `ids` is empty.
+    async fn vpcs_of<T: Listed>(
+        &self,
+        filter_name: &str,
+        ids: &BTreeMap<String, String>,
+        id_and_vpc: fn(&T) -> Option<(&str, &str)>,
+    ) -> Result<BTreeMap<String, String>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let found: Vec<T> = self
+            .nodes
+            .calls()
+            .list(OP, vec![filter(filter_name, ids.keys().cloned())])
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(id_and_vpc)
+            .map(|(id, vpc)| (id.to_string(), vpc.to_string()))
+            .collect())
     }
 
     /// Sets `KeyName` on the node types without one (importing the cluster's key pair
@@ -683,9 +672,14 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// An EC2 filter.
-fn filter(name: &str, values: Vec<String>) -> Filter {
-    Filter::builder().name(name).set_values(Some(values)).build()
+/// A subnet's id and VPC.
+fn subnet_vpc(s: &Subnet) -> Option<(&str, &str)> {
+    Some((s.subnet_id()?, s.vpc_id()?))
+}
+
+/// A security group's id and VPC.
+fn group_vpc(g: &SecurityGroup) -> Option<(&str, &str)> {
+    Some((g.group_id()?, g.vpc_id()?))
 }
 
 /// `~/` at the start of a path as the home folder.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use cloudtik_core::{Error, ErrorKind};
 
 /// How the provider retries EC2 calls that failed with a rate limit or a transient
@@ -57,33 +57,26 @@ impl RetryPolicy {
     }
 
     /// The delay before retry number `retry` (from 1): `min_delay` doubled per retry,
-    /// capped at `max_delay`, without jitter.
-    pub(crate) fn delay(&self, retry: usize) -> Duration {
+    /// capped at `max_delay`, then stretched by `jitter` (0 to 1: up to twice as long).
+    /// The one place the AWS code computes a retry delay (the rate-limited and transient
+    /// retries of [`run_when`](Self::run_when), and the lost launch answers of `create_nodes`).
+    pub(crate) fn delay(&self, retry: usize, jitter: f32) -> Duration {
         let factor = 1u32 << retry.saturating_sub(1).min(16);
-        self.min_delay
+        let delay = self
+            .min_delay
             .saturating_mul(factor)
-            .min(self.max_delay.max(self.min_delay))
+            .min(self.max_delay.max(self.min_delay));
+        delay.saturating_add(delay.mul_f32(jitter.clamp(0.0, 1.0)))
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay.max(self.min_delay))
-            .with_max_times(self.max_retries)
+    /// The jittered delays of the retries, one per retry.
+    fn backoff(self) -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+        (1..=self.max_retries).map(move |retry| self.delay(retry, jitter()))
     }
 
-    /// Runs `call` until it succeeds, fails with an error that is not rate-limited or
-    /// transient, or the retries ran out (the error is then marked persistent).
-    pub(crate) async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
-    {
-        self.run_when(call, is_retried).await
-    }
-
-    /// Like [`run`](Self::run), retrying only the errors `retried` accepts.
+    /// Runs `call` until it succeeds, fails with an error `retried` does not accept, or
+    /// the retries ran out (a retried error is then marked persistent). The call layer
+    /// chooses `retried`: rate limits and transient failures, or rate limits only.
     pub(crate) async fn run_when<T, F, Fut>(&self, call: F, retried: fn(&Error) -> bool) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -92,15 +85,26 @@ impl RetryPolicy {
         call.retry(self.backoff())
             .when(retried)
             .notify(|e: &Error, delay: Duration| {
-                tracing::debug!(error = %e, ?delay, "retrying an EC2 call");
+                tracing::debug!(error = %e, ?delay, "retrying an AWS call");
             })
             .await
             .map_err(|e| if retried(&e) { e.set_persistent() } else { e })
     }
 }
 
+/// A random jitter from 0 to 1 (no cryptographic quality needed: it only spreads the
+/// retries of concurrent callers apart).
+fn jitter() -> f32 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        >> 40;
+    bits as f32 / (1u64 << 24) as f32
+}
+
 /// The kinds the provider retries itself.
-fn is_retried(e: &Error) -> bool {
+pub(crate) fn is_retried(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::RateLimited | ErrorKind::Transient)
 }
 
@@ -338,6 +342,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_delay_doubles_is_capped_and_jitter_stretches_it_up_to_twice() {
+        let policy = RetryPolicy::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_millis(500));
+        let plain: Vec<u128> = (1..=5).map(|n| policy.delay(n, 0.0).as_millis()).collect();
+        assert_eq!(plain, [100, 200, 400, 500, 500]);
+        assert_eq!(policy.delay(2, 1.0).as_millis(), 400);
+        assert_eq!(policy.delay(2, 0.5).as_millis(), 300);
+        for delay in policy.backoff().take(3).zip([100, 200, 400]) {
+            let (d, base) = (delay.0.as_millis(), delay.1);
+            assert!((base..=2 * base).contains(&d), "{d} ms for a base of {base} ms");
+        }
+        assert_eq!(policy.with_max_retries(2).backoff().count(), 2);
+    }
+
     #[tokio::test]
     async fn retry_stops_on_permanent_errors_and_is_bounded_on_temporary_ones() {
         let policy = RetryPolicy::default()
@@ -346,10 +366,13 @@ mod tests {
             .with_max_delay(Duration::from_millis(2));
         let mut tries = 0;
         let e = policy
-            .run(|| {
-                tries += 1;
-                async { Err::<(), _>(Error::new(ErrorKind::Transient, "flaky")) }
-            })
+            .run_when(
+                || {
+                    tries += 1;
+                    async { Err::<(), _>(Error::new(ErrorKind::Transient, "flaky")) }
+                },
+                is_retried,
+            )
             .await
             .unwrap_err();
         assert_eq!(tries, 4);
@@ -357,10 +380,13 @@ mod tests {
 
         let mut tries = 0;
         let e = policy
-            .run(|| {
-                tries += 1;
-                async { Err::<(), _>(Error::new(ErrorKind::Quota, "vcpu")) }
-            })
+            .run_when(
+                || {
+                    tries += 1;
+                    async { Err::<(), _>(Error::new(ErrorKind::Quota, "vcpu")) }
+                },
+                is_retried,
+            )
             .await
             .unwrap_err();
         assert_eq!(tries, 1);
@@ -368,17 +394,20 @@ mod tests {
 
         let mut tries = 0;
         let v = policy
-            .run(|| {
-                tries += 1;
-                let t = tries;
-                async move {
-                    if t < 3 {
-                        Err(Error::new(ErrorKind::RateLimited, "slow down"))
-                    } else {
-                        Ok(t)
+            .run_when(
+                || {
+                    tries += 1;
+                    let t = tries;
+                    async move {
+                        if t < 3 {
+                            Err(Error::new(ErrorKind::RateLimited, "slow down"))
+                        } else {
+                            Ok(t)
+                        }
                     }
-                }
-            })
+                },
+                is_retried,
+            )
             .await
             .unwrap();
         assert_eq!(v, 3);

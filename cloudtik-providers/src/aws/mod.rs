@@ -109,9 +109,16 @@
 //! exponential backoff, a bounded number of times ([`RetryPolicy`]); the SDK's own
 //! retries are switched off so there is one policy only.
 //!
-//! Before each try, a call waits for a token of the provider's client-side rate limit
-//! ([`RateLimits`], EC2's own bucket sizes by default), and a throttled call empties its
-//! bucket so that every caller of the provider slows down, not only the one refused.
+//! Before each try, an EC2 call waits for a token of the provider's client-side rate
+//! limit ([`RateLimits`], EC2's own bucket sizes by default), and a throttled call
+//! empties its bucket so that every caller of the provider slows down, not only the one
+//! refused.
+//!
+//! The node provider, the workspace provider (EC2, IAM and S3) and the cluster bootstrap
+//! make every call through one call layer: rate limit (EC2 calls, with the
+//! [`AwsSettings::rate_limits`] of each provider), retries, error mapping, and the
+//! reading of all pages of a listing. IAM and S3 calls are retried alike but not metered
+//! (their quotas are not EC2's buckets).
 //!
 //! # Credentials and endpoint
 //!
@@ -119,6 +126,7 @@
 //! role). The region is `provider.region`; `provider.endpoint_url` points the client at
 //! an EC2-compatible server such as moto.
 
+mod call;
 pub mod cluster_bootstrap;
 mod errors;
 mod node_config;

@@ -185,24 +185,6 @@ impl RateLimiter {
         }
     }
 
-    /// [`classify_sdk_error`](super::classify_sdk_error), emptying the call's bucket when
-    /// EC2 throttled it.
-    pub(crate) fn classify<E>(
-        &self,
-        e: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
-        operation: &'static str,
-        call: &'static str,
-    ) -> cloudtik_core::Error
-    where
-        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let e = super::classify_sdk_error(e, operation, call);
-        if e.kind() == cloudtik_core::ErrorKind::RateLimited {
-            self.throttled(call);
-        }
-        e
-    }
-
     /// EC2 throttled a request of `call`: empties its bucket.
     pub(crate) fn throttled(&self, call: &str) {
         if let Some(bucket) = self.bucket(call) {
