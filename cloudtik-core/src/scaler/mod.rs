@@ -36,7 +36,9 @@ pub mod setup;
 
 pub use clock::{Clock, TokioClock};
 pub use controller::{
-    Controller, ControllerConfig, ControllerCounters, LeaseConfig, PassReport, ScalingStatus,
+    Controller, ControllerConfig, ControllerCounters, ControllerHandle, Decisions, LeaseConfig, Liveness,
+    Memory, NodeReport, Observed, PassReport, SCALING_STATUS_KEY, ScalingStatus, TerminationCause,
+    TerminationRecord, read_scaling_status, reconcile,
 };
 pub use inputs::{LaunchSpec, ScalingInputs, node_type_marker};
 pub use launcher::LauncherConfig;

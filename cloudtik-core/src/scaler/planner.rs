@@ -243,7 +243,8 @@ pub struct Termination {
 }
 
 /// A distinct demand (or request) shape and how many demands have it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DemandShape {
     /// The resources of one demand.
     pub shape: Resources,
