@@ -4,7 +4,6 @@
 //! `Liveness::ProviderOnly` healthy nodes stay; with the default heartbeat liveness they
 //! are replaced, and the status says why.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,34 +17,13 @@ use cloudtik_core::testing::FakeProvider;
 use cloudtik_core::{NodeProvider, NodeStatus, Resources};
 
 fn inputs(min_workers: usize) -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: Resources::from_pairs([("CPU", 4.0)]),
-            min_workers,
-            max_workers: 10,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({}),
-            launch_hash: "h1".into(),
-        },
-    );
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: 10,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::ZERO,
-        },
-        launch,
-    }
+    let worker = NodeTypeConfig::new(Resources::from_pairs([("CPU", 4.0)]), 10).with_min_workers(min_workers);
+    ScalingInputs::new(
+        ScalingConfig::new("head", 10)
+            .with_node_type("worker", worker)
+            .with_idle_timeout(Duration::ZERO),
+    )
+    .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "h1"))
 }
 
 /// A controller over trait objects, as an embedder holds its provider and store.

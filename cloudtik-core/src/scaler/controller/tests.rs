@@ -28,34 +28,15 @@ fn cpu() -> Resources {
 
 /// One worker type, `min_workers` of it at least, 10 at most; idle nodes go after 10 min.
 fn inputs(min_workers: usize) -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: cpu(),
-            min_workers,
-            max_workers: 10,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({}),
-            launch_hash: "h1".into(),
-        },
-    );
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: 10,
-            upscaling_speed: 1.0,
-            idle_timeout: secs(600),
-        },
-        launch,
-    }
+    ScalingInputs::new(
+        ScalingConfig::new("head", 10)
+            .with_node_type(
+                "worker",
+                NodeTypeConfig::new(cpu(), 10).with_min_workers(min_workers),
+            )
+            .with_idle_timeout(secs(600)),
+    )
+    .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "h1"))
 }
 
 fn worker(id: &str, status: NodeStatus, token: Option<&str>) -> NodeInfo {
