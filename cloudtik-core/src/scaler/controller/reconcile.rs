@@ -37,6 +37,23 @@
 //!    lost workers get their recovery run.
 //!
 //! A node is terminated once per pass, for the first of its causes in this order.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use cloudtik_core::Resources;
+//! use cloudtik_core::scaler::{
+//!     ControllerConfig, LaunchSpec, Memory, NodeTypeConfig, Observed, ScalingConfig, ScalingInputs, reconcile,
+//! };
+//!
+//! let worker = NodeTypeConfig::new(Resources::from_pairs([("CPU", 4.0)]), 4).with_min_workers(2);
+//! let inputs = ScalingInputs::new(ScalingConfig::new("head", 4).with_node_type("worker", worker))
+//!     .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "h1"));
+//! // An empty cluster, seen by a new controller: two workers to launch.
+//! let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+//! let d = reconcile(&ControllerConfig::default(), &Observed::new(inputs), &Memory::new(), now);
+//! assert_eq!(d.launch["worker"], 2);
+//! assert!(d.terminate.is_empty());
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
