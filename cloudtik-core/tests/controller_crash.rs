@@ -3,7 +3,6 @@
 //! new controller starts on the same cloud and state store. Across 200 seeds: no node is
 //! launched twice, none leaks, and the cluster converges.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -39,34 +38,13 @@ impl Rng {
 }
 
 fn inputs() -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: Resources::from_pairs([("CPU", 4.0)]),
-            min_workers: TARGET,
-            max_workers: 20,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({}),
-            launch_hash: "h1".into(),
-        },
-    );
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: 20,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::ZERO,
-        },
-        launch,
-    }
+    let worker = NodeTypeConfig::new(Resources::from_pairs([("CPU", 4.0)]), 20).with_min_workers(TARGET);
+    ScalingInputs::new(
+        ScalingConfig::new("head", 20)
+            .with_node_type("worker", worker)
+            .with_idle_timeout(Duration::ZERO),
+    )
+    .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "h1"))
 }
 
 /// A setup that takes a while: it waits, marks the node `waiting-for-ssh`, waits again and

@@ -25,56 +25,19 @@ fn gpu() -> Resources {
 }
 
 fn inputs() -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "head".to_string(),
-        NodeTypeConfig {
-            resources: Resources::new(),
-            min_workers: 0,
-            max_workers: 0,
-            launch_priority: 0,
-        },
-    );
-    node_types.insert(
-        "worker.cpu".to_string(),
-        NodeTypeConfig {
-            resources: cpu(),
-            min_workers: 1,
-            max_workers: 20,
-            launch_priority: 0,
-        },
-    );
-    node_types.insert(
-        "worker.gpu".to_string(),
-        NodeTypeConfig {
-            resources: gpu(),
-            min_workers: 0,
-            max_workers: 4,
-            launch_priority: 0,
-        },
-    );
-    let launch = ["head", "worker.cpu", "worker.gpu"]
+    let scaling = ScalingConfig::new("head", 30)
+        .with_node_type("head", NodeTypeConfig::new(Resources::new(), 0))
+        .with_node_type("worker.cpu", NodeTypeConfig::new(cpu(), 20).with_min_workers(1))
+        .with_node_type("worker.gpu", NodeTypeConfig::new(gpu(), 4))
+        .with_idle_timeout(Duration::from_secs(600));
+    ["head", "worker.cpu", "worker.gpu"]
         .iter()
-        .map(|t| {
-            (
-                t.to_string(),
-                LaunchSpec {
-                    node_config: serde_json::json!({"t": t}),
-                    launch_hash: format!("hash-{t}"),
-                },
+        .fold(ScalingInputs::new(scaling), |inputs, t| {
+            inputs.with_launch(
+                *t,
+                LaunchSpec::new(serde_json::json!({"t": t}), format!("hash-{t}")),
             )
         })
-        .collect();
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: 30,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::from_secs(600),
-        },
-        launch,
-    }
 }
 
 struct Task {

@@ -22,34 +22,13 @@ const MARGIN: Duration = Duration::from_secs(10);
 const BASE_S: u64 = 1_800_000_000;
 
 fn inputs(min: usize, max: usize) -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: Resources::from_pairs([("CPU", 4.0)]),
-            min_workers: min,
-            max_workers: max,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({}),
-            launch_hash: "h1".into(),
-        },
-    );
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: max,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::ZERO,
-        },
-        launch,
-    }
+    let worker = NodeTypeConfig::new(Resources::from_pairs([("CPU", 4.0)]), max).with_min_workers(min);
+    ScalingInputs::new(
+        ScalingConfig::new("head", max)
+            .with_node_type("worker", worker)
+            .with_idle_timeout(Duration::ZERO),
+    )
+    .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "h1"))
 }
 
 fn clock_at(offset_s: u64) -> TokioClock {

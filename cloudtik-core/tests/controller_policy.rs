@@ -4,7 +4,6 @@
 //! policy is reported and the pass goes on, and new demand starts a pass at once rather
 //! than at the next interval.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -22,33 +21,13 @@ fn one_cpu() -> Resources {
 }
 
 fn inputs() -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: one_cpu(),
-            min_workers: 0,
-            max_workers: 4,
-            launch_priority: 0,
-        },
-    );
-    let launch = BTreeMap::from([(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({}),
-            launch_hash: "hash-worker".into(),
-        },
-    )]);
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: 4,
-            upscaling_speed: 10.0,
-            idle_timeout: Duration::from_secs(60),
-        },
-        launch,
-    }
+    ScalingInputs::new(
+        ScalingConfig::new("head", 4)
+            .with_node_type("worker", NodeTypeConfig::new(one_cpu(), 4))
+            .with_upscaling_speed(10.0)
+            .with_idle_timeout(Duration::from_secs(60)),
+    )
+    .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "hash-worker"))
 }
 
 /// A policy whose answer the test sets.

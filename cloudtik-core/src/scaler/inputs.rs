@@ -27,6 +27,16 @@ pub struct LaunchSpec {
     pub launch_hash: String,
 }
 
+impl LaunchSpec {
+    /// The launch parameters `node_config` with their launch hash.
+    pub fn new(node_config: Value, launch_hash: impl Into<String>) -> Self {
+        LaunchSpec {
+            node_config,
+            launch_hash: launch_hash.into(),
+        }
+    }
+}
+
 /// The controller's view of a cluster config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScalingInputs {
@@ -37,6 +47,21 @@ pub struct ScalingInputs {
 }
 
 impl ScalingInputs {
+    /// Inputs with the planner's `scaling` config and no launch parameters yet.
+    pub fn new(scaling: ScalingConfig) -> Self {
+        ScalingInputs {
+            scaling,
+            launch: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the launch parameters of `node_type`.
+    #[must_use]
+    pub fn with_launch(mut self, node_type: impl Into<String>, spec: LaunchSpec) -> Self {
+        self.launch.insert(node_type.into(), spec);
+        self
+    }
+
     /// Derives the inputs from a loaded cluster config. Every worker type needs its
     /// `resources` (providers fill them in at bootstrap); a type without them is an
     /// error naming it.

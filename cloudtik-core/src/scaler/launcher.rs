@@ -51,16 +51,19 @@ impl Default for LauncherConfig {
 
 impl LauncherConfig {
     /// Sets `max_concurrent`.
+    #[must_use]
     pub fn with_max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = n.max(1);
         self
     }
     /// Sets `batch_size`.
+    #[must_use]
     pub fn with_batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
         self
     }
     /// Sets `calls_per_second`.
+    #[must_use]
     pub fn with_calls_per_second(mut self, n: f64) -> Self {
         self.calls_per_second = if n.is_finite() && n > 0.0 {
             n
@@ -70,11 +73,13 @@ impl LauncherConfig {
         self
     }
     /// Sets `call_timeout`.
+    #[must_use]
     pub fn with_call_timeout(mut self, d: Duration) -> Self {
         self.call_timeout = d;
         self
     }
     /// Sets the backoff bounds.
+    #[must_use]
     pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
         self.backoff_max = max.max(initial);
@@ -114,7 +119,7 @@ impl fmt::Debug for LaunchGate {
 
 /// Runs launch calls as tasks.
 #[derive(Debug)]
-pub(crate) struct Launcher<P> {
+pub(crate) struct Launcher<P: ?Sized> {
     pub(crate) gate: Option<LaunchGate>,
     provider: Arc<P>,
     config: LauncherConfig,
@@ -126,7 +131,7 @@ pub(crate) struct Launcher<P> {
     pub(crate) backoff: BTreeMap<String, Backoff>,
 }
 
-impl<P: NodeProvider> Launcher<P> {
+impl<P: NodeProvider + ?Sized> Launcher<P> {
     pub(crate) fn new(provider: Arc<P>, config: LauncherConfig) -> Self {
         Launcher {
             gate: None,

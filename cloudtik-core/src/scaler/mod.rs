@@ -1,8 +1,14 @@
 //! The autoscaler: the pure [`planner`] that decides what to launch and terminate, the
-//! [`controller`] loop that snapshots the cluster, plans and applies the plan (launching
+//! [`controller`] loop that observes the cluster, decides with the pure [`reconcile()`]
+//! (leaks, lost heartbeats, stuck setups, the plan) and applies its decisions (launching
 //! through a rate-limited launcher with backoff, setting nodes up through a [`NodeSetup`]),
 //! and the [`scenario`] format of the `cloudtik debug plan` tool that runs the planner on
 //! a JSON snapshot.
+//!
+//! Embedders run the controller with [`Controller::run`], or [`Controller::spawn`] for a
+//! [`ControllerHandle`] (status watch, a pass on demand, new inputs, shutdown); clusters
+//! whose nodes run no `cloudtik-node` agent need [`Liveness::ProviderOnly`]. The status the
+//! controller publishes is read back with [`read_scaling_status`].
 //!
 //! ```no_run
 //! # async fn demo(config: cloudtik_core::config::ClusterConfig) -> cloudtik_core::Result<()> {
@@ -36,7 +42,9 @@ pub mod setup;
 
 pub use clock::{Clock, TokioClock};
 pub use controller::{
-    Controller, ControllerConfig, ControllerCounters, LeaseConfig, PassReport, ScalingStatus,
+    Controller, ControllerConfig, ControllerCounters, ControllerHandle, Decisions, LeaseConfig, Liveness,
+    Memory, NodeReport, Observed, PassReport, SCALING_STATUS_KEY, ScalingStatus, TerminationCause,
+    TerminationRecord, read_scaling_status, reconcile,
 };
 pub use inputs::{LaunchSpec, ScalingInputs, node_type_marker};
 pub use launcher::LauncherConfig;

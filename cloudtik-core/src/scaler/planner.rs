@@ -109,6 +109,7 @@
 //! snapshot marks lost need a recovery run of their start commands
 //! ([`ScalingPlan::to_recover`]). The controller knows which updaters already run and filters.
 
+mod builders;
 mod packing;
 
 use std::cmp::Reverse;
@@ -150,8 +151,10 @@ pub struct ScalingConfig {
     pub idle_timeout: Duration,
 }
 
-/// A node of the cluster as the planner sees it.
+/// A node of the cluster as the planner sees it ([`NodeSnapshot::worker`],
+/// [`NodeSnapshot::head`]).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct NodeSnapshot {
     /// The provider's id.
     pub id: NodeId,
@@ -233,6 +236,7 @@ pub enum TerminationReason {
 
 /// A node to terminate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Termination {
     /// The node's id.
     pub node_id: NodeId,
@@ -243,7 +247,9 @@ pub struct Termination {
 }
 
 /// A distinct demand (or request) shape and how many demands have it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
 pub struct DemandShape {
     /// The resources of one demand.
     pub shape: Resources,
@@ -253,6 +259,7 @@ pub struct DemandShape {
 
 /// What to do in this pass.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ScalingPlan {
     /// Nodes to launch per type; only types with a count above zero.
     pub to_launch: BTreeMap<String, usize>,

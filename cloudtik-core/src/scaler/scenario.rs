@@ -126,6 +126,7 @@ pub struct Scenario {
 
 /// What `cloudtik debug plan` prints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ScenarioResult {
     /// Nodes to launch per type (only types with a count above zero).
     pub to_launch: BTreeMap<String, usize>,

@@ -197,7 +197,7 @@ impl HeadController for ClusterController {
         let holder = HOLDER.get_or_init(|| cloudtik_core::scaler::LeaseConfig::unique_holder(&self.head_ip));
         release_dead_local_lease(store.as_ref(), &self.head_ip, holder).await;
         info!(cluster = %provider.cluster_name(), %holder, "starting the cluster controller");
-        let controller = Controller::new(inputs, cc, Arc::new(provider), Arc::new(store), Arc::new(setup))
+        let controller = Controller::new(inputs, cc, provider, store, Arc::new(setup))
             .with_lease(cloudtik_core::scaler::LeaseConfig::new(holder.clone()))
             .with_scaling_policy(policy);
         let counters = controller.run(wait_shutdown(shutdown)).await?;
