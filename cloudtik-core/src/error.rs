@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(source.source().unwrap().to_string(), "boom");
         assert!(source.source().unwrap().source().is_none());
         // `{:#}` and Report show the chain.
-        assert_eq!(format!("{e:#}"), "unexpected: loading: transient failure: reading: boom");
+        assert_eq!(
+            format!("{e:#}"),
+            "unexpected: loading: transient failure: reading: boom"
+        );
         assert_eq!(Report(&e).to_string(), format!("{e:#}"));
     }
 }

@@ -45,8 +45,12 @@ async fn get(host: &str, port: u16, path: &str) -> Result<Vec<u8>> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
-    let io =
-        |e: std::io::Error| Error::new(ErrorKind::Transient, format!("HTTP I/O with {host}:{port}: {e:#}"));
+    let io = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Transient,
+            format!("HTTP I/O with {host}:{port}: {e:#}"),
+        )
+    };
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 16 * 1024];

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use crate::scaler::{DemandShape, ScalingStatus, read_scaling_status};
 
 use super::{ManagedCluster, now_secs};
 use crate::error::Result;
@@ -19,7 +19,7 @@ impl ManagedCluster {
         let nodes = self.nodes().await?;
         let mut notes = Vec::new();
         let mut heartbeats: BTreeMap<String, NodeHeartbeat> = BTreeMap::new();
-        let mut scaling: Option<Value> = None;
+        let mut scaling: Option<ScalingStatus> = None;
         let mut store_error: Option<String> = None;
         let mut lease = None;
         let mut processes: BTreeMap<String, crate::state::NodeProcesses> = BTreeMap::new();
@@ -31,14 +31,14 @@ impl ManagedCluster {
                         Ok(h) => heartbeats = h,
                         Err(e) => {
                             notes.push(format!("cannot read heartbeats: {e:#}"));
-                            store_error = Some(e.to_string());
+                            store_error = Some(format!("{e:#}"));
                         }
                     }
                     match store.lease(crate::state::CONTROLLER_LEASE).await {
                         Ok(l) => lease = l,
-                        Err(e) => store_error = Some(e.to_string()),
+                        Err(e) => store_error = Some(format!("{e:#}")),
                     }
-                    match store.scaling_status().await {
+                    match read_scaling_status(store.as_ref()).await {
                         Ok(s) => scaling = s,
                         Err(e) => notes.push(format!("cannot read the controller's status: {e:#}")),
                     }
@@ -47,7 +47,7 @@ impl ManagedCluster {
                         Err(e) => notes.push(format!("cannot read the nodes' process health: {e:#}")),
                     }
                 }
-                Err(e) => store_error = Some(e.to_string()),
+                Err(e) => store_error = Some(format!("{e:#}")),
             }
         }
         let now = now_secs();
@@ -106,12 +106,8 @@ impl ManagedCluster {
                 ));
             }
         }
-        if let Some(err) = scaling
-            .as_ref()
-            .and_then(|s| s.get("policy_error"))
-            .and_then(Value::as_str)
-        {
-            notes.push(format!("the scaling policy fails: {err:#}"));
+        if let Some(err) = scaling.as_ref().and_then(|s| s.policy_error.as_deref()) {
+            notes.push(format!("the scaling policy fails: {err}"));
         }
         let head_ok = summaries
             .iter()
@@ -134,56 +130,31 @@ impl ManagedCluster {
         } else {
             ClusterState::Unhealthy
         };
-        let shapes = |key: &str| -> Vec<Resources> {
+        let shapes = |pick: fn(&ScalingStatus) -> &Vec<DemandShape>| -> Vec<Resources> {
             scaling
                 .as_ref()
-                .and_then(|s| s.get(key))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .flat_map(|d| {
-                            let shape: Resources = d
-                                .get("shape")
-                                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                                .unwrap_or_default();
-                            let count = d.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
-                            std::iter::repeat_n(shape, count)
-                        })
+                .map(|s| {
+                    pick(s)
+                        .iter()
+                        .flat_map(|d| std::iter::repeat_n(d.shape.clone(), d.count))
                         .collect()
                 })
                 .unwrap_or_default()
         };
-        let pending_launches = scaling
-            .as_ref()
-            .and_then(|s| s.get("launching"))
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
-        if let Some(err) = scaling
-            .as_ref()
-            .and_then(|s| s.get("pass_error"))
-            .and_then(Value::as_str)
-        {
-            notes.push(format!("the controller's last pass failed: {err:#}"));
+        let pending_launches = scaling.as_ref().map(|s| s.launching.clone()).unwrap_or_default();
+        if let Some(err) = scaling.as_ref().and_then(|s| s.pass_error.as_deref()) {
+            notes.push(format!("the controller's last pass failed: {err}"));
         }
-        if let Some(errs) = scaling
-            .as_ref()
-            .and_then(|s| s.get("launch_errors"))
-            .and_then(Value::as_object)
-        {
-            for (t, e) in errs {
-                notes.push(format!(
-                    "launching {t} failed: {}",
-                    e.as_str().unwrap_or_default()
-                ));
-            }
+        for (t, e) in scaling.iter().flat_map(|s| &s.launch_errors) {
+            notes.push(format!("launching {t} failed: {e}"));
         }
         Ok(ClusterStatus {
             cluster_name: self.config.cluster_name.clone(),
             state,
             nodes: summaries,
             pending_launches,
-            demands: shapes("unfulfilled"),
-            infeasible: shapes("infeasible"),
+            demands: shapes(|s| &s.unfulfilled),
+            infeasible: shapes(|s| &s.infeasible),
             notes,
             controller,
             problem,

@@ -740,7 +740,10 @@ mod tests {
         let err = r.order(&names(&["hdfs", "nope"])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
         assert_eq!(err.location().unwrap().path, "runtime.types[1]");
-        assert!(err.message().contains("runtime `nope` is not available"), "{err:#}");
+        assert!(
+            err.message().contains("runtime `nope` is not available"),
+            "{err:#}"
+        );
         assert!(err.message().contains("hdfs, spark"), "{err:#}");
 
         let err = r.order(&names(&["hdfs", "spark"])).unwrap_err();

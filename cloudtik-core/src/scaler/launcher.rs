@@ -224,7 +224,7 @@ impl<P: NodeProvider + ?Sized> Launcher<P> {
                     self.in_flight.remove(&d.token);
                     done.push(d);
                 }
-                Err(e) => tracing::error!(error = %e, "a launch task panicked"),
+                Err(e) => tracing::error!(error = %crate::Report(&e), "a launch task panicked"),
             }
         }
         done
@@ -247,12 +247,8 @@ impl<P: NodeProvider + ?Sized> Launcher<P> {
     /// Records a capacity or quota failure of a type: the backoff doubles each time.
     pub(crate) fn back_off(&mut self, node_type: &str, now: Instant) -> Duration {
         let failures = self.backoff.get(node_type).map(|b| b.failures).unwrap_or(0) + 1;
-        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-        let delay = self
-            .config
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.config.backoff_max);
+        let delay = crate::backoff::Backoff::new(self.config.backoff_initial, self.config.backoff_max)
+            .delay(failures.saturating_sub(1));
         self.backoff.insert(
             node_type.to_string(),
             Backoff {

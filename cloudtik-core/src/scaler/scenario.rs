@@ -273,7 +273,7 @@ mod tests {
 
     fn scenario_file(name: &str) -> String {
         let path = format!("{}/../examples/scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e:#}"))
     }
 
     fn expect(name: &str, to_launch: &[(&str, usize)], infeasible_count: usize) {
@@ -468,9 +468,9 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.location().unwrap().path, "nodes[0].avail");
-        assert!(e.to_string().contains("avail"), "{e}");
+        assert!(e.to_string().contains("avail"), "{e:#}");
         let e = Scenario::from_json(r#"{"node_types": {}}"#).unwrap_err();
-        assert!(e.to_string().contains("head_node_type"), "{e}");
+        assert!(e.to_string().contains("head_node_type"), "{e:#}");
         let e = Scenario::from_json("not json").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
     }

@@ -225,7 +225,10 @@ async fn runtime_config_and_secrets_are_encrypted_at_rest_and_need_the_key() {
             .unwrap();
         let err = other.runtime_config(None).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unauthenticated);
-        assert!(err.to_string().contains("wrong cluster encryption key"), "{err:#}");
+        assert!(
+            err.to_string().contains("wrong cluster encryption key"),
+            "{err:#}"
+        );
         assert_eq!(
             other.secret("token").await.unwrap_err().kind(),
             ErrorKind::Unauthenticated

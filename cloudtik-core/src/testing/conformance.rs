@@ -654,7 +654,12 @@ pub async fn idempotent_terminate(provider: &dyn NodeProvider, config: &Conforma
         provider
             .terminate_nodes(std::slice::from_ref(&config.missing_node_id))
             .await
-            .map_err(|e| format!("terminating missing node {} failed: {e:#}", config.missing_node_id))?;
+            .map_err(|e| {
+                format!(
+                    "terminating missing node {} failed: {e:#}",
+                    config.missing_node_id
+                )
+            })?;
         provider
             .terminate_nodes(&[])
             .await
@@ -872,7 +877,8 @@ fn tag_map(pairs: &[(&str, &str)]) -> Tags {
 }
 
 fn display_opt(err: &Option<crate::Error>) -> String {
-    err.as_ref().map_or_else(|| "none".to_string(), |e| e.to_string())
+    err.as_ref()
+        .map_or_else(|| "none".to_string(), |e| format!("{e:#}"))
 }
 
 /// The nodes carry every tag of the request, the cluster name and the token.

@@ -527,7 +527,7 @@ mod tests {
         assert_eq!(e.operation(), Some("create_workspace"));
         assert_eq!(e.context_value("call"), Some("CreateVpc"));
         assert_eq!(e.context_value("workspace"), Some("ws"));
-        assert!(e.to_string().contains("EC2 CreateVpc failed"), "{e}");
+        assert!(e.to_string().contains("EC2 CreateVpc failed"), "{e:#}");
 
         // A read retries transient failures (1 try and 3 retries), then gives up.
         let tries = Mutex::new(0);
@@ -539,7 +539,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(*tries.lock().unwrap(), 4);
-        assert!(e.to_string().contains("IAM GetRole failed"), "{e}");
+        assert!(e.to_string().contains("IAM GetRole failed"), "{e:#}");
     }
 
     #[tokio::test]

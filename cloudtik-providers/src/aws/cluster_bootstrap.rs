@@ -536,7 +536,7 @@ impl AwsClusterBootstrap {
         let text = std::fs::read_to_string(&file).map_err(|e| {
             Error::config(
                 "auth.ssh_public_key",
-                format!("cannot read the public key {}: {e}", file.display()),
+                format!("cannot read the public key {}: {e:#}", file.display()),
             )
             .with_operation(OP)
         })?;
@@ -829,7 +829,7 @@ mod tests {
         let e = crate::config_loader()
             .load_cluster_str("test.yaml", &bad)
             .unwrap_err();
-        assert!(e.to_string().contains("provider.image_owners"), "{e}");
+        assert!(e.to_string().contains("provider.image_owners"), "{e:#}");
     }
 
     #[test]

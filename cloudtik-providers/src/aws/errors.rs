@@ -61,11 +61,8 @@ impl RetryPolicy {
     /// The one place the AWS code computes a retry delay (the rate-limited and transient
     /// retries of [`run_when`](Self::run_when), and the lost launch answers of `create_nodes`).
     pub(crate) fn delay(&self, retry: usize, jitter: f32) -> Duration {
-        let factor = 1u32 << retry.saturating_sub(1).min(16);
-        let delay = self
-            .min_delay
-            .saturating_mul(factor)
-            .min(self.max_delay.max(self.min_delay));
+        let failures = u32::try_from(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let delay = cloudtik_core::backoff::Backoff::new(self.min_delay, self.max_delay).delay(failures);
         delay.saturating_add(delay.mul_f32(jitter.clamp(0.0, 1.0)))
     }
 
@@ -85,7 +82,7 @@ impl RetryPolicy {
         call.retry(self.backoff())
             .when(retried)
             .notify(|e: &Error, delay: Duration| {
-                tracing::debug!(error = %e, ?delay, "retrying an AWS call");
+                tracing::debug!(error = %cloudtik_core::Report(&e), ?delay, "retrying an AWS call");
             })
             .await
             .map_err(|e| if retried(&e) { e.set_persistent() } else { e })
@@ -293,7 +290,7 @@ mod tests {
         ];
         for (code, status, kind) in cases {
             let e = classify_sdk_error(service_error(code, status), "create_nodes", "RunInstances");
-            assert_eq!(e.kind(), kind, "{code} {status}: {e}");
+            assert_eq!(e.kind(), kind, "{code} {status}: {e:#}");
             assert_eq!(e.operation(), Some("create_nodes"));
             let text = e.to_string();
             assert!(text.contains("RunInstances"), "{text}");
@@ -326,7 +323,7 @@ mod tests {
             SdkError::timeout_error("operation timed out");
         let e = classify_sdk_error(timeout, "terminate_nodes", "TerminateInstances");
         assert_eq!(e.kind(), ErrorKind::Transient);
-        assert!(e.to_string().contains("TerminateInstances"), "{e}");
+        assert!(e.to_string().contains("TerminateInstances"), "{e:#}");
 
         let io: SdkError<TerminateInstancesError, HttpResponse> =
             SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));

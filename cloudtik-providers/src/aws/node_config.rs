@@ -665,7 +665,7 @@ mod tests {
                 "InstanceType": "m5.large", "BlockDeviceMappings": [item]
             }))
             .unwrap_err();
-            assert_eq!(e.location().unwrap().path, path, "{e}");
+            assert_eq!(e.location().unwrap().path, path, "{e:#}");
         }
         let e = Ec2NodeConfig::from_value(&json!({"InstanceType": "m5.large", "BlockDeviceMappings": {}}))
             .unwrap_err();

@@ -191,7 +191,7 @@ impl WorkspaceProvider for VirtualWorkspaceProvider {
                     Err(e) if is_status(&e, 409) => {}
                     Err(e) => {
                         let mut err = self.docker.error(e, OP).with_context("network", &name);
-                        if err.to_string().contains("overlap") {
+                        if format!("{err:#}").contains("overlap") {
                             err = Error::new(
                                 ErrorKind::Conflict,
                                 format!(

@@ -170,7 +170,7 @@ impl HeadController for ClusterController {
             .set_runtime_config(None, &runtimes.published(&head_ip))
             .await
         {
-            warn!(error = %e, "cannot publish the runtime config; going on");
+            warn!(error = %cloudtik_core::Report(&e), "cannot publish the runtime config; going on");
         }
         let setup = SshNodeSetup::new(
             provider.clone(),
@@ -221,7 +221,7 @@ async fn release_dead_local_lease(store: &dyn StateStore, head_ip: &str, own_hol
         Ok(Some(lease)) => lease,
         Ok(None) => return,
         Err(e) => {
-            warn!(error = %e, "cannot read the controller lease");
+            warn!(error = %cloudtik_core::Report(&e), "cannot read the controller lease");
             return;
         }
     };
@@ -241,7 +241,9 @@ async fn release_dead_local_lease(store: &dyn StateStore, head_ip: &str, own_hol
             "released the controller lease of a dead head process of this node"
         ),
         Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot release the controller lease of a dead head process"),
+        Err(e) => {
+            warn!(error = %cloudtik_core::Report(&e), "cannot release the controller lease of a dead head process")
+        }
     }
 }
 
@@ -400,9 +402,9 @@ pub(crate) async fn run(
     }
     match supervisor.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "supervising redis-server failed"),
+        Ok(Err(e)) => error!(error = %format!("{e:#}"), "supervising redis-server failed"),
         Err(e) if e.is_cancelled() => {}
-        Err(e) => error!(error = %e, "the redis-server supervisor panicked"),
+        Err(e) => error!(error = %cloudtik_core::Report(&e), "the redis-server supervisor panicked"),
     }
     result
 }
@@ -470,7 +472,7 @@ async fn supervise_redis(
                     let delay = backoff.delay_after(started.elapsed());
                     match status {
                         Ok(status) => warn!(%status, "redis-server exited; restarting it in {delay:?}"),
-                        Err(e) => warn!(error = %e, "lost track of redis-server; restarting it in {delay:?}"),
+                        Err(e) => warn!(error = %cloudtik_core::Report(&e), "lost track of redis-server; restarting it in {delay:?}"),
                     }
                     delay
                 }
@@ -495,7 +497,7 @@ async fn supervise_redis(
         match spawn_redis_with(&binary, &config, &pid_file) {
             Ok(c) => child = Some(c),
             // Keep trying: the binary may come back (a package upgrade).
-            Err(e) => error!(error = %e, "cannot restart redis-server"),
+            Err(e) => error!(error = %format!("{e:#}"), "cannot restart redis-server"),
         }
     }
 }
@@ -578,7 +580,7 @@ async fn stop_redis(child: &mut Child) {
     }
     match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
         Ok(Ok(status)) => info!(%status, "redis-server stopped"),
-        Ok(Err(e)) => warn!(error = %e, "waiting for redis-server"),
+        Ok(Err(e)) => warn!(error = %cloudtik_core::Report(&e), "waiting for redis-server"),
         Err(_) => {
             warn!("redis-server did not stop within 10 s; killing it");
             let _ = child.kill().await;

@@ -135,7 +135,7 @@ where
         if !wanted.is_empty()
             && let Err(e) = self.fenced("set_up").await
         {
-            tracing::warn!(error = %e, "not starting setup runs");
+            tracing::warn!(error = %crate::Report(&e), "not starting setup runs");
             wanted.clear();
         }
         let by_id: HashMap<&str, &NodeInfo> = observed.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
@@ -218,7 +218,7 @@ where
                     None => self.store.put_pending_launch(&token, &record).await,
                 };
                 if let Err(e) = written {
-                    tracing::warn!(error = %e, "cannot record a pending launch; launching nothing this pass");
+                    tracing::warn!(error = %crate::Report(&e), "cannot record a pending launch; launching nothing this pass");
                     return Err(e);
                 }
                 let mut t = Tags::new();
@@ -275,9 +275,9 @@ where
                 Ok(()) => self.counters.setups_succeeded += 1,
                 Err(e) => {
                     self.counters.setups_failed += 1;
-                    tracing::warn!(node = %id, ?mode, error = %e, "node setup failed");
+                    tracing::warn!(node = %id, ?mode, error = %crate::Report(&e), "node setup failed");
                     if mode == SetupMode::Recovery {
-                        self.memory.failed_recoveries.insert(id, e.to_string());
+                        self.memory.failed_recoveries.insert(id, format!("{e:#}"));
                     }
                 }
             }
@@ -294,21 +294,21 @@ where
             Some(e) => {
                 self.counters.launch_failures += 1;
                 let mut msg = format!(
-                    "launching {} node(s) of type {} created {}: {e}",
+                    "launching {} node(s) of type {} created {}: {e:#}",
                     d.requested, d.node_type, d.created
                 );
                 if e.is_capacity_or_quota() {
                     let delay = self.launcher.back_off(&d.node_type, now);
                     msg += &format!("; backing off {} for {}s", d.node_type, delay.as_secs());
                 }
-                self.launch_errors.insert(d.node_type.clone(), e.to_string());
+                self.launch_errors.insert(d.node_type.clone(), format!("{e:#}"));
                 self.event(EventSeverity::Warning, msg).await;
             }
         }
         if d.created == 0 {
             // Nothing to adopt: the record can go now (a failure leaves no node).
             if let Err(e) = self.store.remove_pending_launch(&d.token).await {
-                tracing::warn!(error = %e, "cannot remove a pending launch record; the next pass retries");
+                tracing::warn!(error = %crate::Report(&e), "cannot remove a pending launch record; the next pass retries");
             }
         }
     }
@@ -325,7 +325,7 @@ where
         let mut done: BTreeSet<NodeId> = BTreeSet::new();
         for chunk in ids.chunks(batch) {
             if let Err(e) = self.fenced("terminate_nodes").await {
-                tracing::warn!(error = %e, count = chunk.len(), "not terminating nodes");
+                tracing::warn!(error = %crate::Report(&e), count = chunk.len(), "not terminating nodes");
                 break;
             }
             match self.provider.terminate_nodes(chunk).await {
@@ -333,14 +333,14 @@ where
                     self.counters.nodes_terminated += chunk.len() as u64;
                     done.extend(chunk.iter().cloned());
                     if let Err(e) = self.store.remove_nodes(chunk).await {
-                        tracing::warn!(error = %e, "cannot remove rows of terminated nodes");
+                        tracing::warn!(error = %crate::Report(&e), "cannot remove rows of terminated nodes");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, count = chunk.len(), "terminating nodes failed; retrying next pass");
+                    tracing::warn!(error = %crate::Report(&e), count = chunk.len(), "terminating nodes failed; retrying next pass");
                     self.event(
                         EventSeverity::Warning,
-                        format!("terminating {} node(s) failed: {e}", chunk.len()),
+                        format!("terminating {} node(s) failed: {e:#}", chunk.len()),
                     )
                     .await;
                 }
@@ -424,7 +424,7 @@ where
         let v = serde_json::to_value(&status).map_err(|e| {
             Error::new(
                 ErrorKind::Unexpected,
-                format!("cannot encode the scaling status: {e}"),
+                format!("cannot encode the scaling status: {e:#}"),
             )
         })?;
         self.status_tx.send_replace(Some(status));
@@ -440,7 +440,7 @@ where
             message,
         };
         if let Err(e) = self.store.push_event(&ev).await {
-            tracing::debug!(error = %e, "cannot record an event");
+            tracing::debug!(error = %crate::Report(&e), "cannot record an event");
         }
     }
 }

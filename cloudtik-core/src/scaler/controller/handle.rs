@@ -137,7 +137,7 @@ impl ControllerHandle {
         task.await.map_err(|e| {
             Error::new(
                 ErrorKind::Unexpected,
-                format!("the controller task ended abnormally: {e}"),
+                format!("the controller task ended abnormally: {e:#}"),
             )
             .with_operation("shutdown")
         })?

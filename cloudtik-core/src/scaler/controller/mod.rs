@@ -291,7 +291,7 @@ where
             }
             let span = tracing::info_span!("controller_pass", cluster = %self.cluster_name, pass = self.counters.passes);
             if let Err(e) = self.run_pass().instrument(span).await {
-                tracing::warn!(error = %e, "controller pass failed; retrying next pass");
+                tracing::warn!(error = %crate::Report(&e), "controller pass failed; retrying next pass");
             }
         }
         self.shutdown().await;
@@ -312,9 +312,9 @@ where
                 state
             }
             Err(e) => {
-                let msg = e.to_string();
+                let msg = format!("{e:#}");
                 if self.policy_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(policy = policy.name(), error = %e, "the scaling policy failed; using the agents' resources this pass");
+                    tracing::warn!(policy = policy.name(), error = %crate::Report(&e), "the scaling policy failed; using the agents' resources this pass");
                 }
                 self.policy_error = Some(msg);
                 ScalingState::default()
@@ -355,7 +355,7 @@ where
             match self.store.release_lease(&lease.fence()).await {
                 Ok(_) => tracing::info!(token = lease.token, "released the controller lease"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot release the controller lease; it expires by itself")
+                    tracing::warn!(error = %crate::Report(&e), "cannot release the controller lease; it expires by itself")
                 }
             }
         }
@@ -394,11 +394,11 @@ where
                     self.step_down().await;
                 }
                 Err(e) if held.valid_locally(now, cfg.margin) => {
-                    tracing::warn!(error = %e, "cannot renew the controller lease; acting on while it is valid");
+                    tracing::warn!(error = %crate::Report(&e), "cannot renew the controller lease; acting on while it is valid");
                     return true;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, age_s = now - held.renewed_at,
+                    tracing::warn!(error = %crate::Report(&e), age_s = now - held.renewed_at,
                         "cannot renew the controller lease in time; stepping down until the store answers");
                     self.step_down().await;
                     return false;
@@ -438,7 +438,7 @@ where
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the state store for the controller lease; standing by");
+                tracing::warn!(error = %crate::Report(&e), "cannot reach the state store for the controller lease; standing by");
                 false
             }
         }
@@ -475,7 +475,7 @@ where
             Ok(r) => Ok(r),
             Err(e) => {
                 self.counters.failed_passes += 1;
-                let status = self.status_report(BTreeMap::new(), &Default::default(), Some(e.to_string()));
+                let status = self.status_report(BTreeMap::new(), &Default::default(), Some(format!("{e:#}")));
                 let _ = self.publish(status).await;
                 Err(e)
             }

@@ -306,7 +306,7 @@ impl fmt::Display for TerminationCause {
                 "heartbeat lost: no heartbeat ever received ({NO_AGENT_HINT}), still none {}s after its recovery run started",
                 s(since_recovery)
             ),
-            TerminationCause::RecoveryFailed { error } => write!(f, "recovery failed: {error}"),
+            TerminationCause::RecoveryFailed { error } => write!(f, "recovery failed: {error:#}"),
             TerminationCause::SetupStuck { status, age } => write!(
                 f,
                 "setup stuck: still {status} {}s after it was first listed, with no setup run going",

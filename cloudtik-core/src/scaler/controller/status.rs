@@ -194,7 +194,7 @@ pub(super) fn parse_scaling_status(value: serde_json::Value) -> Result<ScalingSt
     serde_json::from_value(value).map_err(|e| {
         Error::new(
             ErrorKind::InvalidConfig,
-            format!("the scaling status in the state store ({SCALING_STATUS_KEY}) is corrupt: {e}"),
+            format!("the scaling status in the state store ({SCALING_STATUS_KEY}) is corrupt: {e:#}"),
         )
         .with_operation("read_scaling_status")
         .with_context("key", SCALING_STATUS_KEY)

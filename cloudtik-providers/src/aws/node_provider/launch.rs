@@ -268,7 +268,7 @@ impl AwsNodeProvider {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "reusing stopped instances failed; launching new ones");
+                    tracing::warn!(error = %cloudtik_core::Report(&e), "reusing stopped instances failed; launching new ones");
                 }
             }
             if nodes.len() >= request.count {
@@ -354,7 +354,7 @@ impl AwsNodeProvider {
                     }
                 }
                 Err(e) if market == Market::SpotOrOnDemand && is_spot_shortage(&e) => {
-                    tracing::debug!(error = %e, "no spot capacity; launching the rest on-demand");
+                    tracing::debug!(error = %cloudtik_core::Report(&e), "no spot capacity; launching the rest on-demand");
                     self.record_spot_shortage(&config.instance_type, Instant::now());
                     market = Market::OnDemand;
                 }
@@ -367,7 +367,7 @@ impl AwsNodeProvider {
                         && lost_answers < self.inner.settings.retry.max_retries =>
                 {
                     lost_answers += 1;
-                    tracing::debug!(error = %e, "RunInstances failed in transit; listing the launch token again");
+                    tracing::debug!(error = %cloudtik_core::Report(&e), "RunInstances failed in transit; listing the launch token again");
                     tokio::time::sleep(self.inner.settings.retry.delay(lost_answers, 0.0)).await;
                     for node in self.list_nodes(&token_filter).await.map_err(with_request)? {
                         if !nodes.iter().any(|n| n.id == node.id) {
@@ -376,7 +376,7 @@ impl AwsNodeProvider {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Capacity && subnet_index + 1 < subnets.len() => {
-                    tracing::debug!(error = %e, "no capacity in a subnet; trying the next one");
+                    tracing::debug!(error = %cloudtik_core::Report(&e), "no capacity in a subnet; trying the next one");
                     subnet_index += 1;
                 }
                 Err(e) => {

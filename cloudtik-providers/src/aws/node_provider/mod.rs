@@ -308,7 +308,7 @@ impl NodeProvider for AwsNodeProvider {
             match self.act_chunked(OP, Action::Stop, chunk).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Conflict => {
-                    tracing::debug!(error = %e, "EC2 refused to stop instances; terminating them");
+                    tracing::debug!(error = %cloudtik_core::Report(&e), "EC2 refused to stop instances; terminating them");
                     self.act_chunked(OP, Action::Terminate, chunk).await?;
                 }
                 Err(e) => return Err(e),

@@ -414,7 +414,7 @@ impl AwsWorkspaceProvider {
             match self.calls.delete(Call::ec2(op, call), &mut f).await {
                 Ok(()) => return Ok(()),
                 Err(e) if ec2_code(&e) == Some("DependencyViolation") && Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "a dependency is still there; retrying the deletion");
+                    tracing::debug!(error = %cloudtik_core::Report(&e), "a dependency is still there; retrying the deletion");
                     tokio::time::sleep(self.options.poll_interval).await;
                 }
                 Err(e) => return Err(e),

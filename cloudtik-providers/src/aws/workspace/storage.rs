@@ -60,7 +60,7 @@ impl AwsWorkspaceProvider {
             }
         }
         let build = |e: aws_sdk_s3::error::BuildError| {
-            unexpected(op, &format!("an S3 request could not be built: {e}"))
+            unexpected(op, &format!("an S3 request could not be built: {e:#}"))
         };
         let tagging = aws_sdk_s3::types::Tagging::builder()
             .tag_set(
@@ -108,7 +108,7 @@ impl AwsWorkspaceProvider {
     pub(super) async fn delete_bucket(&self, op: &'static str) -> Result<()> {
         let bucket = self.bucket_name();
         let build = |e: aws_sdk_s3::error::BuildError| {
-            unexpected(op, &format!("an S3 request could not be built: {e}"))
+            unexpected(op, &format!("an S3 request could not be built: {e:#}"))
         };
         loop {
             let listed = match self
