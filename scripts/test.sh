@@ -35,6 +35,7 @@ scripts/build-node-image.sh
 cargo build -p cloudtik-examples --bins --examples --locked
 "$CARGO_TARGET_DIR/debug/examples/custom_runtime"
 "$CARGO_TARGET_DIR/debug/examples/custom_provider"
+"$CARGO_TARGET_DIR/debug/examples/embedded_controller"
 
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$CARGO_TARGET_DIR/test-output.log" | awk '{s+=$4} END {print s+0}')
 step "all green: $passed tests passed"

@@ -136,7 +136,7 @@ pub use crypto::EncryptionKey;
 pub use lease::{CONTROLLER_LEASE, Fence, Lease, LeaseAcquire};
 pub use liveness::{DEFAULT_HEARTBEAT_TIMEOUT, NodeLiveness, classify_nodes, read_node_liveness};
 pub use memory::InMemoryStore;
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "ssh", feature = "redis"))]
 pub(crate) use model::resource_id;
 pub use model::{
     ClusterEvent, EventSeverity, NodeHeartbeat, NodeMetrics, NodeProcesses, PendingLaunch, ProcessState,

@@ -148,23 +148,22 @@ pub(crate) fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("cannot open the log {}", path.display()))
 }
 
-/// Exponential backoff between restarts: `initial`, doubled after each quick exit up to
-/// `max`, and back to `initial` after a run of at least `reset_after`.
+/// Exponential backoff between restarts (the curve of [`cloudtik_core::backoff`]):
+/// `initial`, doubled after each quick exit up to `max`, and back to `initial` after a
+/// run of at least `reset_after`.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
+    curve: cloudtik_core::backoff::Backoff,
     reset_after: Duration,
-    next: Duration,
+    quick_exits: u32,
 }
 
 impl Backoff {
     pub(crate) fn new(initial: Duration, max: Duration, reset_after: Duration) -> Self {
         Backoff {
-            initial,
-            max,
+            curve: cloudtik_core::backoff::Backoff::new(initial, max),
             reset_after,
-            next: initial,
+            quick_exits: 0,
         }
     }
 
@@ -181,10 +180,10 @@ impl Backoff {
     /// and wait exactly this.
     pub(crate) fn delay_after(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= self.reset_after {
-            self.next = self.initial;
+            self.quick_exits = 0;
         }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        let delay = self.curve.delay(self.quick_exits);
+        self.quick_exits = self.quick_exits.saturating_add(1);
         delay
     }
 }
