@@ -52,43 +52,21 @@ fn load_average() -> String {
 }
 
 fn inputs(image: &str) -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "head".to_string(),
-        NodeTypeConfig {
-            resources: Resources::new(),
-            min_workers: 0,
-            max_workers: 0,
-            launch_priority: 0,
-        },
-    );
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: Resources::from_pairs([("CPU", 2.0)]),
-            min_workers: NODES,
-            max_workers: NODES,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({"InstanceType": "t3.micro", "ImageId": image}),
-            launch_hash: "h".into(),
-        },
-    );
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: NODES,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::from_secs(3600),
-        },
-        launch,
-    }
+    let worker = NodeTypeConfig::new(Resources::from_pairs([("CPU", 2.0)]), NODES).with_min_workers(NODES);
+    ScalingInputs::new(
+        ScalingConfig::new("head", NODES)
+            .with_node_type("head", NodeTypeConfig::new(Resources::new(), 0))
+            .with_node_type("worker", worker)
+            .with_upscaling_speed(1.0)
+            .with_idle_timeout(Duration::from_secs(3600)),
+    )
+    .with_launch(
+        "worker",
+        LaunchSpec::new(
+            serde_json::json!({"InstanceType": "t3.micro", "ImageId": image}),
+            "h",
+        ),
+    )
 }
 
 /// A controller on `proxy`, and a provider that lists moto directly (not counted).

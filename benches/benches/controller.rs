@@ -2,7 +2,6 @@
 //! 10,000 heartbeats, plan, apply (nothing to do at steady state), publish the status.
 //! Target: under 250 ms, and the process under 200 MB.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,34 +33,13 @@ fn bench_controller(c: &mut Criterion) {
         .unwrap();
     let rss_before = rss_mb();
     let worker = Resources::from_pairs([("CPU", 8.0), ("memory", 32e9)]);
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "worker".to_string(),
-        NodeTypeConfig {
-            resources: worker.clone(),
-            min_workers: 0,
-            max_workers: NODES,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        "worker".to_string(),
-        LaunchSpec {
-            node_config: serde_json::json!({}),
-            launch_hash: "h".into(),
-        },
-    );
-    let inputs = ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: NODES,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::from_secs(3600),
-        },
-        launch,
-    };
+    let inputs = ScalingInputs::new(
+        ScalingConfig::new("head", NODES)
+            .with_node_type("worker", NodeTypeConfig::new(worker.clone(), NODES))
+            .with_upscaling_speed(1.0)
+            .with_idle_timeout(Duration::from_secs(3600)),
+    )
+    .with_launch("worker", LaunchSpec::new(serde_json::json!({}), "h"));
     let provider = Arc::new(
         FakeProvider::new("bench")
             .with_capabilities(ProviderCapabilities::default().with_max_launch_batch(NODES)),

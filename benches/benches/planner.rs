@@ -38,12 +38,7 @@ fn res(pairs: &[(&str, f64)]) -> Resources {
 }
 
 fn config() -> ScalingConfig {
-    let t = |resources: Resources, max_workers| NodeTypeConfig {
-        resources,
-        min_workers: 0,
-        max_workers,
-        launch_priority: 0,
-    };
+    let t = NodeTypeConfig::new;
     let mut node_types = BTreeMap::new();
     node_types.insert(
         "head.default".to_string(),
@@ -61,13 +56,13 @@ fn config() -> ScalingConfig {
         "worker.gpu".to_string(),
         t(res(&[("CPU", 16.0), ("GPU", 4.0), ("memory", 64.0 * GIB)]), 5_000),
     );
-    ScalingConfig {
-        node_types,
-        head_node_type: "head.default".into(),
-        max_workers: 50_000,
-        upscaling_speed: 1.0,
-        idle_timeout: Duration::from_secs(5 * 60),
-    }
+    node_types
+        .into_iter()
+        .fold(ScalingConfig::new("head.default", 50_000), |c, (name, t)| {
+            c.with_node_type(name, t)
+        })
+        .with_upscaling_speed(1.0)
+        .with_idle_timeout(Duration::from_secs(5 * 60))
 }
 
 fn snapshot(nodes: usize, demands: usize, rng: &mut Lcg) -> ClusterSnapshot {
@@ -109,7 +104,7 @@ fn snapshot(nodes: usize, demands: usize, rng: &mut Lcg) -> ClusterSnapshot {
         res(&[("CPU", 8.0), ("GPU", 4.0), ("memory", 32.0 * GIB)]),
     ];
     let infeasible = [res(&[("GPU", 8.0)]), res(&[("TPU", 1.0)])];
-    let demands = (0..demands)
+    let demands: Vec<Resources> = (0..demands)
         .map(|_| {
             if rng.next(1000) == 0 {
                 infeasible[rng.next(2) as usize].clone()
@@ -121,12 +116,14 @@ fn snapshot(nodes: usize, demands: usize, rng: &mut Lcg) -> ClusterSnapshot {
     let mut launching = BTreeMap::new();
     launching.insert("worker.cpu".to_string(), nodes / 100);
     launching.insert("worker.gpu".to_string(), nodes / 500);
-    ClusterSnapshot {
-        nodes: list,
-        launching,
-        demands,
-        requests: vec![res(&[("CPU", 8.0)]); 16],
-    }
+    let snapshot = list
+        .into_iter()
+        .fold(ClusterSnapshot::new(), ClusterSnapshot::with_node);
+    launching
+        .into_iter()
+        .fold(snapshot, |s, (t, n)| s.with_launching(t, n))
+        .with_demands(demands)
+        .with_requests(vec![res(&[("CPU", 8.0)]); 16])
 }
 
 fn bench_planner(c: &mut Criterion) {
@@ -155,12 +152,7 @@ fn bench_planner(c: &mut Criterion) {
 
 /// Issue 11's shape, `scale` times: the 16-CPU type's cap binds, the others' do not.
 fn capped_mix(scale: usize) -> (ScalingConfig, ClusterSnapshot) {
-    let t = |resources: Resources, max_workers| NodeTypeConfig {
-        resources,
-        min_workers: 0,
-        max_workers,
-        launch_priority: 0,
-    };
+    let t = NodeTypeConfig::new;
     let mut node_types = BTreeMap::new();
     node_types.insert(
         "worker.cpu16".to_string(),
@@ -177,13 +169,14 @@ fn capped_mix(scale: usize) -> (ScalingConfig, ClusterSnapshot) {
             50 * scale,
         ),
     );
-    let config = ScalingConfig {
-        node_types,
-        head_node_type: "head.default".into(),
-        max_workers: 1000 * scale,
-        upscaling_speed: 1.0,
-        idle_timeout: Duration::ZERO,
-    };
+    let config = node_types
+        .into_iter()
+        .fold(
+            ScalingConfig::new("head.default", 1000 * scale),
+            |c, (name, t)| c.with_node_type(name, t),
+        )
+        .with_upscaling_speed(1.0)
+        .with_idle_timeout(Duration::ZERO);
     let mut nodes = vec![NodeSnapshot::head("head-0", "head.default")];
     // Full 4-CPU nodes but every sixth, which has one CPU free.
     for i in 0..57 * scale {
@@ -224,12 +217,11 @@ fn capped_mix(scale: usize) -> (ScalingConfig, ClusterSnapshot) {
     ] {
         demands.extend(std::iter::repeat_n(shape, n * scale));
     }
-    let snapshot = ClusterSnapshot {
-        nodes,
-        launching: BTreeMap::from([("worker.cpu16".to_string(), scale)]),
-        demands,
-        requests: Vec::new(),
-    };
+    let snapshot = nodes
+        .into_iter()
+        .fold(ClusterSnapshot::new(), ClusterSnapshot::with_node)
+        .with_launching("worker.cpu16", scale)
+        .with_demands(demands);
     (config, snapshot)
 }
 

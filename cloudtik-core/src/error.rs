@@ -332,10 +332,11 @@ pub struct Report<'a>(pub &'a (dyn std::error::Error + 'a));
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Each error's own text (plain `{}`): the causes come from `source()`, once each.
         write!(f, "{}", self.0)?;
         let mut next = self.0.source();
         while let Some(e) = next {
-            write!(f, ": {e:#}")?;
+            write!(f, ": {e}")?;
             next = e.source();
         }
         Ok(())

@@ -177,8 +177,9 @@ pub enum NodeState {
     Terminated,
 }
 
-/// A node as a provider lists it.
+/// A node as a provider lists it: built with [`NodeInfo::new`] and the `with_*` setters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NodeInfo {
     /// The provider's id of the node.
     pub id: NodeId,
@@ -195,6 +196,39 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// A node with its id, state and tags, and no addresses or instance type yet.
+    pub fn new(id: impl Into<NodeId>, state: NodeState, tags: Tags) -> Self {
+        NodeInfo {
+            id: id.into(),
+            state,
+            tags,
+            internal_ip: None,
+            external_ip: None,
+            instance_type: None,
+        }
+    }
+
+    /// Sets the address inside the cluster's network.
+    #[must_use]
+    pub fn with_internal_ip(mut self, ip: Option<String>) -> Self {
+        self.internal_ip = ip;
+        self
+    }
+
+    /// Sets the public address.
+    #[must_use]
+    pub fn with_external_ip(mut self, ip: Option<String>) -> Self {
+        self.external_ip = ip;
+        self
+    }
+
+    /// Sets the provider's instance type.
+    #[must_use]
+    pub fn with_instance_type(mut self, instance_type: Option<String>) -> Self {
+        self.instance_type = instance_type;
+        self
+    }
+
     /// The value of a tag.
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)

@@ -312,22 +312,10 @@ async fn set_node_tags_updates_the_rest_and_names_the_missing() {
     let p = FakeProvider::new("c1");
     p.create_nodes(&request("cpu", 2)).await.unwrap();
     let updates = [
-        TagUpdate {
-            node_id: "fake-1".into(),
-            tags: tag_map(&[(tags::NODE_STATUS, "up-to-date")]),
-        },
-        TagUpdate {
-            node_id: "fake-9".into(),
-            tags: tag_map(&[("a", "b")]),
-        },
-        TagUpdate {
-            node_id: "fake-2".into(),
-            tags: tag_map(&[("a", "c")]),
-        },
-        TagUpdate {
-            node_id: "fake-01".into(),
-            tags: tag_map(&[("a", "d")]),
-        },
+        TagUpdate::new("fake-1", tag_map(&[(tags::NODE_STATUS, "up-to-date")])),
+        TagUpdate::new("fake-9", tag_map(&[("a", "b")])),
+        TagUpdate::new("fake-2", tag_map(&[("a", "c")])),
+        TagUpdate::new("fake-01", tag_map(&[("a", "d")])),
     ];
     let err = p.set_node_tags(&updates).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -355,10 +343,7 @@ async fn batch_limits_are_enforced() {
 
     let two = |t: &str| {
         ["fake-1", "fake-2"]
-            .map(|id| TagUpdate {
-                node_id: id.into(),
-                tags: tag_map(&[("t", t)]),
-            })
+            .map(|id| TagUpdate::new(id, tag_map(&[("t", t)])))
             .to_vec()
     };
     let err = p.set_node_tags(&two("x")).await.unwrap_err();
@@ -571,10 +556,7 @@ async fn handles_ten_thousand_nodes() {
     assert_eq!(gpu_nodes.len(), 5000);
     let updates: Vec<TagUpdate> = gpu_nodes
         .iter()
-        .map(|n| TagUpdate {
-            node_id: n.id.clone(),
-            tags: tag_map(&[(tags::NODE_STATUS, "up-to-date")]),
-        })
+        .map(|n| TagUpdate::new(n.id.clone(), tag_map(&[(tags::NODE_STATUS, "up-to-date")])))
         .collect();
     p.set_node_tags(&updates).await.unwrap();
     let up = tag_map(&[(tags::NODE_STATUS, "up-to-date")]);

@@ -9,51 +9,51 @@ use std::collections::BTreeMap;
 
 use cloudtik_core::config::{ClusterConfig, ConfigLoader, ProviderSection};
 use cloudtik_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// `provider` of the virtual provider.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct VirtualProviderConfig {
     /// The node image (built locally when missing).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Map head ports to host ports.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_port_mapping: Option<bool>,
     /// First host port of the mapping.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_mapping_base: Option<u16>,
     /// Keep data disks after a node is terminated.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permanent_data_volumes: Option<bool>,
     /// The Docker Engine socket: a path or `unix:///path` (default: `DOCKER_HOST` when it
     /// is a unix URI, else `/var/run/docker.sock`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_socket: Option<String>,
     /// The provider's state folder (default `~/.cloudtik/virtual`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
     /// The subnet of the workspace's Docker network, as a CIDR (Docker picks one when unset).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
     /// Seconds a node gets to stop before it is killed (default 5).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
     /// Mount the Docker socket into head containers so the head's controller can start
     /// workers (default true; see the virtual provider's docs for the security trade-off).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_docker_socket: Option<bool>,
     /// A host `cloudtik-node` binary to mount read-only into every node.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_binary: Option<String>,
     /// How many containers are created or removed at once (default 8).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
     /// The host folder of the package cache shared by every node of every cluster
     /// (default `~/.cloudtik/package-cache`); `""` turns the sharing off.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_cache: Option<String>,
     /// Other keys.
     #[serde(flatten)]

@@ -103,26 +103,23 @@ impl ProviderFactory for VirtualFactory {
     /// them at the same paths: it makes workers with the host's folders), the Docker
     /// socket where the head has it, and the host's node program.
     fn head_config(&self, config: &ClusterConfig) -> Result<ClusterConfig> {
+        use crate::provider_config::VirtualProviderConfig;
         use crate::virtual_provider::{DOCKER_SOCKET_IN_HEAD, VirtualSettings};
-        let mut c = config.clone();
-        let settings = VirtualSettings::from_provider_section(&c.provider)?;
-        let extra = &mut c.provider.extra;
-        extra.insert(
-            "state_dir".into(),
-            settings.state_dir.display().to_string().into(),
+        let settings = VirtualSettings::from_provider_section(&config.provider)?;
+        let mut typed: VirtualProviderConfig = config.provider.parse()?;
+        typed.state_dir = Some(settings.state_dir.display().to_string());
+        typed.docker_socket = Some(DOCKER_SOCKET_IN_HEAD.to_string());
+        typed.node_binary = settings.node_binary.as_ref().map(|b| b.display().to_string());
+        // "" (sharing off) stays as it is.
+        typed.package_cache = Some(
+            settings
+                .package_cache
+                .as_ref()
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default(),
         );
-        extra.insert("docker_socket".into(), DOCKER_SOCKET_IN_HEAD.into());
-        if let Some(b) = &settings.node_binary {
-            extra.insert("node_binary".into(), b.display().to_string().into());
-        }
-        let cache = match extra.get("package_cache").and_then(|v| v.as_str()) {
-            Some("") => None,
-            Some(dir) => Some(cloudtik_core::config::hash::expand_home(dir)),
-            None => Some(crate::virtual_provider::default_package_cache()),
-        };
-        if let Some(dir) = cache {
-            extra.insert("package_cache".into(), dir.display().to_string().into());
-        }
+        let mut c = config.clone();
+        c.provider.set_typed(&typed)?;
         Ok(c)
     }
 

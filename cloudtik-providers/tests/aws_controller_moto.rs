@@ -39,43 +39,21 @@ fn worker_resources() -> Resources {
 }
 
 fn inputs(image: &str, min_workers: usize) -> ScalingInputs {
-    let mut node_types = BTreeMap::new();
-    node_types.insert(
-        "head".to_string(),
-        NodeTypeConfig {
-            resources: Resources::new(),
-            min_workers: 0,
-            max_workers: 0,
-            launch_priority: 0,
-        },
-    );
-    node_types.insert(
-        WORKER.to_string(),
-        NodeTypeConfig {
-            resources: worker_resources(),
-            min_workers,
-            max_workers: TARGET,
-            launch_priority: 0,
-        },
-    );
-    let mut launch = BTreeMap::new();
-    launch.insert(
-        WORKER.to_string(),
-        LaunchSpec {
-            node_config: json!({"InstanceType": "t3.micro", "ImageId": image}),
-            launch_hash: "launch-hash-1".into(),
-        },
-    );
-    ScalingInputs {
-        scaling: ScalingConfig {
-            node_types,
-            head_node_type: "head".into(),
-            max_workers: TARGET,
-            upscaling_speed: 1.0,
-            idle_timeout: Duration::from_secs(2),
-        },
-        launch,
-    }
+    let worker = NodeTypeConfig::new(worker_resources(), TARGET).with_min_workers(min_workers);
+    ScalingInputs::new(
+        ScalingConfig::new("head", TARGET)
+            .with_node_type("head", NodeTypeConfig::new(Resources::new(), 0))
+            .with_node_type(WORKER, worker)
+            .with_upscaling_speed(1.0)
+            .with_idle_timeout(Duration::from_secs(2)),
+    )
+    .with_launch(
+        WORKER,
+        LaunchSpec::new(
+            json!({"InstanceType": "t3.micro", "ImageId": image}),
+            "launch-hash-1",
+        ),
+    )
 }
 
 /// Idle heartbeats for the cluster's up-to-date workers.

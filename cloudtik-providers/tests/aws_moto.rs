@@ -120,10 +120,7 @@ async fn tag_updates_make_one_create_tags_per_distinct_tag() {
         let mut t = Tags::new();
         t.insert(tags::NODE_STATUS.into(), status.into());
         t.insert(tags::RUNTIME_CONFIG.into(), "hash-1".into());
-        TagUpdate {
-            node_id: node.id.clone(),
-            tags: t,
-        }
+        TagUpdate::new(node.id.clone(), t)
     };
     let updates = vec![
         update(&nodes[0], "up-to-date"),
@@ -143,12 +140,9 @@ async fn tag_updates_make_one_create_tags_per_distinct_tag() {
     // The node name also sets EC2's Name tag.
     let mut renamed = Tags::new();
     renamed.insert(tags::NODE_NAME.into(), "cloudtik-tag-batches-worker-x".into());
-    p.set_node_tags(&[TagUpdate {
-        node_id: nodes[0].id.clone(),
-        tags: renamed,
-    }])
-    .await
-    .unwrap();
+    p.set_node_tags(&[TagUpdate::new(nodes[0].id.clone(), renamed)])
+        .await
+        .unwrap();
     let listed = p.list_nodes(&Tags::new()).await.unwrap();
     let node = listed.iter().find(|n| n.id == nodes[0].id).unwrap();
     assert_eq!(node.tag("Name"), Some("cloudtik-tag-batches-worker-x"));
@@ -157,10 +151,7 @@ async fn tag_updates_make_one_create_tags_per_distinct_tag() {
     let mut moved = Tags::new();
     moved.insert(tags::CLUSTER_NAME.into(), "elsewhere".into());
     let e = p
-        .set_node_tags(&[TagUpdate {
-            node_id: nodes[1].id.clone(),
-            tags: moved,
-        }])
+        .set_node_tags(&[TagUpdate::new(nodes[1].id.clone(), moved)])
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
@@ -877,12 +868,9 @@ async fn cached_stopped_nodes_are_reused_by_the_same_launch_hash() {
     let mut up = Tags::new();
     up.insert(tags::NODE_STATUS.into(), "up-to-date".into());
     for id in &cached {
-        p.set_node_tags(&[TagUpdate {
-            node_id: id.clone(),
-            tags: up.clone(),
-        }])
-        .await
-        .unwrap();
+        p.set_node_tags(&[TagUpdate::new(id.clone(), up.clone())])
+            .await
+            .unwrap();
     }
 
     let ids_vec: Vec<String> = cached.iter().cloned().collect();
@@ -1129,7 +1117,7 @@ async fn concurrent_tag_updates_make_one_create_tags() {
         calls.spawn(async move {
             let mut t = Tags::new();
             t.insert(tags::NODE_STATUS.into(), "up-to-date".into());
-            p.set_node_tags(&[TagUpdate { node_id: id, tags: t }]).await
+            p.set_node_tags(&[TagUpdate::new(id, t)]).await
         });
     }
     while let Some(r) = calls.join_next().await {
@@ -1169,12 +1157,7 @@ async fn a_missing_node_fails_only_its_caller_in_a_batch() {
         calls.spawn(async move {
             let mut t = Tags::new();
             t.insert(tags::NODE_STATUS.into(), "setting-up".into());
-            let r = p
-                .set_node_tags(&[TagUpdate {
-                    node_id: id.clone(),
-                    tags: t,
-                }])
-                .await;
+            let r = p.set_node_tags(&[TagUpdate::new(id.clone(), t)]).await;
             (id, r)
         });
     }

@@ -24,7 +24,7 @@ pub struct ManagedCluster {
     pub(super) provider: Arc<dyn NodeProvider>,
     pub(super) settings: ClusterSettings,
     pub(super) runners: Mutex<HashMap<String, Arc<SshRunner>>>,
-    pub(super) store: Mutex<Option<Arc<RedisStore>>>,
+    pub(super) store: Mutex<Option<Arc<dyn StateStore>>>,
 }
 
 impl std::fmt::Debug for ManagedCluster {
@@ -129,10 +129,20 @@ impl ManagedCluster {
         SshOptions::from_auth(&self.config.auth, self.settings.dir.known_hosts())
     }
 
-    /// The SSH runner of `node` (cached: commands to one node share one connection).
-    /// Workers are reached through the head when the head has an external address and
-    /// `use_internal_ips` is off.
-    pub async fn runner_for(&self, node: &NodeInfo, head: Option<&NodeInfo>) -> Result<Arc<SshRunner>> {
+    /// The runner of `node` ([`ssh_runner_for`](Self::ssh_runner_for)).
+    pub async fn runner_for(
+        &self,
+        node: &NodeInfo,
+        head: Option<&NodeInfo>,
+    ) -> Result<Arc<dyn CommandRunner>> {
+        Ok(self.ssh_runner_for(node, head).await?)
+    }
+
+    /// The SSH runner of `node`, with the cluster's key and pinned host keys (cached:
+    /// commands to one node share one connection), for what only SSH does (an
+    /// interactive `attach`). Workers are reached through the head when the head has an
+    /// external address and `use_internal_ips` is off.
+    pub async fn ssh_runner_for(&self, node: &NodeInfo, head: Option<&NodeInfo>) -> Result<Arc<SshRunner>> {
         let mut runners = self.runners.lock().await;
         if let Some(r) = runners.get(&node.id) {
             return Ok(r.clone());
@@ -150,7 +160,7 @@ impl ManagedCluster {
             options = options.with_jump(jump);
         }
         let runner = Arc::new(SshRunner::new(self.ssh_address(node)?, options)?);
-        runners.insert(node.id.clone(), runner.clone());
+        runners.insert(node.id.clone(), Arc::clone(&runner));
         Ok(runner)
     }
 
@@ -182,8 +192,9 @@ impl ManagedCluster {
         Ok((picked, head))
     }
 
-    /// The head's state store, connected on first use.
-    pub async fn store(&self) -> Result<Arc<RedisStore>> {
+    /// The head's state store (its Redis, reached directly or through an SSH port
+    /// forward), connected on first use.
+    pub async fn store(&self) -> Result<Arc<dyn StateStore>> {
         let mut guard = self.store.lock().await;
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
@@ -205,7 +216,7 @@ impl ManagedCluster {
         let config = RedisStoreConfig::new(address, secrets.key()?)
             .with_password(secrets.redis_password)
             .with_timeouts(Duration::from_secs(3), Duration::from_secs(10));
-        let store = Arc::new(RedisStore::connect(config).await.map_err(|e| {
+        let store: Arc<dyn StateStore> = Arc::new(RedisStore::connect(config).await.map_err(|e| {
             e.with_context(
                 "hint",
                 "the head's state store is not reachable: is the cluster started?",

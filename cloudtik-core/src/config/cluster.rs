@@ -163,6 +163,31 @@ impl ProviderSection {
         let v = self.to_value();
         super::typed::from_value(&v, &super::path::YamlPath::root().key("provider"))
     }
+
+    /// Writes a provider's own config type back into the section: the keys it
+    /// serializes replace the section's (`type` stays as it is). The typed way to
+    /// change a provider's settings, e.g. for the config the head gets.
+    pub fn set_typed<T: Serialize>(&mut self, typed: &T) -> crate::Result<()> {
+        let value = serde_json::to_value(typed).map_err(|e| {
+            crate::Error::new(crate::ErrorKind::Unexpected, "cannot write provider settings").with_source(e)
+        })?;
+        let Value::Object(map) = value else {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Unexpected,
+                "provider settings must serialize to a mapping",
+            ));
+        };
+        for (k, v) in map {
+            match k.as_str() {
+                "type" => {}
+                "use_internal_ips" => self.use_internal_ips = v.as_bool(),
+                _ => {
+                    self.extra.insert(k, v);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `auth` section: how to reach nodes over SSH.

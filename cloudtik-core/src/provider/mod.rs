@@ -101,8 +101,9 @@ impl ProviderCapabilities {
     }
 }
 
-/// A request to launch `count` nodes of one node type.
+/// A request to launch `count` nodes of one node type ([`LaunchRequest::new`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LaunchRequest {
     /// The node type name (from `available_node_types`).
     pub node_type: String,
@@ -137,12 +138,14 @@ impl LaunchRequest {
     }
 
     /// Sets the token.
+    #[must_use]
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = token.into();
         self
     }
 
     /// Sets the resources.
+    #[must_use]
     pub fn with_resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
         self
@@ -155,8 +158,9 @@ pub fn new_launch_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// What a launch created.
+/// What a launch created ([`LaunchOutcome::new`]).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct LaunchOutcome {
     /// The nodes that exist for the request's token (created now or by an earlier try).
     pub nodes: Vec<NodeInfo>,
@@ -165,6 +169,12 @@ pub struct LaunchOutcome {
 }
 
 impl LaunchOutcome {
+    /// The nodes that exist for the request's token and, when they are fewer than
+    /// asked for, why.
+    pub fn new(nodes: Vec<NodeInfo>, shortfall: Option<crate::Error>) -> Self {
+        LaunchOutcome { nodes, shortfall }
+    }
+
     /// True when the request was fulfilled partly.
     pub fn is_partial(&self) -> bool {
         self.shortfall.is_some()
@@ -173,11 +183,22 @@ impl LaunchOutcome {
 
 /// Tags to set on one node; existing tags not named here stay as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TagUpdate {
     /// The node.
     pub node_id: NodeId,
     /// Tags to add or overwrite.
     pub tags: Tags,
+}
+
+impl TagUpdate {
+    /// Sets `tags` on `node_id`.
+    pub fn new(node_id: impl Into<NodeId>, tags: Tags) -> Self {
+        TagUpdate {
+            node_id: node_id.into(),
+            tags,
+        }
+    }
 }
 
 /// Nodes of one cluster on one provider.

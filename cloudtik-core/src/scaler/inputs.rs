@@ -20,6 +20,7 @@ pub fn node_type_marker(node_type: &str) -> String {
 
 /// Launch parameters of one node type.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LaunchSpec {
     /// The provider's `node_config`.
     pub node_config: Value,
@@ -39,6 +40,7 @@ impl LaunchSpec {
 
 /// The controller's view of a cluster config.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ScalingInputs {
     /// The planner's config.
     pub scaling: ScalingConfig,

@@ -125,6 +125,7 @@ use packing::{BinGroup, Bins, Shapes, Space, TypeCap, fit_count, take};
 
 /// One node type of the scaling config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NodeTypeConfig {
     /// Resources of one node of the type (memory in bytes; a zero amount is legal).
     pub resources: Resources,
@@ -138,6 +139,7 @@ pub struct NodeTypeConfig {
 
 /// What the planner needs of a cluster's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ScalingConfig {
     /// The node types by name.
     pub node_types: BTreeMap<String, NodeTypeConfig>,
@@ -205,6 +207,7 @@ impl NodeSnapshot {
 
 /// The state of the cluster at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ClusterSnapshot {
     /// Every non-terminated node, the head included.
     pub nodes: Vec<NodeSnapshot>,

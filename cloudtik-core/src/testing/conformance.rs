@@ -494,20 +494,20 @@ pub async fn batch_tag_update(provider: &dyn NodeProvider, config: &ConformanceC
         let request = run.request(NodeKind::Worker, 3, &[(EXTRA_TAG, "before")]);
         let nodes = run.launch_all(provider, &request).await?;
         let updates = vec![
-            TagUpdate {
-                node_id: nodes[0].id.clone(),
-                tags: tag_map(&[
+            TagUpdate::new(
+                nodes[0].id.clone(),
+                tag_map(&[
                     (tags::NODE_STATUS, NodeStatus::UpToDate.as_str()),
                     (tags::RUNTIME_CONFIG, "hash-0"),
                 ]),
-            },
-            TagUpdate {
-                node_id: nodes[1].id.clone(),
-                tags: tag_map(&[
+            ),
+            TagUpdate::new(
+                nodes[1].id.clone(),
+                tag_map(&[
                     (tags::NODE_STATUS, NodeStatus::UpdateFailed.as_str()),
                     (EXTRA_TAG, "after"),
                 ]),
-            },
+            ),
         ];
         provider
             .set_node_tags(&updates)
@@ -580,10 +580,7 @@ pub async fn set_tags_on_missing_node(
     let run = Run::new("set_tags_on_missing_node", provider, config);
     let result = async {
         let missing = config.missing_node_id.as_str();
-        let update = |id: &str| TagUpdate {
-            node_id: id.to_string(),
-            tags: tag_map(&[(EXTRA_TAG, "updated")]),
-        };
+        let update = |id: &str| TagUpdate::new(id.to_string(), tag_map(&[(EXTRA_TAG, "updated")]));
         match provider.set_node_tags(&[update(missing)]).await {
             Ok(()) => return Err(format!("set_node_tags on missing node {missing} succeeded; expected NotFound")),
             Err(e) => ensure!(

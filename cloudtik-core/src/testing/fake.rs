@@ -399,7 +399,7 @@ impl FakeProvider {
             .collect();
         match shortfall {
             Some(err) if nodes.is_empty() => Err(err),
-            shortfall => Ok(LaunchOutcome { nodes, shortfall }),
+            shortfall => Ok(LaunchOutcome::new(nodes, shortfall)),
         }
     }
 }

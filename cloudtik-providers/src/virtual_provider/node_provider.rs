@@ -210,14 +210,11 @@ impl VirtualNodeProvider {
             .and_then(|n| n.get(&network))
             .and_then(|e| e.ip_address.clone())
             .filter(|ip| !ip.is_empty());
-        Some(NodeInfo {
-            id: name,
-            state,
-            tags: node_tags,
-            internal_ip,
-            external_ip: None,
-            instance_type,
-        })
+        Some(
+            NodeInfo::new(name, state, node_tags)
+                .with_internal_ip(internal_ip)
+                .with_instance_type(instance_type),
+        )
     }
 
     /// Lists nodes: filters on labels no overlay entry overrides go to Docker; all filters
@@ -935,7 +932,7 @@ impl NodeProvider for VirtualNodeProvider {
         {
             return Err(e);
         }
-        Ok(LaunchOutcome { nodes, shortfall })
+        Ok(LaunchOutcome::new(nodes, shortfall))
     }
 
     /// Read from the container through the Docker Engine (`docker exec cat

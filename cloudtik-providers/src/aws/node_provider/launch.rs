@@ -224,10 +224,7 @@ impl AwsNodeProvider {
                 .with_context("token", &request.token)
         };
         if request.count == 0 {
-            return Ok(LaunchOutcome {
-                nodes: Vec::new(),
-                shortfall: None,
-            });
+            return Ok(LaunchOutcome::new(Vec::new(), None));
         }
         if request.token.is_empty()
             || request.token.len() > MAX_TOKEN_LEN
@@ -248,10 +245,7 @@ impl AwsNodeProvider {
         token_filter.insert(tags::LAUNCH_TOKEN.to_string(), request.token.clone());
         let mut nodes = self.list_nodes(&token_filter).await.map_err(with_request)?;
         if nodes.len() >= request.count {
-            return Ok(LaunchOutcome {
-                nodes,
-                shortfall: None,
-            });
+            return Ok(LaunchOutcome::new(nodes, None));
         }
         if self.inner.settings.cache_stopped_nodes {
             // A failed reuse is not the launch's failure: new instances are launched
@@ -272,10 +266,7 @@ impl AwsNodeProvider {
                 }
             }
             if nodes.len() >= request.count {
-                return Ok(LaunchOutcome {
-                    nodes,
-                    shortfall: None,
-                });
+                return Ok(LaunchOutcome::new(nodes, None));
             }
         }
         if config.image_id.is_none() {
@@ -399,7 +390,7 @@ impl AwsNodeProvider {
         } else {
             failure
         };
-        Ok(LaunchOutcome { nodes, shortfall })
+        Ok(LaunchOutcome::new(nodes, shortfall))
     }
 }
 

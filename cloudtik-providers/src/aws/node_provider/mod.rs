@@ -342,12 +342,10 @@ fn node_info(instance: &Instance) -> Option<NodeInfo> {
         .iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
         .collect();
-    Some(NodeInfo {
-        id,
-        state,
-        tags,
-        internal_ip: instance.private_ip_address().map(str::to_string),
-        external_ip: instance.public_ip_address().map(str::to_string),
-        instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
-    })
+    Some(
+        NodeInfo::new(id, state, tags)
+            .with_internal_ip(instance.private_ip_address().map(str::to_string))
+            .with_external_ip(instance.public_ip_address().map(str::to_string))
+            .with_instance_type(instance.instance_type().map(|t| t.as_str().to_string())),
+    )
 }

@@ -822,7 +822,7 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
                     .cloned(),
             }
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such node: see `cloudtik status`"))?;
-            let runner = cluster.runner_for(&node, head.as_ref()).await?;
+            let runner = cluster.ssh_runner_for(&node, head.as_ref()).await?;
             let rsh = runner.ssh_command().await?;
             let mut line = format!("{rsh} -tt");
             for p in port_forward {
