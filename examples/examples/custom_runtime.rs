@@ -52,12 +52,10 @@ impl Runtime for Hello {
     fn commands(&self, kind: NodeKind, section: &serde_json::Value) -> RuntimeCommands {
         let greeting = section["greeting"].as_str().unwrap_or("hello");
         let port = section["port"].as_u64().unwrap_or(8099);
-        let mut c = RuntimeCommands {
-            setup: vec![format!(
-                "mkdir -p ~/hello && echo \"{greeting} from $CLOUDTIK_NODE_TYPE\" > ~/hello/greeting.txt"
-            )],
-            ..Default::default()
-        };
+        let mut c = RuntimeCommands::default();
+        c.setup = vec![format!(
+            "mkdir -p ~/hello && echo \"{greeting} from $CLOUDTIK_NODE_TYPE\" > ~/hello/greeting.txt"
+        )];
         if kind == NodeKind::Head {
             // A pid file, not `pkill -f`: this very shell's command line names the server.
             c.start = vec![format!(

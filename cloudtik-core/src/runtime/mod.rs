@@ -87,6 +87,7 @@ pub enum Protocol {
 
 /// A service a runtime offers, published for discovery by other runtimes and clusters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ServiceSpec {
     /// The service's name, unique within the runtime (e.g. `hdfs-namenode`).
     pub name: String,
@@ -126,6 +127,7 @@ impl ServiceSpec {
 
 /// A process the node agent checks is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ProcessSpec {
     /// The name shown in health reports (e.g. `NameNode`).
     pub name: String,
@@ -162,8 +164,12 @@ impl ProcessSpec {
     }
 }
 
-/// The shell commands a runtime runs on a node, per phase, in order.
+/// The shell commands a runtime runs on a node, per phase, in order: start from
+/// [`RuntimeCommands::default`] and set the phases, or
+/// [`RuntimeCommands::node_program`] for a runtime whose logic is Rust code run by the
+/// node program.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RuntimeCommands {
     /// Install software (once per node, before setup).
     pub install: Vec<String>,
@@ -176,6 +182,18 @@ pub struct RuntimeCommands {
 }
 
 impl RuntimeCommands {
+    /// The commands of a runtime whose logic runs in the node program
+    /// ([`Runtime::install`], [`Runtime::configure`], [`Runtime::node_services`]): one
+    /// [`node_command`] per phase for runtime `name` on a node of `kind`.
+    pub fn node_program(name: &str, kind: NodeKind) -> Self {
+        RuntimeCommands {
+            install: vec![node_command(NodePhase::Install, name, kind)],
+            setup: vec![node_command(NodePhase::Configure, name, kind)],
+            start: vec![node_command(NodePhase::Start, name, kind)],
+            stop: vec![node_command(NodePhase::Stop, name, kind)],
+        }
+    }
+
     /// True when there is no command in any phase.
     pub fn is_empty(&self) -> bool {
         self.install.is_empty() && self.setup.is_empty() && self.start.is_empty() && self.stop.is_empty()

@@ -60,8 +60,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cloudtik_core::runtime::{
-    NodeContext, NodePhase, NodeScope, NodeService, ProcessSpec, Protocol, RuntimeCommands, ServiceSpec,
-    config_path, node_command,
+    NodeContext, NodeScope, NodeService, ProcessSpec, Protocol, RuntimeCommands, ServiceSpec, config_path,
 };
 use cloudtik_core::scaler::policy::ScalingPolicy;
 use cloudtik_core::{Error, NodeKind, Result, Runtime};
@@ -333,12 +332,7 @@ impl Runtime for Ray {
 
     /// `cloudtik-node runtime install|configure|start|stop ray [--head]`.
     fn commands(&self, kind: NodeKind, _section: &Value) -> RuntimeCommands {
-        RuntimeCommands {
-            install: vec![node_command(NodePhase::Install, NAME, kind)],
-            setup: vec![node_command(NodePhase::Configure, NAME, kind)],
-            start: vec![node_command(NodePhase::Start, NAME, kind)],
-            stop: vec![node_command(NodePhase::Stop, NAME, kind)],
-        }
+        RuntimeCommands::node_program(NAME, kind)
     }
 
     /// `ray-gcs` (TCP), `ray-dashboard` (HTTP) and `ray-client` (TCP), on the head.

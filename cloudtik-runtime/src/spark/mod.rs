@@ -42,8 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloudtik_core::runtime::{
-    NodeContext, NodePhase, NodeScope, NodeService, ProcessSpec, Protocol, RuntimeCommands, ServiceSpec,
-    node_command,
+    NodeContext, NodeScope, NodeService, ProcessSpec, Protocol, RuntimeCommands, ServiceSpec,
 };
 use cloudtik_core::scaler::policy::ScalingPolicy;
 use cloudtik_core::{Error, ErrorKind, NodeKind, Result, Runtime};
@@ -204,12 +203,7 @@ impl Runtime for Spark {
     }
 
     fn commands(&self, kind: NodeKind, _section: &serde_json::Value) -> RuntimeCommands {
-        RuntimeCommands {
-            install: vec![node_command(NodePhase::Install, config::NAME, kind)],
-            setup: vec![node_command(NodePhase::Configure, config::NAME, kind)],
-            start: vec![node_command(NodePhase::Start, config::NAME, kind)],
-            stop: vec![node_command(NodePhase::Stop, config::NAME, kind)],
-        }
+        RuntimeCommands::node_program(config::NAME, kind)
     }
 
     fn services(&self, section: &serde_json::Value) -> Vec<ServiceSpec> {
