@@ -23,9 +23,8 @@
 //!         "my-cloud"
 //!     }
 //!     async fn node_provider(&self, config: &ClusterConfig, _place: &ProviderPlace) -> Result<Arc<dyn NodeProvider>> {
-//!         # let _ = config;
-//!         # unimplemented!()
-//!         // Ok(Arc::new(MyNodeProvider::new(config)?))
+//!         // Your cloud's NodeProvider; here the in-memory fake (feature `testing`).
+//!         Ok(Arc::new(cloudtik_core::testing::FakeProvider::new(&config.cluster_name)))
 //!     }
 //! }
 //!
