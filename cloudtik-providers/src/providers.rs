@@ -128,6 +128,11 @@ impl ProviderFactory for VirtualFactory {
         crate::virtual_provider::NODE_BINARY_IN_NODE.to_string()
     }
 
+    /// No: nodes mount this machine's program, and the node image has redis.
+    fn installs_node_program(&self, _config: &ClusterConfig) -> bool {
+        false
+    }
+
     /// `provider.node_binary`, unless the config names one.
     fn use_local_node_binary(
         &self,

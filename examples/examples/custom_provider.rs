@@ -113,6 +113,10 @@ impl ProviderFactory for LabFactory {
         VirtualFactory.node_binary_on_nodes(config)
     }
 
+    fn installs_node_program(&self, config: &ClusterConfig) -> bool {
+        VirtualFactory.installs_node_program(config)
+    }
+
     fn use_local_node_binary(
         &self,
         config: &mut ClusterConfig,

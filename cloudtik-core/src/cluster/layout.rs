@@ -349,6 +349,10 @@ pub struct HeadBootstrap {
     /// The `cloudtik-node` program on workers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_binary: Option<String>,
+    /// Install the head's own `cloudtik-node` on workers that lack it or hold another
+    /// build (see [`NodeBootstrap`](crate::updater::NodeBootstrap)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_node_program: Option<bool>,
     /// Seconds between controller passes (default 5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controller_interval_s: Option<f64>,

@@ -14,7 +14,7 @@ use crate::node::{NodeInfo, NodeKind};
 use crate::provider::NodeProvider;
 use crate::runtime::{NodeRuntimes, RuntimeRegistry};
 use crate::scaler::{NodeSetup, SetupMode};
-use crate::updater::{NodeRunners, NodeUpdater, UpdateMode, UpdatePlan, UpdaterOptions};
+use crate::updater::{NodeBootstrap, NodeRunners, NodeUpdater, UpdateMode, UpdatePlan, UpdaterOptions};
 
 /// Sets workers up over SSH: the node updater with the worker's commands of the cluster
 /// config, then the core start command that runs the node's agent (`cloudtik-node
@@ -33,6 +33,7 @@ pub struct SshNodeSetup {
     redis_password: String,
     options: UpdaterOptions,
     runtimes: Arc<RuntimeRegistry>,
+    bootstrap: Option<NodeBootstrap>,
 }
 
 impl std::fmt::Debug for SshNodeSetup {
@@ -71,7 +72,16 @@ impl SshNodeSetup {
             redis_password: redis_password.into(),
             options,
             runtimes: Arc::new(RuntimeRegistry::new()),
+            bootstrap: None,
         }
+    }
+
+    /// Installs the node program (and packages) on workers that lack them or hold
+    /// another build, before their setup (see [`NodeBootstrap`]).
+    #[must_use]
+    pub fn with_bootstrap(mut self, bootstrap: NodeBootstrap) -> Self {
+        self.bootstrap = Some(bootstrap);
+        self
     }
 
     /// Sets the runtimes whose commands join the workers' setup.
@@ -104,6 +114,7 @@ impl SshNodeSetup {
         for (k, v) in self.env_for(node) {
             plan.env.insert(k, v);
         }
+        plan.bootstrap = self.bootstrap.clone();
         Ok(plan)
     }
 

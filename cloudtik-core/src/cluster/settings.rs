@@ -9,7 +9,7 @@ use super::ClusterDir;
 use crate::command::OutputLine;
 use crate::config::ClusterConfig;
 use crate::runtime::RuntimeRegistry;
-use crate::updater::UpdaterOptions;
+use crate::updater::{NodeBootstrap, UpdaterOptions};
 
 /// How a [`ManagedCluster`](super::ManagedCluster) runs, besides its config and provider.
 #[derive(Debug, Clone)]
@@ -36,6 +36,10 @@ pub struct ClusterSettings {
     pub output: Option<mpsc::UnboundedSender<OutputLine>>,
     /// The runtimes nodes run (their commands join node setup); default: none.
     pub runtimes: Arc<RuntimeRegistry>,
+    /// Installs the node program on the head (and `redis-server`) where missing or of
+    /// another build, and has the head do so on workers with its own program; `None`:
+    /// nodes come with them (the virtual provider mounts this machine's program).
+    pub bootstrap: Option<NodeBootstrap>,
 }
 
 impl ClusterSettings {
@@ -55,7 +59,16 @@ impl ClusterSettings {
             progress: None,
             output: None,
             runtimes: Arc::new(RuntimeRegistry::new()),
+            bootstrap: None,
         }
+    }
+
+    /// Installs the node program and the head's packages on stock nodes (see
+    /// [`ClusterSettings::bootstrap`]).
+    #[must_use]
+    pub fn with_bootstrap(mut self, bootstrap: NodeBootstrap) -> Self {
+        self.bootstrap = Some(bootstrap);
+        self
     }
 
     /// Sets the runtimes whose commands join node setup (the registry the config was

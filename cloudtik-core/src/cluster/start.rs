@@ -20,7 +20,7 @@ use crate::operations::StartOptions;
 use crate::provider::{LaunchRequest, NodeProvider, NodeProviderExt, new_launch_token};
 use crate::runtime::NodeRuntimes;
 use crate::state::{StateStore, StateStoreExt};
-use crate::updater::{NodeRunners, NodeUpdater, UpdatePlan};
+use crate::updater::{NodePackage, NodeRunners, NodeUpdater, UpdatePlan};
 
 impl ManagedCluster {
     pub(super) fn head_launch_tags(&self, hash: &str) -> Tags {
@@ -167,6 +167,7 @@ impl ManagedCluster {
             ssh_public_key: Some(layout.public_key_file().into()),
             known_hosts: Some(layout.known_hosts_file().into()),
             node_binary: Some(self.settings.node_binary.clone()),
+            install_node_program: self.settings.bootstrap.is_some().then_some(true),
             controller_interval_s: Some(self.settings.controller_interval.as_secs_f64()),
             heartbeat_timeout_s: Some(self.settings.heartbeat_timeout.as_secs_f64()),
             ..Default::default()
@@ -238,6 +239,10 @@ impl ManagedCluster {
         )?;
         if options.restart_only {
             plan.setup_commands.clear();
+        }
+        if let Some(b) = &self.settings.bootstrap {
+            // The head runs the state store: redis-server from the distribution.
+            plan.bootstrap = Some(b.clone().with_package(NodePackage::new("redis-server")));
         }
         if options.no_restart {
             plan.start_commands.clear();

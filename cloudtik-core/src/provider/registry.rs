@@ -112,10 +112,21 @@ pub trait ProviderFactory: Debug + Send + Sync + 'static {
     }
 
     /// Where the node program (`cloudtik-node`) is on the cluster's nodes. Default:
-    /// `cloudtik-node` on the `PATH`.
+    /// [`DEFAULT_INSTALL_PATH`](crate::updater::bootstrap::DEFAULT_INSTALL_PATH), where
+    /// setup installs it.
     fn node_binary_on_nodes(&self, config: &ClusterConfig) -> String {
         let _ = config;
-        "cloudtik-node".to_string()
+        crate::updater::bootstrap::DEFAULT_INSTALL_PATH.to_string()
+    }
+
+    /// Whether setup installs the node program (and the head's `redis-server`) on nodes
+    /// that lack them or hold another build, as on a cloud's stock images (see
+    /// [`NodeBootstrap`](crate::updater::NodeBootstrap)). Default: true. A provider
+    /// whose nodes come with them (the virtual provider mounts this machine's program
+    /// into nodes of an image with redis) says false.
+    fn installs_node_program(&self, config: &ClusterConfig) -> bool {
+        let _ = config;
+        true
     }
 
     /// For a provider that copies or mounts the node program from this machine into
@@ -238,6 +249,13 @@ impl ProviderRegistry {
     ) -> Result<()> {
         self.get(&config.provider.provider_type)?
             .use_local_node_binary(config, find)
+    }
+
+    /// [`ProviderFactory::installs_node_program`] of the config's provider.
+    pub fn installs_node_program(&self, config: &ClusterConfig) -> Result<bool> {
+        Ok(self
+            .get(&config.provider.provider_type)?
+            .installs_node_program(config))
     }
 
     /// [`ProviderFactory::node_binary_on_nodes`] of the config's provider.

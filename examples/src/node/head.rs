@@ -137,10 +137,11 @@ impl HeadController for ClusterController {
             auth.ssh_private_key = Some(key.display().to_string());
         }
         let ssh = SshOptions::from_auth(&auth, known_hosts)?;
-        let layout = NodeLayout::new(
-            &ssh.user,
-            boot.node_binary.clone().unwrap_or_else(|| "cloudtik-node".into()),
-        );
+        let layout_binary = boot
+            .node_binary
+            .clone()
+            .unwrap_or_else(|| cloudtik_core::updater::bootstrap::DEFAULT_INSTALL_PATH.into());
+        let layout = NodeLayout::new(&ssh.user, layout_binary.clone());
         let password = boot.redis_password.clone().unwrap_or_default();
         // The built-in runtimes, plus those the program that started the cluster
         // registered (sent as data next to the cluster config).
@@ -182,6 +183,16 @@ impl HeadController for ClusterController {
             password,
         )
         .with_runtimes(registry);
+        // Workers from stock images get this program (the head's own build).
+        let setup = if boot.install_node_program == Some(true) {
+            let binary = cloudtik_core::updater::NodeBinary::current_exe()?;
+            setup.with_bootstrap(cloudtik_core::updater::NodeBootstrap::new(
+                cloudtik_core::updater::NodeBootstrap::install_path_for(layout_binary.as_str()),
+                binary,
+            ))
+        } else {
+            setup
+        };
         let mut cc = ControllerConfig::default();
         if let Some(s) = boot.controller_interval_s.filter(|s| *s > 0.0) {
             cc = cc.with_update_interval(Duration::from_secs_f64(s));

@@ -10,6 +10,7 @@ use cloudtik_core::cluster::{ClusterDir, ClusterLock, ClusterSettings, ManagedCl
 use cloudtik_core::command::OutputStream;
 use cloudtik_core::config::ClusterConfig;
 use cloudtik_core::operations::{ExecOptions, NodeTarget, ScaleRequest, StartOptions, StopOptions};
+use cloudtik_core::updater::{NodeBinary, NodeBootstrap};
 use cloudtik_core::{Cluster, Error, ErrorKind, NodeKind, Resources, Result};
 use cloudtik_providers::{ProviderPlace, ProviderRegistry};
 
@@ -394,6 +395,10 @@ async fn open_prepared(
     if let Some(p) = progress {
         settings = settings.with_progress(p.sender()).with_output(p.output());
     }
+    if providers.installs_node_program(&config)? && launches == Launches::Yes {
+        let bootstrap = node_bootstrap(&settings.node_binary)?;
+        settings = settings.with_bootstrap(bootstrap);
+    }
     Ok(ManagedCluster::new(config, provider, settings))
 }
 
@@ -418,6 +423,33 @@ async fn forget_failed_start(cluster: &ManagedCluster, file: &Path) {
             file.display()
         ),
     }
+}
+
+/// Environment variables naming a `cloudtik-node` for another CPU architecture:
+/// `CLOUDTIK_NODE_BINARY_<ARCH>` (`CLOUDTIK_NODE_BINARY_AARCH64`).
+const NODE_BINARY_ENV_PREFIX: &str = "CLOUDTIK_NODE_BINARY_";
+
+/// What setup installs on stock nodes: this build's `cloudtik-node` (next to this
+/// program), plus programs for other architectures from `CLOUDTIK_NODE_BINARY_<ARCH>`.
+fn node_bootstrap(node_binary: &str) -> Result<NodeBootstrap> {
+    let mut b = NodeBootstrap::new(
+        NodeBootstrap::install_path_for(node_binary),
+        NodeBinary::local(sibling_node_binary()?),
+    );
+    for (key, value) in std::env::vars_os() {
+        let Some(arch) = key.to_str().and_then(|k| k.strip_prefix(NODE_BINARY_ENV_PREFIX)) else {
+            continue;
+        };
+        let path = PathBuf::from(value);
+        if !path.is_file() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("{key:?} names {}, which is not a file", path.display()),
+            ));
+        }
+        b = b.with_binary(NodeBinary::for_arch(path, arch.to_ascii_lowercase()));
+    }
+    Ok(b)
 }
 
 /// The `cloudtik-node` next to this program (what `cargo build` puts there).

@@ -9,6 +9,10 @@
 //! * **waiting-for-ssh**: `uptime` on the node (10 s timeout) every 5 s until it answers,
 //!   up to a deadline (900 s). Refused connections, time-outs and failed logins are
 //!   retried; a changed host key or a node that is gone ends the wait at once.
+//! * **bootstrap** (full updates of a plan with a [`NodeBootstrap`], every time): the
+//!   node program and the core's packages are installed where missing or of another
+//!   build (see [`bootstrap`]); the status is `setting-up` while anything is installed.
+//!   Errors name the phase `bootstrapping` and the `step`.
 //! * When the node's `cloudtik-runtime-config` and `cloudtik-file-mounts-contents` tags
 //!   already match the plan's hashes (and, in container mode, the container runs), file
 //!   sync and setup are skipped: only the start commands run.
@@ -43,6 +47,9 @@ use crate::config::{ClusterConfig, ClusterOptions, CommandPhase, runtime_hashes}
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::{NodeInfo, NodeKind, NodeStatus, Tags, tags};
 use crate::provider::{NodeProvider, NodeProviderExt};
+
+pub mod bootstrap;
+pub use bootstrap::{NodeBinary, NodeBootstrap, NodePackage};
 
 /// Longest `cloudtik-last-error` tag value written (cloud tag values are limited; AWS: 256).
 pub const MAX_LAST_ERROR_LEN: usize = 250;
@@ -121,6 +128,8 @@ pub struct UpdatePlan {
     pub runtime_hash: String,
     /// The file-mount contents hash (`cloudtik-file-mounts-contents`).
     pub file_mounts_contents_hash: String,
+    /// What to install on the node before anything else (none: the image has it).
+    pub bootstrap: Option<NodeBootstrap>,
 }
 
 impl UpdatePlan {
@@ -167,6 +176,7 @@ impl UpdatePlan {
             env,
             runtime_hash: hashes.runtime_hash,
             file_mounts_contents_hash: hashes.file_mounts_contents_hash,
+            bootstrap: None,
         })
     }
 
@@ -209,6 +219,13 @@ impl UpdatePlan {
     #[must_use]
     pub fn with_env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
         self.env.insert(k.into(), v.into());
+        self
+    }
+
+    /// Installs the node program and packages first (see [`bootstrap`]).
+    #[must_use]
+    pub fn with_bootstrap(mut self, bootstrap: NodeBootstrap) -> Self {
+        self.bootstrap = Some(bootstrap);
         self
     }
 
@@ -391,6 +408,7 @@ impl<F: RunnerFactory> Debug for NodeUpdater<F> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     WaitingForSsh,
+    Bootstrapping,
     SyncingFiles,
     SettingUp,
     Starting,
@@ -400,6 +418,7 @@ impl Phase {
     fn as_str(self) -> &'static str {
         match self {
             Phase::WaitingForSsh => "waiting-for-ssh",
+            Phase::Bootstrapping => "bootstrapping",
             Phase::SyncingFiles => "syncing-files",
             Phase::SettingUp => "setting-up",
             Phase::Starting => "start-commands",
@@ -491,6 +510,30 @@ impl<F: RunnerFactory> NodeUpdater<F> {
                 setup_ran: false,
                 commands_run,
             });
+        }
+
+        if let Some(bootstrap) = &self.plan.bootstrap {
+            *phase = Phase::Bootstrapping;
+            let (facts, plan) = bootstrap.probe(&self.node_id, &*runners.host).await?;
+            if !plan.is_empty() {
+                self.set_status(NodeStatus::SettingUp).await?;
+                let done = bootstrap
+                    .apply(
+                        &self.node_id,
+                        &*runners.host,
+                        &facts,
+                        &plan,
+                        self.options.output.as_ref(),
+                    )
+                    .await?;
+                tracing::info!(
+                    node = %self.node_id,
+                    packages = ?done.packages,
+                    from = done.binary_from.as_deref().unwrap_or("none"),
+                    installed = done.binary_installed.as_deref().unwrap_or("kept"),
+                    "bootstrapped the node"
+                );
+            }
         }
 
         let hashes_match = node.tag(tags::RUNTIME_CONFIG) == Some(self.plan.runtime_hash.as_str())
