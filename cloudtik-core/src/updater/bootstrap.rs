@@ -262,7 +262,7 @@ impl NodeBootstrap {
             .run_checked(
                 &CommandSpec::new(self.probe_command())
                     .timeout(Some(Duration::from_secs(120)))
-                    .run_env(RunEnv::Host),
+                    .run_env(RunEnv::Auto),
             )
             .await
             .map_err(step)?;
@@ -308,7 +308,7 @@ impl NodeBootstrap {
             );
             let mut spec = CommandSpec::new(script)
                 .timeout(Some(Duration::from_secs(900)))
-                .run_env(RunEnv::Host);
+                .run_env(RunEnv::Auto);
             if let Some(tx) = output {
                 spec = spec.stream_to(tx.clone());
             }
@@ -348,7 +348,7 @@ impl NodeBootstrap {
                 .run_checked(
                     &CommandSpec::new(script)
                         .timeout(Some(Duration::from_secs(120)))
-                        .run_env(RunEnv::Host),
+                        .run_env(RunEnv::Auto),
                 )
                 .await
                 .map_err(|e| {
