@@ -10,7 +10,9 @@ use cloudtik_core::command::{
 use cloudtik_core::node::tags;
 use cloudtik_core::testing::FakeProvider;
 use cloudtik_core::testing::docker::{IMAGE_MARKER, TestImage, docker_available};
-use cloudtik_core::updater::{NodeRunners, NodeUpdater, UpdatePlan, UpdaterOptions};
+use cloudtik_core::updater::{
+    NodeBinary, NodeBootstrap, NodeRunners, NodeUpdater, UpdatePlan, UpdaterOptions,
+};
 use cloudtik_core::{LaunchRequest, NodeInfo, NodeProvider, NodeProviderExt, NodeStatus, Tags};
 
 fn spec(image: &TestImage, suffix: &str, staging: &std::path::Path) -> ContainerSpec {
@@ -221,7 +223,14 @@ async fn the_updater_sets_up_a_container_node_and_notices_a_missing_container() 
     let mount_src = dir.path().join("conf");
     std::fs::create_dir_all(&mount_src).unwrap();
     std::fs::write(mount_src.join("app.conf"), "x=1\n").unwrap();
+    // The node program to install in the container (a script standing in for it).
+    let program = dir.path().join("fake-node");
+    std::fs::write(&program, "#!/bin/sh\necho fake-node 1.0\n").unwrap();
     let plan = UpdatePlan::default()
+        .with_bootstrap(NodeBootstrap::new(
+            "/usr/local/bin/fake-node",
+            NodeBinary::local(&program),
+        ))
         .with_initialization_commands([format!("touch {}", host_marker.display())])
         .with_setup_commands(["cat /root/conf/app.conf > /root/setup-ran"])
         .with_start_commands(["echo started >> /root/starts"])
@@ -241,6 +250,12 @@ async fn the_updater_sets_up_a_container_node_and_notices_a_missing_container() 
     );
     let n = provider.node(&id).await.unwrap().unwrap();
     assert_eq!(n.status(), Some(NodeStatus::UpToDate));
+    // Container mode: the node program went into the container, not onto the host.
+    assert_eq!(
+        container.run_output("/usr/local/bin/fake-node").await.unwrap(),
+        "fake-node 1.0\n"
+    );
+    assert!(!std::path::Path::new("/usr/local/bin/fake-node").exists());
 
     // Hashes match and the container runs: start commands only.
     assert!(!updater.update().await.unwrap().setup_ran);

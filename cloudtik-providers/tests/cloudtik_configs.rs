@@ -264,15 +264,14 @@ fn default_node_types_join_a_config_that_names_others_and_say_so() {
 }
 
 #[test]
-fn container_mode_is_refused_naming_docker_enabled() {
+fn container_mode_needs_an_image_per_node_type() {
     let base = "cluster_name: c\nworkspace_name: w\nprovider: {type: virtual}\n";
     let e = loader()
-        .check_cluster_str("c.yaml", &format!("{base}docker:\n  enabled: true\n  image: x\n"))
+        .check_cluster_str("c.yaml", &format!("{base}docker:\n  enabled: true\n"))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-    assert_eq!(e.location().unwrap().path, "docker.enabled");
-    assert_eq!(e.location().unwrap().line, Some(5));
-    assert!(e.message().contains("not available yet"), "{e}");
+    assert_eq!(e.location().unwrap().path, "docker.image");
+    assert!(e.message().contains("needs the image"), "{e}");
     let e = loader()
         .check_cluster_str(
             "c.yaml",
@@ -281,8 +280,43 @@ fn container_mode_is_refused_naming_docker_enabled() {
         .unwrap_err();
     assert_eq!(
         e.location().unwrap().path,
-        "available_node_types.\"worker.default\".docker.enabled"
+        "available_node_types.\"worker.default\".docker.image"
     );
+    // One node type in a container, with its own image; the head on its host.
+    let c = loader()
+        .load_cluster_str(
+            "c.yaml",
+            &format!(
+                "{base}docker:\n  worker_run_options: [--shm-size=1g]\navailable_node_types:\n  worker.default:\n    \
+                 docker: {{enabled: true, image: img}}\n"
+            ),
+        )
+        .unwrap();
+    assert!(c.container_mode("worker.default") && !c.container_mode("head.default"));
+    let w = c.docker_for("worker.default").unwrap();
+    assert_eq!(w.image.as_deref(), Some("img"));
+    assert_eq!(w.worker_run_options, vec!["--shm-size=1g"]);
+    let spec = cloudtik_core::cluster::container::container_spec(
+        &c,
+        cloudtik_core::NodeKind::Worker,
+        "worker.default",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(spec.run_command().contains("--shm-size=1g") && spec.run_command().contains(" img "));
+    assert!(
+        cloudtik_core::cluster::container::container_spec(&c, cloudtik_core::NodeKind::Head, "head.default")
+            .unwrap()
+            .is_none()
+    );
+    // A node type's docker key of the wrong shape names its path.
+    let e = loader()
+        .check_cluster_str(
+            "c.yaml",
+            &format!("{base}available_node_types:\n  worker.default:\n    docker: {{run_options: 3}}\n"),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("worker.default"), "{e}");
     // false, or an image alone, is fine (CloudTik's examples set docker.image).
     loader()
         .load_cluster_str(

@@ -347,10 +347,10 @@ fn cases(template_dir: &std::path::Path) -> Vec<Case> {
             "either before or after",
         ),
         case(
-            "docker enabled (container mode is not built)",
-            with_base("docker:\n  enabled: true\n  image: some/image\n"),
-            "docker.enabled",
-            "container execution mode is not available yet",
+            "docker enabled without an image",
+            with_base("docker:\n  enabled: true\n"),
+            "docker.image",
+            "needs the image",
         ),
         case(
             "docker enabled not a bool",

@@ -60,10 +60,11 @@ impl ManagedCluster {
         &self.settings
     }
 
-    /// The node layout (paths on nodes, core commands).
+    /// The head's layout (paths on the head, core commands); in container mode, inside
+    /// its container.
     pub fn layout(&self) -> NodeLayout {
         NodeLayout::new(
-            self.config.auth.ssh_user.as_deref().unwrap_or("root"),
+            super::container::layout_user(&self.config, &self.config.head_node_type),
             self.settings.node_binary.clone(),
         )
     }
@@ -129,13 +130,17 @@ impl ManagedCluster {
         SshOptions::from_auth(&self.config.auth, self.settings.dir.known_hosts())
     }
 
-    /// The runner of `node` ([`ssh_runner_for`](Self::ssh_runner_for)).
+    /// The runner of `node`: [`ssh_runner_for`](Self::ssh_runner_for), wrapped in the
+    /// node's container in container mode (see [`container`](super::container)).
     pub async fn runner_for(
         &self,
         node: &NodeInfo,
         head: Option<&NodeInfo>,
     ) -> Result<Arc<dyn CommandRunner>> {
-        Ok(self.ssh_runner_for(node, head).await?)
+        let ssh: Arc<dyn CommandRunner> = self.ssh_runner_for(node, head).await?;
+        let kind = node.kind().unwrap_or(NodeKind::Worker);
+        let node_type = node.node_type().unwrap_or_default();
+        Ok(super::container::node_runners(&self.config, kind, node_type, ssh)?.main())
     }
 
     /// The SSH runner of `node`, with the cluster's key and pinned host keys (cached:

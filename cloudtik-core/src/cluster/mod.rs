@@ -27,6 +27,7 @@
 //! no external one (the virtual provider), else through an SSH port forward to the head.
 
 #[cfg(feature = "ssh")]
+pub mod container;
 mod host_keys;
 mod layout;
 #[cfg(feature = "redis")]

@@ -104,18 +104,28 @@ impl SshNodeSetup {
         let node_type = node.node_type().unwrap_or_default();
         let mut plan = UpdatePlan::from_config(&self.config, NodeKind::Worker, node_type)?;
         let runtimes = NodeRuntimes::of(&self.runtimes, &self.config, node_type);
+        let layout = self.layout_for(node_type);
         crate::runtime::apply_to_plan(
             &mut plan,
             &runtimes,
             NodeKind::Worker,
-            vec![self.layout.agent_start_command()],
-            self.layout.node_binary(),
+            vec![layout.agent_start_command()],
+            layout.node_binary(),
         )?;
         for (k, v) in self.env_for(node) {
             plan.env.insert(k, v);
         }
         plan.bootstrap = self.bootstrap.clone();
         Ok(plan)
+    }
+
+    /// The layout of workers of `node_type`: root's in container mode.
+    fn layout_for(&self, node_type: &str) -> NodeLayout {
+        if self.config.container_mode(node_type) {
+            NodeLayout::new("root", self.layout.node_binary())
+        } else {
+            self.layout.clone()
+        }
     }
 
     fn env_for(&self, node: &NodeInfo) -> BTreeMap<String, String> {
@@ -143,6 +153,7 @@ impl NodeSetup for SshNodeSetup {
         // Pinned before the updater's first connection (from the provider where it can
         // tell the key); the updater's runners then accept only that key.
         let ssh = super::pinned_ssh_options(self.provider.as_ref(), node, self.ssh.clone()).await?;
+        let config = self.config.clone();
         let factory = move |n: &NodeInfo| -> Result<NodeRunners> {
             let ip = n.internal_ip.clone().ok_or_else(|| {
                 Error::new(
@@ -151,7 +162,13 @@ impl NodeSetup for SshNodeSetup {
                 )
             })?;
             let options = ssh.clone().with_host_key_alias(n.id.clone());
-            Ok(NodeRunners::host(Arc::new(SshRunner::new(ip, options)?)))
+            let host: Arc<dyn crate::command::CommandRunner> = Arc::new(SshRunner::new(ip, options)?);
+            super::container::node_runners(
+                &config,
+                n.kind().unwrap_or(NodeKind::Worker),
+                n.node_type().unwrap_or_default(),
+                host,
+            )
         };
         let options = self.options.clone().with_mode(match mode {
             SetupMode::Full => UpdateMode::Full,

@@ -259,11 +259,11 @@ impl ManagedCluster {
 
         let address = self.ssh_address(head)?;
         let ssh = pinned_ssh_options(self.provider.as_ref(), head, self.ssh_options()?).await?;
+        let config = self.config.clone();
         let factory = move |_: &NodeInfo| -> Result<NodeRunners> {
-            Ok(NodeRunners::host(Arc::new(SshRunner::new(
-                address.clone(),
-                ssh.clone(),
-            )?)))
+            let host: Arc<dyn crate::command::CommandRunner> =
+                Arc::new(SshRunner::new(address.clone(), ssh.clone())?);
+            super::container::node_runners(&config, NodeKind::Head, &config.head_node_type, host)
         };
         let mut updater_options = self.settings.updater.clone();
         if let Some(tx) = &self.settings.output {

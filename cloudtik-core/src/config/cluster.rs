@@ -408,6 +408,38 @@ impl ClusterConfig {
             .unwrap_or_else(|| self.max_workers())
     }
 
+    /// The `docker` section of `node_type`: its own `docker` keys merged over the global
+    /// section (a key it sets replaces the global one). An error names the node type's
+    /// `docker` path when its keys do not fit the section.
+    pub fn docker_for(&self, node_type: &str) -> crate::Result<DockerConfig> {
+        let Some(own) = self
+            .available_node_types
+            .get(node_type)
+            .and_then(|t| t.docker.as_ref())
+            .filter(|d| !d.is_empty())
+        else {
+            return Ok(self.docker.clone());
+        };
+        let mut merged = match serde_json::to_value(&self.docker) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for (k, v) in own {
+            merged.insert(k.clone(), v.clone());
+        }
+        serde_json::from_value(Value::Object(merged)).map_err(|e| {
+            crate::Error::config(
+                format!("available_node_types.{node_type}.docker"),
+                format!("does not fit the docker section: {e}"),
+            )
+        })
+    }
+
+    /// True when nodes of `node_type` run their commands in a container.
+    pub fn container_mode(&self, node_type: &str) -> bool {
+        self.docker_for(node_type).is_ok_and(|d| d.enabled)
+    }
+
     /// The commands of a phase for a node of `kind` and `node_type`, in order: the
     /// global list, then the head or worker list (a node type's own worker list
     /// replaces the global worker list), then for setup the bootstrap commands.

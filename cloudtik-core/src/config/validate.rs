@@ -2,7 +2,6 @@
 
 use super::cluster::ClusterConfig;
 use super::path::YamlPath;
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -148,21 +147,37 @@ pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
             "must be a port from 1 to 65535",
         ));
     }
-    // Container execution mode is not built yet: a config that asks for it would run its
-    // nodes in host mode without saying so.
-    const NO_CONTAINER_MODE: &str = "container execution mode is not available yet: nodes run \
-         their commands on the host; set `docker.enabled: false` (or leave it out)";
-    if c.docker.enabled {
-        return Err(at(
-            YamlPath::root().key("docker").key("enabled"),
-            NO_CONTAINER_MODE,
-        ));
-    }
+    // Container execution mode: every node type that runs in a container has an image
+    // for its kind.
     for (name, t) in &c.available_node_types {
-        if let Some(Value::Bool(true)) = t.docker.as_ref().and_then(|d| d.get("enabled")) {
+        let docker = c.docker_for(name)?;
+        if !docker.enabled {
+            continue;
+        }
+        let head = *name == c.head_node_type;
+        let image = if head {
+            &docker.head_image
+        } else {
+            &docker.worker_image
+        };
+        if image
+            .as_ref()
+            .or(docker.image.as_ref())
+            .is_none_or(|i| i.trim().is_empty())
+        {
+            let own = t.docker.as_ref().is_some_and(|d| d.contains_key("enabled"));
+            let path = if own {
+                node_type_path(name).key("docker").key("image")
+            } else {
+                YamlPath::root().key("docker").key("image")
+            };
             return Err(at(
-                node_type_path(name).key("docker").key("enabled"),
-                NO_CONTAINER_MODE,
+                path,
+                format!(
+                    "container mode (`docker.enabled: true`) needs the image node type `{name}` runs in: \
+                     set `docker.image` (or `docker.{}`)",
+                    if head { "head_image" } else { "worker_image" }
+                ),
             ));
         }
     }

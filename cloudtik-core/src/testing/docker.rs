@@ -1,8 +1,9 @@
 //! A tiny Docker image built locally for tests (no registry needed).
 //!
 //! [`TestImage::build`] assembles a root filesystem from this machine's own `sh`,
-//! `sleep`, `cat`, `mkdir`, `ls`, `rm`, `touch` and `env` plus the shared libraries `ldd`
-//! lists for them, and turns it into an image with `docker import`. Dropping the image
+//! `sleep`, `cat`, `mkdir`, `ls`, `rm`, `touch`, `env` and what the node bootstrap's
+//! probe and install use (`uname`, `id`, `sha256sum`, `cut`, `head`, `install`) plus the
+//! shared libraries `ldd` lists for them, and turns it into an image with `docker import`. Dropping the image
 //! removes every tag of its repository and every container whose name starts with its prefix.
 
 use std::fmt;
@@ -14,7 +15,22 @@ use std::process::{Command, Stdio};
 pub const IMAGE_MARKER: &str = "/ctk-test-image";
 
 /// Binaries copied into the test image.
-pub const IMAGE_BINARIES: &[&str] = &["sh", "sleep", "cat", "mkdir", "ls", "rm", "touch", "env"];
+pub const IMAGE_BINARIES: &[&str] = &[
+    "sh",
+    "sleep",
+    "cat",
+    "mkdir",
+    "ls",
+    "rm",
+    "touch",
+    "env",
+    "uname",
+    "id",
+    "sha256sum",
+    "cut",
+    "head",
+    "install",
+];
 
 /// True when the Docker engine answers (`docker info`). Under `CI=true` a missing engine
 /// panics with a clear message instead.

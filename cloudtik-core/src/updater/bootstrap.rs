@@ -144,11 +144,24 @@ fn sha256_of(path: &Path) -> Result<String> {
 
 /// A Debian package a node needs, present when its command is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodePackage {
     /// The package (`redis-server`).
     pub package: String,
     /// The command it provides (`redis-server`).
     pub command: String,
+    /// A daemon the package runs that must be up (Docker's engine).
+    pub service: Option<PackageService>,
+}
+
+/// A daemon a [`NodePackage`] runs: checked at every bootstrap, started when down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PackageService {
+    /// Succeeds when the daemon answers (run as the SSH user, then with `sudo -n`).
+    pub check: String,
+    /// Starts it (run as root).
+    pub start: String,
 }
 
 impl NodePackage {
@@ -158,6 +171,23 @@ impl NodePackage {
         NodePackage {
             command: package.clone(),
             package,
+            service: None,
+        }
+    }
+
+    /// Docker's engine (`docker.io`): `docker info` must answer; started with systemd
+    /// where the node runs it, else as a background `dockerd` (log in
+    /// `/var/log/cloudtik-dockerd.log`).
+    pub fn docker() -> Self {
+        NodePackage {
+            package: "docker.io".into(),
+            command: "docker".into(),
+            service: Some(PackageService {
+                check: "docker info".into(),
+                start: "if [ -d /run/systemd/system ]; then systemctl start docker; else \
+                        setsid nohup dockerd >/var/log/cloudtik-dockerd.log 2>&1 </dev/null & fi"
+                    .into(),
+            }),
         }
     }
 
@@ -191,6 +221,15 @@ impl NodeBootstrap {
         }
     }
 
+    /// Installs only `packages` (no node program).
+    pub fn packages_only(packages: impl IntoIterator<Item = NodePackage>) -> Self {
+        NodeBootstrap {
+            install_path: String::new(),
+            binaries: BTreeMap::new(),
+            packages: packages.into_iter().collect(),
+        }
+    }
+
     /// Where a node program named `node_binary` in the cluster's commands is installed:
     /// itself when absolute, else [`DEFAULT_INSTALL_PATH`]'s folder.
     pub fn install_path_for(node_binary: &str) -> String {
@@ -219,7 +258,6 @@ impl NodeBootstrap {
 
     /// The probe command (step 1).
     pub fn probe_command(&self) -> String {
-        let bin = shell_quote(&self.install_path);
         let mut s = String::from(
             "echo \"arch=$(uname -m)\"; echo \"user=$(id -un)\"; \
              if [ \"$(id -u)\" = 0 ]; then echo priv=root; \
@@ -228,16 +266,28 @@ impl NodeBootstrap {
              ( . /etc/os-release 2>/dev/null; echo \"os=${PRETTY_NAME:-${ID:-unknown}}\" ); \
              if command -v apt-get >/dev/null 2>&1; then echo apt=yes; else echo apt=no; fi; ",
         );
-        s.push_str(&format!(
-            "if [ -f {bin} ]; then echo \"bin_sha256=$(sha256sum {bin} | cut -d' ' -f1)\"; \
-             echo \"bin_version=$({bin} --version 2>&1 | head -n 1)\"; fi; "
-        ));
+        if !self.binaries.is_empty() {
+            let bin = shell_quote(&self.install_path);
+            s.push_str(&format!(
+                "if [ -f {bin} ]; then echo \"bin_sha256=$(sha256sum {bin} | cut -d' ' -f1)\"; \
+                 echo \"bin_version=$({bin} --version 2>&1 | head -n 1)\"; fi; "
+            ));
+        }
         for p in &self.packages {
             s.push_str(&format!(
-                "command -v {c} >/dev/null 2>&1 || [ -x /usr/sbin/{c} ] || [ -x /usr/bin/{c} ] || echo missing={p}; ",
+                "if command -v {c} >/dev/null 2>&1 || [ -x /usr/sbin/{c} ] || [ -x /usr/bin/{c} ]; then ",
                 c = shell_quote(&p.command),
-                p = shell_quote(&p.package),
             ));
+            match &p.service {
+                Some(svc) => s.push_str(&format!(
+                    "( {check} ) >/dev/null 2>&1 || ( sudo -n sh -c {qcheck} ) >/dev/null 2>&1 || echo down={p}; ",
+                    check = svc.check,
+                    qcheck = shell_quote(&svc.check),
+                    p = shell_quote(&p.package),
+                )),
+                None => s.push_str("true; "),
+            }
+            s.push_str(&format!("else echo missing={}; fi; ", shell_quote(&p.package)));
         }
         s.push_str("true");
         s
@@ -328,6 +378,42 @@ impl NodeBootstrap {
                     step(e, "install packages")
                 })?;
         }
+        for name in &plan.start {
+            let Some(svc) = self
+                .packages
+                .iter()
+                .find(|p| &p.package == name)
+                .and_then(|p| p.service.as_ref())
+            else {
+                continue;
+            };
+            let script = format!(
+                "{sudo}sh -c {start}; i=0; while [ $i -lt 60 ]; do \
+                 if ( {check} ) >/dev/null 2>&1 || ( sudo -n sh -c {qcheck} ) >/dev/null 2>&1; then exit 0; fi; \
+                 i=$((i+1)); sleep 1; done; echo \"{name} did not answer within 60 s\" >&2; exit 1",
+                start = shell_quote(&svc.start),
+                check = svc.check,
+                qcheck = shell_quote(&svc.check),
+            );
+            runner
+                .run_checked(
+                    &CommandSpec::new(script)
+                        .timeout(Some(Duration::from_secs(120)))
+                        .run_env(RunEnv::Auto),
+                )
+                .await
+                .map_err(|e| {
+                    let e = Error::new(
+                        e.kind(),
+                        format!(
+                            "the {name} daemon on node {node} does not start (`{}` fails); see its log on the node",
+                            svc.check
+                        ),
+                    )
+                    .with_source(e);
+                    step(e, "start service")
+                })?;
+        }
         if let Some(binary) = &plan.binary {
             let sha = binary
                 .sha256()
@@ -410,6 +496,8 @@ pub struct NodeFacts {
     pub binary_version: Option<String>,
     /// Packages whose commands are missing.
     pub missing: Vec<String>,
+    /// Packages present whose daemon does not answer.
+    pub down: Vec<String>,
 }
 
 impl NodeFacts {
@@ -433,6 +521,7 @@ impl NodeFacts {
                 "bin_sha256" if !v.is_empty() => f.binary_sha256 = Some(v),
                 "bin_version" => f.binary_version = Some(v),
                 "missing" => f.missing.push(v),
+                "down" => f.down.push(v),
                 _ => {}
             }
         }
@@ -448,14 +537,16 @@ pub struct BootstrapPlan {
     pub packages: Vec<String>,
     /// The program to install, if any.
     pub binary: Option<NodeBinary>,
+    /// Packages whose daemon to start (down, or installed now).
+    pub start: Vec<String>,
     /// Installing needs `sudo -n`.
     pub sudo: bool,
 }
 
 impl BootstrapPlan {
-    /// True when nothing is to be installed.
+    /// True when nothing is to be installed or started.
     pub fn is_empty(&self) -> bool {
-        self.packages.is_empty() && self.binary.is_none()
+        self.packages.is_empty() && self.binary.is_none() && self.start.is_empty()
     }
 }
 
@@ -470,6 +561,7 @@ pub fn decide(
 ) -> Result<BootstrapPlan> {
     let step = |e: Error| e.with_context("step", "probe");
     let binary = match bootstrap.binaries.get(&facts.arch) {
+        None if bootstrap.binaries.is_empty() => None,
         Some(b) => {
             let same = facts.binary_sha256.is_some() && facts.binary_sha256.as_deref() == wanted_sha256;
             (!same).then(|| b.clone())
@@ -513,7 +605,13 @@ pub fn decide(
             ),
         )));
     }
-    let needs_root = !packages.is_empty() || binary.is_some();
+    let start: Vec<String> = bootstrap
+        .packages
+        .iter()
+        .filter(|p| p.service.is_some() && (packages.contains(&p.package) || facts.down.contains(&p.package)))
+        .map(|p| p.package.clone())
+        .collect();
+    let needs_root = !packages.is_empty() || binary.is_some() || !start.is_empty();
     if needs_root && !facts.root && !facts.sudo {
         let mut what = packages.clone();
         if binary.is_some() {
@@ -533,6 +631,7 @@ pub fn decide(
     Ok(BootstrapPlan {
         packages,
         binary,
+        start,
         sudo: needs_root && !facts.root,
     })
 }

@@ -150,12 +150,13 @@ impl UpdatePlan {
             })
             .collect();
         let mut initialization_commands = config.commands(CommandPhase::Initialization, kind, node_type);
-        if config.docker.enabled {
-            initialization_commands.extend(config.docker.initialization_commands.iter().cloned());
+        let docker = config.docker_for(node_type)?;
+        if docker.enabled {
+            initialization_commands.extend(docker.initialization_commands.iter().cloned());
             initialization_commands.extend(
                 match kind {
-                    NodeKind::Head => &config.docker.head_initialization_commands,
-                    _ => &config.docker.worker_initialization_commands,
+                    NodeKind::Head => &docker.head_initialization_commands,
+                    _ => &docker.worker_initialization_commands,
                 }
                 .iter()
                 .cloned(),
@@ -512,29 +513,19 @@ impl<F: RunnerFactory> NodeUpdater<F> {
             });
         }
 
+        // Host mode: the node program and packages on the host. Container mode: Docker
+        // on the host now, the rest in the container once it runs.
+        let container_mode = runners.container.is_some();
         if let Some(bootstrap) = &self.plan.bootstrap {
             *phase = Phase::Bootstrapping;
-            let (facts, plan) = bootstrap.probe(&self.node_id, &*runners.host).await?;
-            if !plan.is_empty() {
-                self.set_status(NodeStatus::SettingUp).await?;
-                let done = bootstrap
-                    .apply(
-                        &self.node_id,
-                        &*runners.host,
-                        &facts,
-                        &plan,
-                        self.options.output.as_ref(),
-                    )
-                    .await?;
-                tracing::info!(
-                    node = %self.node_id,
-                    packages = ?done.packages,
-                    from = done.binary_from.as_deref().unwrap_or("none"),
-                    installed = done.binary_installed.as_deref().unwrap_or("kept"),
-                    "bootstrapped the node"
-                );
+            if container_mode {
+                let docker = NodeBootstrap::packages_only([NodePackage::docker()]);
+                self.bootstrap(&docker, &*runners.host).await?;
+            } else {
+                self.bootstrap(bootstrap, &*runners.host).await?;
             }
         }
+        let mut container_bootstrapped = false;
 
         let hashes_match = node.tag(tags::RUNTIME_CONFIG) == Some(self.plan.runtime_hash.as_str())
             && node.tag(tags::FILE_MOUNTS_CONTENTS) == Some(self.plan.file_mounts_contents_hash.as_str());
@@ -546,13 +537,15 @@ impl<F: RunnerFactory> NodeUpdater<F> {
         if setup {
             *phase = Phase::SyncingFiles;
             self.set_status(NodeStatus::SyncingFiles).await?;
-            // File mounts go to the host first: the container may not run yet; in
-            // container mode they are copied in again once it runs.
-            for (remote, local) in &self.plan.file_mounts {
-                runners
-                    .host
-                    .upload(local, remote, &self.plan.sync_options)
-                    .await?;
+            // Host mode: file mounts go to the host. Container mode: into the container
+            // once it runs.
+            if !container_mode {
+                for (remote, local) in &self.plan.file_mounts {
+                    runners
+                        .host
+                        .upload(local, remote, &self.plan.sync_options)
+                        .await?;
+                }
             }
 
             *phase = Phase::SettingUp;
@@ -566,7 +559,25 @@ impl<F: RunnerFactory> NodeUpdater<F> {
                 )
                 .await?;
             if let Some(container) = &runners.container {
-                container.start_container().await?;
+                container.start_container().await.map_err(|e| {
+                    let image = container.spec().image.clone();
+                    let hint = Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot start the container from image {image} on node {}: the node's Docker \
+                             must have the image or pull it; load it in `docker.initialization_commands` \
+                             (`docker load -i <file>`) or push it to a registry the node reaches",
+                            self.node_id
+                        ),
+                    );
+                    hint.with_source(e).with_context("step", "start container")
+                })?;
+                if let Some(bootstrap) = &self.plan.bootstrap {
+                    *phase = Phase::Bootstrapping;
+                    self.bootstrap(bootstrap, &**container).await?;
+                    container_bootstrapped = true;
+                    *phase = Phase::SettingUp;
+                }
                 for (remote, local) in &self.plan.file_mounts {
                     container.upload(local, remote, &self.plan.sync_options).await?;
                 }
@@ -579,6 +590,14 @@ impl<F: RunnerFactory> NodeUpdater<F> {
                     RunEnv::Auto,
                 )
                 .await?;
+        }
+
+        if container_mode
+            && !container_bootstrapped
+            && let Some(bootstrap) = &self.plan.bootstrap
+        {
+            *phase = Phase::Bootstrapping;
+            self.bootstrap(bootstrap, &*main).await?;
         }
 
         *phase = Phase::Starting;
@@ -596,6 +615,27 @@ impl<F: RunnerFactory> NodeUpdater<F> {
             setup_ran: setup,
             commands_run,
         })
+    }
+
+    /// Runs `bootstrap` through `runner` (setting `setting-up` when it installs anything).
+    async fn bootstrap(&self, bootstrap: &NodeBootstrap, runner: &dyn CommandRunner) -> Result<()> {
+        let (facts, plan) = bootstrap.probe(&self.node_id, runner).await?;
+        if plan.is_empty() {
+            return Ok(());
+        }
+        self.set_status(NodeStatus::SettingUp).await?;
+        let done = bootstrap
+            .apply(&self.node_id, runner, &facts, &plan, self.options.output.as_ref())
+            .await?;
+        tracing::info!(
+            node = %self.node_id,
+            on = %runner.describe(),
+            packages = ?done.packages,
+            from = done.binary_from.as_deref().unwrap_or("none"),
+            installed = done.binary_installed.as_deref().unwrap_or("kept"),
+            "bootstrapped the node"
+        );
+        Ok(())
     }
 
     async fn finish(&self, write_hashes: bool) -> Result<()> {

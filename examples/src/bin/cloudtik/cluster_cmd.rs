@@ -862,6 +862,21 @@ pub(crate) async fn run(cmd: ClusterCommand) -> Result<u8> {
             }
             line.push(' ');
             line.push_str(runner.host());
+            // Container mode: the shell is the container's.
+            let kind = node.kind().unwrap_or(NodeKind::Worker);
+            if let Some(spec) = cloudtik_core::cluster::container::container_spec(
+                cluster.config(),
+                kind,
+                node.node_type().unwrap_or_default(),
+            )? {
+                let inner = format!(
+                    "{} exec -it {} sh -c 'command -v bash >/dev/null && exec bash -l || exec sh -l'",
+                    spec.docker_command,
+                    cloudtik_core::command::shell_quote(&spec.name)
+                );
+                line.push(' ');
+                line.push_str(&cloudtik_core::command::shell_quote(&inner));
+            }
             let status = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(&line)
