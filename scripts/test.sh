@@ -27,6 +27,9 @@ fi
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
 
+step "cloud twin image (stock-like instances of the twin tests, examples/tests/twin/)"
+scripts/build-twin-image.sh
+
 step "cargo test (all features)"
 cargo test --workspace --all-features --locked 2>&1 | tee "$CARGO_TARGET_DIR/test-output.log"
 

@@ -104,7 +104,7 @@ pub fn counts(calls: &[Call]) -> BTreeMap<String, usize> {
 }
 
 /// Reads one HTTP request (head and `Content-Length` body); `None` at end of stream.
-async fn read_request(stream: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
+pub async fn read_request(stream: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let head_end = loop {
@@ -133,7 +133,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
     Some((buf, head_end))
 }
 
-fn param<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+pub fn param<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     body.split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
@@ -154,7 +154,7 @@ fn classify(body: &str) -> Option<Describe> {
 }
 
 /// `request` with `MinCount` raised to `MaxCount` and `Content-Length` fixed.
-fn raise_min_count(request: Vec<u8>, head_end: usize) -> Vec<u8> {
+pub fn raise_min_count(request: Vec<u8>, head_end: usize) -> Vec<u8> {
     let body = String::from_utf8_lossy(&request[head_end..]).to_string();
     let Some(max) = param(&body, "MaxCount").map(str::to_string) else {
         return request;
