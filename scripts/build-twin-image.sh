@@ -7,7 +7,7 @@
 #
 # The cloud twin test harness (examples/tests/twin/) runs one container of this image per
 # instance a fake cloud API launches. The image stands in for a stock cloud image (an
-# Ubuntu or Debian AMI): a Debian root with sshd and sudo only. There is NO cloudtik
+# Ubuntu or Debian AMI): a Debian root with sshd (and its sftp server) and sudo only. There is NO cloudtik
 # software, no redis, no rsync and no python in it: whatever CloudTik needs on a node it
 # must install itself, as on a real cloud.
 #
@@ -36,7 +36,9 @@
 set -euo pipefail
 
 SUITE=bookworm
-PACKAGES=openssh-server,sudo
+# openssh-sftp-server: every Debian and Ubuntu cloud image has it (sshd_config names it as
+# the sftp subsystem); it is how files reach a node without rsync.
+PACKAGES=openssh-server,openssh-sftp-server,sudo
 IMAGE_REPO=${IMAGE_REPO:-cloudtik-twin}
 
 self="${BASH_SOURCE[0]}"

@@ -63,6 +63,13 @@ async fn runs_commands_with_env_output_and_exit_status_and_pins_the_host_key() {
     assert_eq!(out.exit_code, Some(3));
     assert_eq!(out.stdout, "hello it's me\n");
     assert_eq!(out.stderr, "oops\n");
+    // Status 127 (no such program) is the command's failure, not a broken connection.
+    let out = r
+        .run(&CommandSpec::new("no-such-program-cloudtik"))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(127));
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
 
     let known = std::fs::read_to_string(f.known_hosts()).unwrap();
     assert!(

@@ -574,6 +574,10 @@ impl SshRunner {
                 }
                 None
             }
+            // openssh reports exit status 127 as an error ("remote command not found"):
+            // it is the command's status (the shell found no such program, or dash's
+            // `command -v` found nothing), a failed command like any other.
+            Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Some(127),
             Err(e) => {
                 drop(conn);
                 self.drop_if_dead().await;

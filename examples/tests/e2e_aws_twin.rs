@@ -1,0 +1,280 @@
+//! A whole cluster on AWS, end to end, on this machine: the `cloudtik` CLI against the
+//! AWS cloud twin (`tests/twin/`: moto behind a proxy that makes every EC2 instance a
+//! container of a stock Debian image with sshd and sudo only, at its private IP).
+//!
+//! `workspace create` -> `start` (the head is bootstrapped over SSH: this build's
+//! `cloudtik-node` uploaded, `redis-server` from Debian's packages; then set up with the
+//! Spark runtime) -> the head's controller launches the minimum worker through the twin's
+//! EC2 API, bootstraps it with its own program, sets it up, and it heartbeats and
+//! registers with the Spark master -> `scale --workers 2` -> a worker instance
+//! terminated behind the cluster's back (EC2 `TerminateInstances`) is replaced ->
+//! `start` again with an older `cloudtik-node` put on the head: it is upgraded ->
+//! `stop` -> `workspace delete` -> no instance, container, VPC or key pair is left
+//! running.
+//!
+//! The instances share the package cache of the end-to-end tests
+//! (`~/.cloudtik/package-cache`, as the virtual provider's nodes do), so a warm run
+//! downloads nothing. Needs Docker, debootstrap (the twin image) and moto; without them
+//! the test fails under `CI=true` and is skipped (saying so) otherwise.
+#![cfg(feature = "aws")]
+
+mod twin;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use twin::PackageCache;
+use twin::aws::{AwsTwin, AwsTwinOptions};
+
+const CLOUDTIK: &str = env!("CARGO_BIN_EXE_cloudtik");
+
+/// moto's Ubuntu Deep Learning AMI (any AMI moto knows will do: the twin runs its own image).
+const AMI: &str = "ami-dca37ea5";
+
+struct Cli {
+    dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl Cli {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(CLOUDTIK);
+        c.env("CLOUDTIK_HOME", self.dir.path().join("home"))
+            .env("CLOUDTIK_LOG", "warn")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let start = Instant::now();
+        let out = self.cmd().args(args).output().expect("cloudtik runs");
+        eprintln!("TIMING cloudtik {} took {:.1} s", args[0], start.elapsed().as_secs_f64());
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn run_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "cloudtik {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn status(&self, file: &Path) -> Value {
+        let out = self.run_ok(&["status", file.to_str().unwrap(), "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// The nodes of `status --json` as (kind, status, ip, instance id).
+fn nodes(status: &Value) -> Vec<(String, String, String, String)> {
+    status["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            (s("kind"), s("status"), s("internal_ip"), s("id"))
+        })
+        .collect()
+}
+
+/// Workers up to date with a heartbeat.
+fn live_workers(status: &Value) -> Vec<(String, String)> {
+    status["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n["kind"] == "worker" && n["status"] == "up-to-date" && n["heartbeat_age_secs"].as_f64().is_some_and(|a| a < 30.0))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_string(),
+                n["internal_ip"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            eprintln!("TIMING {what}: {:.1} s", start.elapsed().as_secs_f64());
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The JSON of `http://host:port/path`, if it answers.
+fn get_json(host: &str, port: u16, path: &str) -> Option<Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&format!("{host}:{port}").parse().ok()?, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+/// Spark workers ALIVE at the master on the head.
+fn spark_workers(head_ip: &str) -> Vec<String> {
+    get_json(head_ip, 8080, "/json/")
+        .and_then(|m| m["workers"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|w| w["state"] == "ALIVE")
+        .map(|w| w["host"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn package_cache() -> PackageCache {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    PackageCache::new(home.join(".cloudtik/package-cache")).expect("the package cache folder")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
+    let options = AwsTwinOptions {
+        package_cache: Some(package_cache()),
+        ..AwsTwinOptions::default()
+    };
+    let Some(twin) = AwsTwin::start(None, options).await else {
+        return;
+    };
+    let working_vpc = twin.create_working_vpc().await;
+    let cli = Cli {
+        dir: tempfile::tempdir().unwrap(),
+        endpoint: twin.endpoint_url().to_string(),
+    };
+    let id = std::process::id() % 100_000;
+    let ws = format!("twin-ws-{id}");
+    let provider = format!(
+        "provider:\n  type: aws\n  region: us-east-1\n  endpoint_url: {}\n  use_internal_ips: true\n  \
+         working_vpc_id: {working_vpc}\n",
+        cli.endpoint
+    );
+    let ws_file = cli.file("workspace.yaml", &format!("workspace_name: {ws}\n{provider}"));
+    let cluster_file = cli.file(
+        "cluster.yaml",
+        &format!(
+            "cluster_name: twin{id}\nworkspace_name: {ws}\n{provider}auth:\n  ssh_user: ubuntu\n\
+             max_workers: 3\nidle_timeout_minutes: 10\nhead_node_type: head.default\n\
+             available_node_types:\n  head.default:\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
+             \x20 worker.default:\n    min_workers: 1\n    max_workers: 3\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
+             runtime:\n  types: [spark]\n  spark:\n    executor_memory: 512m\n"
+        ),
+    );
+    let ws_path = ws_file.to_str().unwrap();
+    let file = cluster_file.to_str().unwrap();
+
+    cli.run_ok(&["workspace", "create", ws_path, "--yes"]);
+
+    // A stock image becomes the head: bootstrapped, set up, services up.
+    let (code, out, err) = cli.run(&["start", file, "--yes"]);
+    assert_eq!(code, 0, "start failed:\n{out}\n{err}\ntwin failures: {:?}", twin.failures());
+    let status = cli.status(&cluster_file);
+    let head = nodes(&status)
+        .into_iter()
+        .find(|n| n.0 == "head")
+        .unwrap_or_else(|| panic!("no head in {status}"));
+    let head_ip = head.2.clone();
+    let (_, version, _) = cli.run(&["exec", file, "cloudtik-node --version; command -v redis-server"]);
+    assert!(version.contains("cloudtik-node") && version.contains("redis-server"), "{version}");
+
+    // The controller launches the minimum worker through the twin's EC2 API; it is
+    // bootstrapped with the head's program, heartbeats, and registers with Spark.
+    let first = wait_until("the first worker heartbeats", Duration::from_secs(600), || {
+        let w = live_workers(&cli.status(&cluster_file));
+        (w.len() == 1).then(|| w[0].clone())
+    });
+    wait_until("the Spark master shows the worker", Duration::from_secs(300), || {
+        (spark_workers(&head_ip).len() == 1).then_some(())
+    });
+
+    // scale: two workers.
+    cli.run_ok(&["scale", file, "--workers", "2"]);
+    wait_until("two workers heartbeat", Duration::from_secs(600), || {
+        (live_workers(&cli.status(&cluster_file)).len() == 2).then_some(())
+    });
+
+    // A worker instance terminated behind the cluster's back is replaced.
+    twin.raw_client()
+        .await
+        .terminate_instances()
+        .instance_ids(&first.0)
+        .send()
+        .await
+        .expect("TerminateInstances");
+    assert!(
+        !twin.instances().iter().any(|i| i.id == first.0),
+        "the terminated instance's container is gone"
+    );
+    wait_until("a replacement worker heartbeats", Duration::from_secs(600), || {
+        let w = live_workers(&cli.status(&cluster_file));
+        (w.len() == 2 && w.iter().all(|(i, _)| *i != first.0)).then_some(())
+    });
+    wait_until("the Spark master shows two live workers", Duration::from_secs(300), || {
+        (spark_workers(&head_ip).len() >= 2).then_some(())
+    });
+
+    // An older cloudtik-node on the head is upgraded at the next start.
+    cli.run_ok(&[
+        "exec",
+        file,
+        "printf '#!/bin/sh\\necho cloudtik-node 0.0.1\\n' > /tmp/old && sudo install -m 0755 /tmp/old /usr/local/bin/cloudtik-node.old \
+         && sudo cp /usr/local/bin/cloudtik-node.old /usr/local/bin/cloudtik-node.stage && sudo mv /usr/local/bin/cloudtik-node.stage /usr/local/bin/cloudtik-node",
+    ]);
+    let (_, old, _) = cli.run(&["exec", file, "cloudtik-node --version"]);
+    assert!(old.contains("0.0.1"), "{old}");
+    let (code, out, err) = cli.run(&["start", file, "--yes"]);
+    assert_eq!(code, 0, "the second start failed:\n{out}\n{err}");
+    let (_, new, _) = cli.run(&["exec", file, "cloudtik-node --version"]);
+    assert!(!new.contains("0.0.1") && new.contains("cloudtik-node"), "{new}");
+
+    // stop, then workspace delete: nothing is left.
+    cli.run_ok(&["stop", file, "--yes"]);
+    wait_until("every instance's container is gone", Duration::from_secs(120), || {
+        twin.instances().is_empty().then_some(())
+    });
+    cli.run_ok(&["workspace", "delete", ws_path, "--yes"]);
+    let ec2 = twin.raw_client().await;
+    let left = ec2.describe_instances().send().await.unwrap();
+    let running: Vec<String> = left
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+        .map(|i| i.instance_id().unwrap_or_default().to_string())
+        .collect();
+    assert!(running.is_empty(), "instances left: {running:?}");
+    let vpcs = ec2.describe_vpcs().send().await.unwrap();
+    let ours: Vec<String> = vpcs
+        .vpcs()
+        .iter()
+        .filter(|v| v.tags().iter().any(|t| t.value().is_some_and(|v| v.contains(&ws))))
+        .map(|v| v.vpc_id().unwrap_or_default().to_string())
+        .collect();
+    assert!(ours.is_empty(), "the workspace's VPC is left: {ours:?}");
+    assert!(twin.failures().is_empty(), "{:?}", twin.failures());
+    twin.cleanup().expect("the twin cleans up");
+    drop(head);
+}
