@@ -54,7 +54,9 @@ impl Cli {
     fn run(&self, args: &[&str]) -> (i32, String, String) {
         let start = Instant::now();
         let out = self.cmd().args(args).output().expect("cloudtik runs");
-        eprintln!("TIMING cloudtik {} took {:.1} s", args[0], start.elapsed().as_secs_f64());
+        if args[0] != "status" {
+            eprintln!("TIMING cloudtik {} took {:.1} s", args[0], start.elapsed().as_secs_f64());
+        }
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -111,15 +113,20 @@ fn live_workers(status: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+fn wait_until<T>(cli: &Cli, file: &Path, what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
             eprintln!("TIMING {what}: {:.1} s", start.elapsed().as_secs_f64());
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_secs(2));
+        if start.elapsed() > limit {
+            let f = file.to_str().unwrap();
+            let (_, status, _) = cli.run(&["status", f]);
+            let (_, log, err) = cli.run(&["exec", f, "tail -n 60 ~/cloudtik/logs/head.log"]);
+            panic!("timed out after {limit:?} waiting for {what}\nstatus:\n{status}\nhead log:\n{log}{err}");
+        }
+        std::thread::sleep(Duration::from_secs(3));
     }
 }
 
@@ -202,17 +209,17 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
 
     // The controller launches the minimum worker through the twin's EC2 API; it is
     // bootstrapped with the head's program, heartbeats, and registers with Spark.
-    let first = wait_until("the first worker heartbeats", Duration::from_secs(600), || {
+    let first = wait_until(&cli, &cluster_file, "the first worker heartbeats", Duration::from_secs(420), || {
         let w = live_workers(&cli.status(&cluster_file));
         (w.len() == 1).then(|| w[0].clone())
     });
-    wait_until("the Spark master shows the worker", Duration::from_secs(300), || {
+    wait_until(&cli, &cluster_file, "the Spark master shows the worker", Duration::from_secs(300), || {
         (spark_workers(&head_ip).len() == 1).then_some(())
     });
 
     // scale: two workers.
     cli.run_ok(&["scale", file, "--workers", "2"]);
-    wait_until("two workers heartbeat", Duration::from_secs(600), || {
+    wait_until(&cli, &cluster_file, "two workers heartbeat", Duration::from_secs(600), || {
         (live_workers(&cli.status(&cluster_file)).len() == 2).then_some(())
     });
 
@@ -228,11 +235,11 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
         !twin.instances().iter().any(|i| i.id == first.0),
         "the terminated instance's container is gone"
     );
-    wait_until("a replacement worker heartbeats", Duration::from_secs(600), || {
+    wait_until(&cli, &cluster_file, "a replacement worker heartbeats", Duration::from_secs(600), || {
         let w = live_workers(&cli.status(&cluster_file));
         (w.len() == 2 && w.iter().all(|(i, _)| *i != first.0)).then_some(())
     });
-    wait_until("the Spark master shows two live workers", Duration::from_secs(300), || {
+    wait_until(&cli, &cluster_file, "the Spark master shows two live workers", Duration::from_secs(300), || {
         (spark_workers(&head_ip).len() >= 2).then_some(())
     });
 
@@ -252,7 +259,7 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
 
     // stop, then workspace delete: nothing is left.
     cli.run_ok(&["stop", file, "--yes"]);
-    wait_until("every instance's container is gone", Duration::from_secs(120), || {
+    wait_until(&cli, &cluster_file, "every instance's container is gone", Duration::from_secs(120), || {
         twin.instances().is_empty().then_some(())
     });
     cli.run_ok(&["workspace", "delete", ws_path, "--yes"]);
