@@ -322,6 +322,17 @@ async fn sftp_moves_files_where_rsync_is_not_used() {
     let r = f.runner_with(TransferMode::Sftp);
     let options = SyncOptions::default().with_exclude(["*.pyc", ".git"]);
     round_trip(&f, &r, &options, &["keep.txt", "sub/deep.txt"]).await;
+
+    // Permission bits go along, as rsync keeps them (a private key stays 0600).
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "secret").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let remote = format!("{}/sftp-perm/key", dir.path().display());
+    r.upload(&key, &remote, &SyncOptions::default()).await.unwrap();
+    let mode = r.run_output(&format!("stat -c %a {remote}")).await.unwrap();
+    assert_eq!(mode.trim(), "600");
 }
 
 #[tokio::test]

@@ -20,67 +20,13 @@
 
 mod twin;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::Value;
 use twin::PackageCache;
 use twin::aws::{AwsTwin, AwsTwinOptions};
-
-const CLOUDTIK: &str = env!("CARGO_BIN_EXE_cloudtik");
-
-/// moto's Ubuntu Deep Learning AMI (any AMI moto knows will do: the twin runs its own image).
-const AMI: &str = "ami-dca37ea5";
-
-struct Cli {
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Cli {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(CLOUDTIK);
-        c.env("CLOUDTIK_HOME", self.dir.path().join("home"))
-            .env("CLOUDTIK_LOG", "warn")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let start = Instant::now();
-        let out = self.cmd().args(args).output().expect("cloudtik runs");
-        if args[0] != "status" {
-            eprintln!("TIMING cloudtik {} took {:.1} s", args[0], start.elapsed().as_secs_f64());
-        }
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn run_ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args);
-        assert_eq!(code, 0, "cloudtik {args:?} failed:\n{out}\n{err}");
-        out
-    }
-
-    fn status(&self, file: &Path) -> Value {
-        let out = self.run_ok(&["status", file.to_str().unwrap(), "--json"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
+use twin::cli::{AMI, Cli, aws_provider, wait_until};
 
 /// The nodes of `status --json` as (kind, status, ip, instance id).
 fn nodes(status: &Value) -> Vec<(String, String, String, String)> {
@@ -111,23 +57,6 @@ fn live_workers(status: &Value) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn wait_until<T>(cli: &Cli, file: &Path, what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            eprintln!("TIMING {what}: {:.1} s", start.elapsed().as_secs_f64());
-            return v;
-        }
-        if start.elapsed() > limit {
-            let f = file.to_str().unwrap();
-            let (_, status, _) = cli.run(&["status", f]);
-            let (_, log, err) = cli.run(&["exec", f, "tail -n 60 ~/cloudtik/logs/head.log"]);
-            panic!("timed out after {limit:?} waiting for {what}\nstatus:\n{status}\nhead log:\n{log}{err}");
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
 }
 
 /// The JSON of `http://host:port/path`, if it answers.
@@ -168,17 +97,10 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
         return;
     };
     let working_vpc = twin.create_working_vpc().await;
-    let cli = Cli {
-        dir: tempfile::tempdir().unwrap(),
-        endpoint: twin.endpoint_url().to_string(),
-    };
+    let cli = Cli::new(twin.endpoint_url());
     let id = std::process::id() % 100_000;
     let ws = format!("twin-ws-{id}");
-    let provider = format!(
-        "provider:\n  type: aws\n  region: us-east-1\n  endpoint_url: {}\n  use_internal_ips: true\n  \
-         working_vpc_id: {working_vpc}\n",
-        cli.endpoint
-    );
+    let provider = aws_provider(&cli.endpoint, &working_vpc);
     let ws_file = cli.file("workspace.yaml", &format!("workspace_name: {ws}\n{provider}"));
     let cluster_file = cli.file(
         "cluster.yaml",

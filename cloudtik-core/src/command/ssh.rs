@@ -947,19 +947,39 @@ async fn sftp_mkdir_p(sftp: &Sftp, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One file, with its permission bits (as rsync keeps them: a private key stays 0600,
+/// a program stays executable).
+async fn sftp_upload_file(sftp: &Sftp, local: &Path, remote: &Path) -> Result<()> {
+    let data = tokio::fs::read(local)
+        .await
+        .map_err(|e| io_error(format!("cannot read {}", local.display()), e))?;
+    let mut fs = sftp.fs();
+    fs.write(remote, &data)
+        .await
+        .map_err(|e| sftp_err(format!("write {}", remote.display()), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = tokio::fs::metadata(local)
+            .await
+            .map_err(|e| io_error(format!("cannot read {}", local.display()), e))?
+            .permissions()
+            .mode();
+        #[allow(clippy::cast_possible_truncation)] // permission bits fit in 12 bits
+        let bits = (mode & 0o7777) as u16;
+        fs.set_permissions(remote, openssh_sftp_client::metadata::Permissions::from(bits))
+            .await
+            .map_err(|e| sftp_err(format!("chmod {}", remote.display()), e))?;
+    }
+    Ok(())
+}
+
 async fn sftp_upload(sftp: &Sftp, local: &Path, remote: &Path, options: &SyncOptions) -> Result<()> {
     if !local.is_dir() {
         if let Some(parent) = remote.parent() {
             sftp_mkdir_p(sftp, parent).await?;
         }
-        let data = tokio::fs::read(local)
-            .await
-            .map_err(|e| io_error(format!("cannot read {}", local.display()), e))?;
-        return sftp
-            .fs()
-            .write(remote, &data)
-            .await
-            .map_err(|e| sftp_err(format!("write {}", remote.display()), e));
+        return sftp_upload_file(sftp, local, remote).await;
     }
     sftp_mkdir_p(sftp, remote).await?;
     let mut stack = vec![(local.to_path_buf(), String::new())];
@@ -992,13 +1012,7 @@ async fn sftp_upload(sftp: &Sftp, local: &Path, remote: &Path, options: &SyncOpt
                 }
                 stack.push((path, child_rel));
             } else {
-                let data = tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| io_error(format!("cannot read {}", path.display()), e))?;
-                sftp.fs()
-                    .write(&target, &data)
-                    .await
-                    .map_err(|e| sftp_err(format!("write {}", target.display()), e))?;
+                sftp_upload_file(sftp, &path, &target).await?;
             }
         }
     }

@@ -691,7 +691,9 @@ impl<F: RunnerFactory> NodeUpdater<F> {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "node {} did not answer over SSH within {:?}",
+                        "node {} did not answer over SSH within {:?}: check that it booted and runs sshd, that \
+                         its firewall (security group) lets this machine reach its SSH port, and that \
+                         `auth.ssh_user` and the key are the image's",
                         self.node_id, self.options.ssh_deadline
                     ),
                 )

@@ -29,6 +29,7 @@
 
 #[cfg(feature = "aws")]
 pub(crate) mod aws;
+pub(crate) mod cli;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
