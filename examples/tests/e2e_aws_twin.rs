@@ -157,12 +157,18 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
         !twin.instances().iter().any(|i| i.id == first.0),
         "the terminated instance's container is gone"
     );
-    wait_until(&cli, &cluster_file, "a replacement worker heartbeats", Duration::from_secs(600), || {
+    let workers = wait_until(&cli, &cluster_file, "a replacement worker heartbeats", Duration::from_secs(600), || {
         let w = live_workers(&cli.status(&cluster_file));
-        (w.len() == 2 && w.iter().all(|(i, _)| *i != first.0)).then_some(())
+        (w.len() == 2 && w.iter().all(|(i, _)| *i != first.0)).then_some(w)
     });
-    wait_until(&cli, &cluster_file, "the Spark master shows two live workers", Duration::from_secs(300), || {
-        (spark_workers(&head_ip).len() >= 2).then_some(())
+    // The master shows exactly the live workers (the terminated one's registration
+    // times out; moto may give the replacement the same IP).
+    wait_until(&cli, &cluster_file, "the Spark master shows the two live workers", Duration::from_secs(300), || {
+        let mut alive = spark_workers(&head_ip);
+        alive.sort();
+        let mut ips: Vec<String> = workers.iter().map(|(_, ip)| ip.clone()).collect();
+        ips.sort();
+        (alive == ips).then_some(())
     });
 
     // An older cloudtik-node on the head is upgraded at the next start.
