@@ -261,7 +261,7 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
         },
     );
     let twin_container = twin.host().container_name(&worker_id);
-    let mut volumes = volumes_of(&[twin_container.clone()]);
+    let mut volumes = volumes_of(std::slice::from_ref(&twin_container));
     assert!(
         !volumes.is_empty(),
         "the node-engine instance has its /var/lib/docker volume"
