@@ -27,6 +27,13 @@
 #     /etc/environment, once: it stands in for the instance role's credentials. sshd runs
 #     with `UsePAM yes` and Debian's /etc/pam.d/sshd runs pam_env, so SSH sessions see
 #     these variables;
+#   - when env TWIN_DOCKER_CGROUP_PARENT is set (the harness's node-engine instances,
+#     which install and run their own Docker engine as a node in container mode does),
+#     writes /etc/docker/daemon.json with that `cgroup-parent`: the instance's inner
+#     containers get cgroups of their own, beside the twin containers' (the instance sees
+#     the host's cgroup v1 hierarchy, mounted read-write, from its root; with Docker's
+#     default parent `/docker` they would land among the host engine's own containers,
+#     and every instance's engine in one folder);
 #   - then runs `exec /usr/sbin/sshd -D -e`.
 #
 # Environment:
@@ -167,6 +174,10 @@ done
 if [ -n "${TWIN_ENVIRONMENT:-}" ] && [ ! -e /var/lib/twin-init.environment ]; then
   printf '%s\n' "$TWIN_ENVIRONMENT" >>/etc/environment
   touch /var/lib/twin-init.environment
+fi
+if [ -n "${TWIN_DOCKER_CGROUP_PARENT:-}" ]; then
+  mkdir -p /etc/docker
+  printf '{"cgroup-parent": "%s"}\n' "$TWIN_DOCKER_CGROUP_PARENT" >/etc/docker/daemon.json
 fi
 exec /usr/sbin/sshd -D -e
 EOF

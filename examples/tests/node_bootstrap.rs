@@ -69,6 +69,7 @@ async fn stock_nodes_get_the_node_program_and_redis_and_bad_cases_say_what_to_do
         authorized_key: Some(public.clone()),
         environment: Vec::new(),
         mounts: Vec::new(),
+        node_engine: false,
     };
     host.run(&spec).expect("the instance starts");
     TwinHost::wait_for_port(ip, 22, Duration::from_secs(30)).unwrap();

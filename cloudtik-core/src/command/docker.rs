@@ -341,9 +341,24 @@ impl DockerRunner {
         }
     }
 
+    /// The docker command that passes the variables `keys` of its environment on. sudo
+    /// resets the environment (`env_reset`, the default everywhere), so `sudo docker
+    /// exec -e NAME` would give the container no NAME: with a `sudo` docker command the
+    /// names are kept with `sudo --preserve-env=NAME,...` (allowed to users whose sudo
+    /// rule is `ALL`, as cloud images' default users have; values stay off the command
+    /// line).
+    fn docker_passing_env<'a>(&self, keys: impl IntoIterator<Item = &'a String>) -> String {
+        let d = self.docker();
+        let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+        match d.strip_prefix("sudo ") {
+            Some(rest) if !keys.is_empty() => format!("sudo --preserve-env={} {rest}", keys.join(",")),
+            _ => d.to_string(),
+        }
+    }
+
     /// `docker exec` of `script` in the container (env passed by name).
     fn exec_spec(&self, spec: &CommandSpec, script: &str) -> CommandSpec {
-        let mut cmd = format!("{} exec", self.docker());
+        let mut cmd = format!("{} exec", self.docker_passing_env(spec.env.keys()));
         for k in spec.env.keys() {
             cmd.push_str(" -e ");
             cmd.push_str(&shell_quote(k));
@@ -501,6 +516,36 @@ mod tests {
         assert!(!DockerRunner::runs_on_host(
             &CommandSpec::new("docker ps").run_env(RunEnv::Docker)
         ));
+    }
+
+    #[test]
+    fn env_names_survive_sudo() {
+        let host: Arc<dyn CommandRunner> = Arc::new(crate::command::LocalRunner::new());
+        let mut spec = ContainerSpec::new("c", "img:1");
+        spec.docker_command = "sudo -n docker".into();
+        let runner = DockerRunner::new(host.clone(), spec);
+        let cmd = CommandSpec::new("echo $A").env("A", "1").env("B_2", "2");
+        let exec = runner.exec_spec(&cmd, &cmd.command);
+        assert!(
+            exec.command
+                .starts_with("sudo --preserve-env=A,B_2 -n docker exec -e A -e B_2 c sh -c "),
+            "{}",
+            exec.command
+        );
+        // No variables: no --preserve-env; no sudo: as it is.
+        let plain = runner.exec_spec(&CommandSpec::new("true"), "true");
+        assert!(
+            plain.command.starts_with("sudo -n docker exec c "),
+            "{}",
+            plain.command
+        );
+        let runner = DockerRunner::new(host, ContainerSpec::new("c", "img:1"));
+        let exec = runner.exec_spec(&cmd, &cmd.command);
+        assert!(
+            exec.command.starts_with("docker exec -e A -e B_2 c "),
+            "{}",
+            exec.command
+        );
     }
 
     #[test]

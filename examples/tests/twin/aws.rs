@@ -14,7 +14,7 @@
 //! | `StopInstances` | `docker stop` |
 //! | `StartInstances` | `docker start` (moto keeps the private IP, so does the container) |
 //! | `RebootInstances` | `docker restart` |
-//! | `TerminateInstances` | `docker rm -f` |
+//! | `TerminateInstances` | `docker rm -f -v` |
 //!
 //! When a container cannot be started, the caller gets an EC2 error
 //! `CloudTwin.ContainerFailed` (HTTP 400, not retried) with Docker's message, and the
@@ -71,6 +71,7 @@ pub(crate) mod moto;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -80,8 +81,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{
-    InstanceSpec, Mount, PackageCache, TwinHost, TwinInstance, TwinNetwork, docker_available, ensure_image,
-    required,
+    InstanceSpec, Mount, PackageCache, TWIN_IMAGES_DIR, TwinHost, TwinInstance, TwinNetwork,
+    docker_available, ensure_image, required,
 };
 use counting_proxy::{param, raise_min_count, read_request};
 
@@ -105,6 +106,13 @@ pub(crate) struct AwsTwinOptions {
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_EC2_METADATA_DISABLED`,
     /// `AWS_DEFAULT_REGION`).
     pub(crate) extra_environment: Vec<(String, String)>,
+    /// Every instance can run its own Docker engine, as a node in container mode does
+    /// (see [`InstanceSpec::node_engine`] and the [parent](super)'s docs).
+    pub(crate) node_engine: bool,
+    /// A folder of image archives (`docker save`, see [`super::save_image_archive`])
+    /// mounted read-only at [`TWIN_IMAGES_DIR`] on every instance: no registry is
+    /// reachable, so this stands in for the registry a real node pulls from.
+    pub(crate) image_archives: Option<PathBuf>,
 }
 
 impl Default for AwsTwinOptions {
@@ -115,6 +123,8 @@ impl Default for AwsTwinOptions {
             package_cache: None,
             ec2_max_count: false,
             extra_environment: Vec::new(),
+            node_engine: false,
+            image_archives: None,
         }
     }
 }
@@ -441,6 +451,9 @@ impl Shared {
         if let Some(cache) = &self.options.package_cache {
             mounts.extend(cache.mounts(&self.options.ssh_user));
         }
+        if let Some(dir) = &self.options.image_archives {
+            mounts.push(Mount::read_only(dir, TWIN_IMAGES_DIR));
+        }
         mounts
     }
 
@@ -482,6 +495,7 @@ impl Shared {
                     authorized_key: authorized_key.clone(),
                     environment: self.environment(),
                     mounts: self.mounts(),
+                    node_engine: self.options.node_engine,
                 })
             })
             .collect()

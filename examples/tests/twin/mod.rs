@@ -25,6 +25,36 @@
 //! [`TwinHost::cleanup`] (also on drop) removes the containers of its network and the
 //! network. A test process killed before its drop leaves them behind: creating a twin
 //! first removes the twins whose owner process is gone ([`cleanup_stale`]).
+//! Containers are removed with their anonymous volumes (`docker rm -v`): a node-engine
+//! instance keeps its engine's `/var/lib/docker` in one.
+//!
+//! # Instances with their own Docker engine
+//!
+//! A node type in container mode (`docker.enabled: true`) installs Docker on its host
+//! and runs its commands in a container there. [`InstanceSpec::node_engine`] gives an
+//! instance what its own engine needs on this host, whose Docker cannot run
+//! `--privileged` containers (its bounding set lacks `CAP_SYS_RESOURCE`, so
+//! `--privileged` fails with "unable to apply caps"); see [`NODE_ENGINE_RUN_OPTIONS`]:
+//!
+//! * `SYS_ADMIN` and `NET_ADMIN` (mounts, the engine's bridge and iptables rules) and
+//!   `SYS_NICE` (the inner container gets `--cap-add=SYS_NICE` from CloudTik; a
+//!   capability the engine lacks cannot be given on);
+//! * seccomp and AppArmor unconfined;
+//! * the host's cgroup v1 hierarchy read-write (`runc` makes the inner containers'
+//!   cgroups there: read-only, it fails "mkdir /sys/fs/cgroup/cpuset/docker: read-only
+//!   file system"), and in the image's `/etc/docker/daemon.json` a `cgroup-parent` of
+//!   its own, `/<container name>` (env `TWIN_DOCKER_CGROUP_PARENT`, read by the image's
+//!   twin-init), so inner containers do not mix with the host engine's or another
+//!   instance's; [`TwinHost::cleanup`] removes those (empty) cgroup folders where this
+//!   process sees them;
+//! * an anonymous volume at `/var/lib/docker` (overlay2 does not work on the container's
+//!   own overlay root), removed with the container.
+//!
+//! No registry is reachable from here, so a node cannot pull the image of its
+//! container as a real cloud node would: [`save_image_archive`] writes an image with
+//! `docker save` into a folder that instances mount read-only at [`TWIN_IMAGES_DIR`]
+//! (the stand-in for a registry), and the cluster loads it with `docker load -i` in
+//! `docker.initialization_commands`.
 #![allow(dead_code)] // each test file uses a part
 
 #[cfg(feature = "aws")]
@@ -43,6 +73,27 @@ pub(crate) const LABEL_NETWORK: &str = "cloudtik-twin.network";
 pub(crate) const LABEL_INSTANCE: &str = "cloudtik-twin.instance";
 /// Label of twin networks and containers: the pid of the test process that made them.
 pub(crate) const LABEL_OWNER_PID: &str = "cloudtik-twin.owner-pid";
+
+/// Where instances find image archives ([`save_image_archive`]), read-only.
+pub(crate) const TWIN_IMAGES_DIR: &str = "/var/lib/twin-images";
+
+/// The `docker run` options of a node-engine instance (see the module docs).
+pub(crate) const NODE_ENGINE_RUN_OPTIONS: &[&str] = &[
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cap-add",
+    "NET_ADMIN",
+    "--cap-add",
+    "SYS_NICE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "-v",
+    "/var/lib/docker",
+];
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -121,6 +172,73 @@ pub(crate) fn ensure_image() -> Result<String, String> {
         }
     }
     Ok(image)
+}
+
+/// The virtual provider's node image (`cloudtik-node:<12 hex>`: Debian with redis,
+/// python3 and sshd), built with `scripts/build-node-image.sh` when missing.
+pub(crate) fn ensure_node_image() -> Result<String, String> {
+    let script = repo_root().join("scripts/build-node-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--print-tag")
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if docker(&["image", "inspect", "--format", "{{.Id}}", &image]).is_err() {
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed: {}{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(image)
+}
+
+/// The file name of `image`'s archive: `cloudtik-node:abc` -> `cloudtik-node_abc.tar`.
+pub(crate) fn image_archive_name(image: &str) -> String {
+    let safe: String = image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.tar")
+}
+
+/// Writes `docker save` of `image` into `dir` (made when missing) unless the archive is
+/// there already (images are tagged by content, so a name stands for one image); returns
+/// its file name. Instances mounting `dir` at [`TWIN_IMAGES_DIR`] load it with
+/// `docker load -i` (see the module docs).
+pub(crate) fn save_image_archive(image: &str, dir: &Path) -> Result<String, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let name = image_archive_name(image);
+    let path = dir.join(&name);
+    if path.is_file() {
+        return Ok(name);
+    }
+    let partial = dir.join(format!("{name}.partial-{}", std::process::id()));
+    let partial_s = partial.to_string_lossy().into_owned();
+    let saved = docker(&["save", "-o", &partial_s, image]);
+    if let Err(e) = saved {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &path).map_err(|e| format!("renaming {partial_s}: {e}"))?;
+    Ok(name)
 }
 
 /// An IPv4 range `a.b.c.d/len`.
@@ -369,6 +487,13 @@ impl Mount {
             read_only: false,
         }
     }
+
+    pub(crate) fn read_only(host: impl Into<PathBuf>, container: impl Into<String>) -> Mount {
+        Mount {
+            read_only: true,
+            ..Mount::new(host, container)
+        }
+    }
 }
 
 /// The home directory of `user` in the twin image.
@@ -431,6 +556,8 @@ pub(crate) struct InstanceSpec {
     /// `TWIN_ENVIRONMENT`: appended to `/etc/environment` (the instance role's stand-in).
     pub(crate) environment: Vec<(String, String)>,
     pub(crate) mounts: Vec<Mount>,
+    /// The instance can run its own Docker engine (see the module docs).
+    pub(crate) node_engine: bool,
 }
 
 /// A twin instance container, as Docker reports it.
@@ -517,6 +644,10 @@ impl TwinHost {
             "-e".into(),
             format!("TWIN_ENVIRONMENT={}", environment.join("\n")),
         ]);
+        if spec.node_engine {
+            args.extend(NODE_ENGINE_RUN_OPTIONS.iter().map(|s| s.to_string()));
+            args.extend(["-e".into(), format!("TWIN_DOCKER_CGROUP_PARENT=/{name}")]);
+        }
         for m in &spec.mounts {
             args.push("--mount".into());
             args.push(format!(
@@ -560,12 +691,16 @@ impl TwinHost {
         docker(&["start", &self.container_name(id)]).map(drop)
     }
 
-    /// Removes the container of instance `id` (`docker rm -f`); no error when absent.
+    /// Removes the container of instance `id` and its anonymous volumes (`docker rm -f
+    /// -v`), and its engine's cgroup folders; no error when absent.
     pub(crate) fn remove(&self, id: &str) -> Result<(), String> {
-        match docker(&["rm", "-f", &self.container_name(id)]) {
+        let name = self.container_name(id);
+        let removed = match docker(&["rm", "-f", "-v", &name]) {
             Err(e) if e.contains("No such container") => Ok(()),
             r => r.map(drop),
-        }
+        };
+        remove_cgroup_folders(&name);
+        removed
     }
 
     /// Runs one of [`stop`](Self::stop), [`start`](Self::start), [`remove`](Self::remove)
@@ -597,9 +732,11 @@ impl TwinHost {
         )
     }
 
-    /// Removes every container of this network and the network.
+    /// Removes every container of this network (with its anonymous volumes and its
+    /// engine's cgroup folders) and the network.
     pub(crate) fn cleanup(&self) -> Result<(), String> {
         remove_labeled(&format!("{LABEL_NETWORK}={}", self.network.name))?;
+        remove_cgroup_folders(&format!("{}-", self.network.name));
         self.network.remove()
     }
 
@@ -674,7 +811,7 @@ fn remove_labeled(label: &str) -> Result<(), String> {
     if ids.is_empty() {
         return Ok(());
     }
-    let mut args = vec!["rm", "-f"];
+    let mut args = vec!["rm", "-f", "-v"];
     args.extend(ids);
     match docker(&args) {
         Err(e) if !e.contains("No such container") => Err(e),
@@ -730,10 +867,59 @@ pub(crate) fn cleanup_stale() {
         eprintln!("removing the stale twin network {name} (its test process {pid} is gone)");
         let removed = remove_labeled(&format!("{LABEL_NETWORK}={name}"))
             .and_then(|()| docker(&["network", "rm", name]).map(drop));
+        remove_cgroup_folders(&format!("{name}-"));
         if let Err(e) = removed {
             eprintln!("  could not: {e}");
         }
     }
+}
+
+/// Removes the (empty) cgroup folders `/sys/fs/cgroup/<controller>/<prefix>*` that
+/// node-engine instances' engines made (their `cgroup-parent`), deepest first, where
+/// this process sees the host's hierarchy; best effort: a folder still in use stays.
+pub(crate) fn remove_cgroup_folders(prefix: &str) {
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for c in controllers.flatten() {
+        let Ok(entries) = std::fs::read_dir(c.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let is_ours = e.file_name().to_str().is_some_and(|n| n.starts_with(prefix));
+            if is_ours && e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+}
+
+/// Twin-made cgroup folders left on this host (`/sys/fs/cgroup/*/cloudtik-twin-*`).
+pub(crate) fn leftover_cgroup_folders(prefix: &str) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in controllers.flatten() {
+            if let Ok(entries) = std::fs::read_dir(c.path()) {
+                left.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+    }
+    left
 }
 
 #[cfg(test)]
