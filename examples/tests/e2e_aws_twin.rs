@@ -20,51 +20,24 @@
 
 mod twin;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use twin::PackageCache;
 use twin::aws::{AwsTwin, AwsTwinOptions};
-use twin::cli::{AMI, Cli, aws_provider, wait_until};
-
-/// The nodes of `status --json` as (kind, status, ip, instance id).
-fn nodes(status: &Value) -> Vec<(String, String, String, String)> {
-    status["nodes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|n| {
-            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
-            (s("kind"), s("status"), s("internal_ip"), s("id"))
-        })
-        .collect()
-}
-
-/// Workers up to date with a heartbeat.
-fn live_workers(status: &Value) -> Vec<(String, String)> {
-    status["nodes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|n| n["kind"] == "worker" && n["status"] == "up-to-date" && n["heartbeat_age_secs"].as_f64().is_some_and(|a| a < 30.0))
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap_or_default().to_string(),
-                n["internal_ip"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
+use twin::cli::{AMI, Cli, aws_provider, live_workers, nodes, shared_package_cache, wait_until};
 
 /// The JSON of `http://host:port/path`, if it answers.
 fn get_json(host: &str, port: u16, path: &str) -> Option<Value> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&format!("{host}:{port}").parse().ok()?, Duration::from_secs(3)).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&format!("{host}:{port}").parse().ok()?, Duration::from_secs(3))
+            .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let body = text.split_once("\r\n\r\n")?.1;
@@ -82,15 +55,10 @@ fn spark_workers(head_ip: &str) -> Vec<String> {
         .collect()
 }
 
-fn package_cache() -> PackageCache {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    PackageCache::new(home.join(".cloudtik/package-cache")).expect("the package cache folder")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
     let options = AwsTwinOptions {
-        package_cache: Some(package_cache()),
+        package_cache: Some(shared_package_cache()),
         ..AwsTwinOptions::default()
     };
     let Some(twin) = AwsTwin::start(None, options).await else {
@@ -119,31 +87,53 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
 
     // A stock image becomes the head: bootstrapped, set up, services up.
     let (code, out, err) = cli.run(&["start", file, "--yes"]);
-    assert_eq!(code, 0, "start failed:\n{out}\n{err}\ntwin failures: {:?}", twin.failures());
+    assert_eq!(
+        code,
+        0,
+        "start failed:\n{out}\n{err}\ntwin failures: {:?}",
+        twin.failures()
+    );
     let status = cli.status(&cluster_file);
     let head = nodes(&status)
         .into_iter()
-        .find(|n| n.0 == "head")
+        .find(|n| n["kind"] == "head")
         .unwrap_or_else(|| panic!("no head in {status}"));
-    let head_ip = head.2.clone();
+    let head_ip = head["internal_ip"].as_str().unwrap_or_default().to_string();
     let (_, version, _) = cli.run(&["exec", file, "cloudtik-node --version; command -v redis-server"]);
-    assert!(version.contains("cloudtik-node") && version.contains("redis-server"), "{version}");
+    assert!(
+        version.contains("cloudtik-node") && version.contains("redis-server"),
+        "{version}"
+    );
 
     // The controller launches the minimum worker through the twin's EC2 API; it is
     // bootstrapped with the head's program, heartbeats, and registers with Spark.
-    let first = wait_until(&cli, &cluster_file, "the first worker heartbeats", Duration::from_secs(420), || {
-        let w = live_workers(&cli.status(&cluster_file));
-        (w.len() == 1).then(|| w[0].clone())
-    });
-    wait_until(&cli, &cluster_file, "the Spark master shows the worker", Duration::from_secs(300), || {
-        (spark_workers(&head_ip).len() == 1).then_some(())
-    });
+    let first = wait_until(
+        &cli,
+        &cluster_file,
+        "the first worker heartbeats",
+        Duration::from_secs(420),
+        || {
+            let w = live_workers(&cli.status(&cluster_file), None);
+            (w.len() == 1).then(|| w[0].clone())
+        },
+    );
+    wait_until(
+        &cli,
+        &cluster_file,
+        "the Spark master shows the worker",
+        Duration::from_secs(300),
+        || (spark_workers(&head_ip).len() == 1).then_some(()),
+    );
 
     // scale: two workers.
     cli.run_ok(&["scale", file, "--workers", "2"]);
-    wait_until(&cli, &cluster_file, "two workers heartbeat", Duration::from_secs(600), || {
-        (live_workers(&cli.status(&cluster_file)).len() == 2).then_some(())
-    });
+    wait_until(
+        &cli,
+        &cluster_file,
+        "two workers heartbeat",
+        Duration::from_secs(600),
+        || (live_workers(&cli.status(&cluster_file), None).len() == 2).then_some(()),
+    );
 
     // A worker instance terminated behind the cluster's back is replaced.
     twin.raw_client()
@@ -157,19 +147,31 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
         !twin.instances().iter().any(|i| i.id == first.0),
         "the terminated instance's container is gone"
     );
-    let workers = wait_until(&cli, &cluster_file, "a replacement worker heartbeats", Duration::from_secs(600), || {
-        let w = live_workers(&cli.status(&cluster_file));
-        (w.len() == 2 && w.iter().all(|(i, _)| *i != first.0)).then_some(w)
-    });
+    let workers = wait_until(
+        &cli,
+        &cluster_file,
+        "a replacement worker heartbeats",
+        Duration::from_secs(600),
+        || {
+            let w = live_workers(&cli.status(&cluster_file), None);
+            (w.len() == 2 && w.iter().all(|(i, _)| *i != first.0)).then_some(w)
+        },
+    );
     // The master shows exactly the live workers (the terminated one's registration
     // times out; moto may give the replacement the same IP).
-    wait_until(&cli, &cluster_file, "the Spark master shows the two live workers", Duration::from_secs(300), || {
-        let mut alive = spark_workers(&head_ip);
-        alive.sort();
-        let mut ips: Vec<String> = workers.iter().map(|(_, ip)| ip.clone()).collect();
-        ips.sort();
-        (alive == ips).then_some(())
-    });
+    wait_until(
+        &cli,
+        &cluster_file,
+        "the Spark master shows the two live workers",
+        Duration::from_secs(300),
+        || {
+            let mut alive = spark_workers(&head_ip);
+            alive.sort();
+            let mut ips: Vec<String> = workers.iter().map(|(_, ip)| ip.clone()).collect();
+            ips.sort();
+            (alive == ips).then_some(())
+        },
+    );
 
     // An older cloudtik-node on the head is upgraded at the next start.
     cli.run_ok(&[
@@ -187,9 +189,13 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
 
     // stop, then workspace delete: nothing is left.
     cli.run_ok(&["stop", file, "--yes"]);
-    wait_until(&cli, &cluster_file, "every instance's container is gone", Duration::from_secs(120), || {
-        twin.instances().is_empty().then_some(())
-    });
+    wait_until(
+        &cli,
+        &cluster_file,
+        "every instance's container is gone",
+        Duration::from_secs(120),
+        || twin.instances().is_empty().then_some(()),
+    );
     cli.run_ok(&["workspace", "delete", ws_path, "--yes"]);
     let ec2 = twin.raw_client().await;
     let left = ec2.describe_instances().send().await.unwrap();
@@ -205,7 +211,11 @@ async fn a_spark_cluster_on_the_aws_twin_from_stock_images() {
     let ours: Vec<String> = vpcs
         .vpcs()
         .iter()
-        .filter(|v| v.tags().iter().any(|t| t.value().is_some_and(|v| v.contains(&ws))))
+        .filter(|v| {
+            v.tags()
+                .iter()
+                .any(|t| t.value().is_some_and(|v| v.contains(&ws)))
+        })
         .map(|v| v.vpc_id().unwrap_or_default().to_string())
         .collect();
     assert!(ours.is_empty(), "the workspace's VPC is left: {ours:?}");

@@ -2,7 +2,7 @@
 //! the AWS cloud twin (`tests/twin/`), on nodes that run their own Docker engine.
 //!
 //! The head runs in host mode on a stock twin instance (bootstrapped over SSH as in
-//! `e2e_aws_twin.rs`). The worker type `worker.container` has
+//! `e2e_aws_twin.rs`). The worker type `worker.default` has
 //! `docker: {enabled: true, image: <the node image>, pull_before_run: false}`: on its
 //! stock instance the head's controller installs Docker (`docker.io`, a background
 //! `dockerd`: the twin has no systemd), runs `docker.worker_initialization_commands` on
@@ -30,130 +30,15 @@
 
 mod twin;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use twin::TWIN_IMAGES_DIR;
 use twin::aws::{AwsTwin, AwsTwinOptions};
-use twin::{PackageCache, TWIN_IMAGES_DIR};
-
-const CLOUDTIK: &str = env!("CARGO_BIN_EXE_cloudtik");
-
-/// moto's Ubuntu Deep Learning AMI (any AMI moto knows will do: the twin runs its own image).
-const AMI: &str = "ami-dca37ea5";
-
-/// The twin image (Debian minbase) lacks CA certificates, which every cloud image has;
-/// without them the head's AWS client panics at start ("no valid root certificates").
-/// Installed on the head until the twin image or the bootstrap provides them.
-const CA_CERTIFICATES: &str = "sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q && \
-     sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends ca-certificates";
+use twin::cli::{AMI, Cli, aws_provider, live_workers, nodes, shared_package_cache, wait_until};
 
 /// An image no node has and no registry serves.
 const MISSING_IMAGE: &str = "cloudtik-twin-missing-image:none";
-
-struct Cli {
-    dir: tempfile::TempDir,
-}
-
-impl Cli {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(CLOUDTIK);
-        c.env("CLOUDTIK_HOME", self.dir.path().join("home"))
-            .env("CLOUDTIK_LOG", "warn")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let start = Instant::now();
-        let out = self.cmd().args(args).output().expect("cloudtik runs");
-        if args[0] != "status" {
-            eprintln!(
-                "TIMING cloudtik {} took {:.1} s",
-                args[0],
-                start.elapsed().as_secs_f64()
-            );
-        }
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn run_ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args);
-        assert_eq!(code, 0, "cloudtik {args:?} failed:\n{out}\n{err}");
-        out
-    }
-
-    fn status(&self, file: &Path) -> Value {
-        let out = self.run_ok(&["status", file.to_str().unwrap(), "--json"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-/// The nodes of `status --json`.
-fn nodes(status: &Value) -> Vec<Value> {
-    status["nodes"].as_array().cloned().unwrap_or_default()
-}
-
-/// Workers of `node_type` up to date with a recent heartbeat: (id, ip).
-fn live_workers(status: &Value, node_type: &str) -> Vec<(String, String)> {
-    nodes(status)
-        .iter()
-        .filter(|n| {
-            n["kind"] == "worker"
-                && n["node_type"] == node_type
-                && n["status"] == "up-to-date"
-                && n["heartbeat_age_secs"].as_f64().is_some_and(|a| a < 30.0)
-        })
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap_or_default().to_string(),
-                n["internal_ip"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn wait_until<T>(
-    cli: &Cli,
-    file: &Path,
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            eprintln!("TIMING {what}: {:.1} s", start.elapsed().as_secs_f64());
-            return v;
-        }
-        if start.elapsed() > limit {
-            let f = file.to_str().unwrap();
-            let (_, status, _) = cli.run(&["status", f]);
-            let (_, log, err) = cli.run(&["exec", f, "tail -n 60 ~/cloudtik/logs/head.log"]);
-            panic!("timed out after {limit:?} waiting for {what}\nstatus:\n{status}\nhead log:\n{log}{err}");
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-}
-
-fn package_cache() -> PackageCache {
-    PackageCache::new(cloudtik_dir().join("package-cache")).expect("the package cache folder")
-}
 
 fn cloudtik_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
@@ -196,7 +81,7 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
         t0.elapsed().as_secs_f64()
     );
     let options = AwsTwinOptions {
-        package_cache: Some(package_cache()),
+        package_cache: Some(shared_package_cache()),
         node_engine: true,
         image_archives: Some(archives),
         ..AwsTwinOptions::default()
@@ -206,16 +91,10 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
     };
     let network = twin.host().network().name().to_string();
     let working_vpc = twin.create_working_vpc().await;
-    let cli = Cli {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let cli = Cli::new(twin.endpoint_url());
     let id = std::process::id() % 100_000;
     let ws = format!("twin-dind-ws-{id}");
-    let provider = format!(
-        "provider:\n  type: aws\n  region: us-east-1\n  endpoint_url: {}\n  use_internal_ips: true\n  \
-         working_vpc_id: {working_vpc}\n",
-        twin.endpoint_url()
-    );
+    let provider = aws_provider(twin.endpoint_url(), &working_vpc);
     let ws_file = cli.file("workspace.yaml", &format!("workspace_name: {ws}\n{provider}"));
     let load = format!(
         "sudo docker image inspect {node_image} >/dev/null 2>&1 || sudo docker load -i {TWIN_IMAGES_DIR}/{archive}"
@@ -225,9 +104,8 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
         &format!(
             "cluster_name: dind{id}\nworkspace_name: {ws}\n{provider}auth:\n  ssh_user: ubuntu\n\
              max_workers: 3\nidle_timeout_minutes: 10\nhead_node_type: head.default\n\
-             head_initialization_commands:\n  - \"{CA_CERTIFICATES}\"\n\
              available_node_types:\n  head.default:\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
-             \x20 worker.container:\n    min_workers: 1\n    max_workers: 1\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
+             \x20 worker.default:\n    min_workers: 1\n    max_workers: 1\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
              \x20   docker:\n      enabled: true\n      image: {node_image}\n      pull_before_run: false\n\
              \x20     worker_initialization_commands:\n        - \"{load}\"\n\
              \x20 worker.badimage:\n    min_workers: 1\n    max_workers: 1\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
@@ -255,7 +133,7 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
         "the container worker heartbeats",
         Duration::from_secs(600),
         || {
-            live_workers(&cli.status(&cluster_file), "worker.container")
+            live_workers(&cli.status(&cluster_file), Some("worker.default"))
                 .into_iter()
                 .next()
         },

@@ -50,7 +50,11 @@ async fn failed_starts_name_the_node_the_step_and_what_to_do_and_leave_nothing()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");
-    let node = twin.instances().first().map(|i| i.id.clone()).expect("the head instance");
+    let node = twin
+        .instances()
+        .first()
+        .map(|i| i.id.clone())
+        .expect("the head instance");
     for needle in [
         node.as_str(),
         "install cloudtik-node",
@@ -64,11 +68,18 @@ async fn failed_starts_name_the_node_the_step_and_what_to_do_and_leave_nothing()
     assert!(twin.instances().is_empty(), "{:?}", twin.instances());
 
     // No SSH answers: the wait ends with what to check.
-    let file = cli.file("unreachable.yaml", &cluster_yaml(id, &ws, &provider, "  ssh_port: 2222\n"));
+    let file = cli.file(
+        "unreachable.yaml",
+        &cluster_yaml(id, &ws, &provider, "  ssh_port: 2222\n"),
+    );
     let f = file.to_str().unwrap();
     let (code, _, err) = cli.run(&["start", f, "--yes"]);
     assert_ne!(code, 0, "{err}");
-    let node = twin.instances().first().map(|i| i.id.clone()).expect("the head instance");
+    let node = twin
+        .instances()
+        .first()
+        .map(|i| i.id.clone())
+        .expect("the head instance");
     for needle in [
         node.as_str(),
         "did not answer over SSH",

@@ -46,7 +46,8 @@ fn runner(dir: &Path, key: &Path, user: &str, ip: Ipv4Addr) -> Arc<dyn CommandRu
 }
 
 fn bootstrap() -> NodeBootstrap {
-    NodeBootstrap::new(INSTALL_PATH, NodeBinary::local(NODE_BINARY)).with_package(NodePackage::new("redis-server"))
+    NodeBootstrap::new(INSTALL_PATH, NodeBinary::local(NODE_BINARY))
+        .with_package(NodePackage::new("redis-server"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,21 +80,32 @@ async fn stock_nodes_get_the_node_program_and_redis_and_bad_cases_say_what_to_do
     let done = match bootstrap().run("i-bootstrap", &*ubuntu, None).await {
         Ok(d) => d,
         Err(e) => {
-            let debug = docker(&["exec", &host.container_name("i-bootstrap"), "sh", "-c", "ls -la /tmp /usr/local/bin; /usr/local/bin/cloudtik-node --version; echo $?"]);
+            let debug = docker(&[
+                "exec",
+                &host.container_name("i-bootstrap"),
+                "sh",
+                "-c",
+                "ls -la /tmp /usr/local/bin; /usr/local/bin/cloudtik-node --version; echo $?",
+            ]);
             panic!("{e:#}\n{debug:?}")
         }
     };
     assert_eq!(done.packages, vec!["redis-server"]);
     assert_eq!(done.binary_from, None);
     assert!(
-        done.binary_installed.as_deref().is_some_and(|v| v.starts_with("cloudtik-node ")),
+        done.binary_installed
+            .as_deref()
+            .is_some_and(|v| v.starts_with("cloudtik-node ")),
         "{done:?}"
     );
     let out = ubuntu
         .run_output("cloudtik-node --version && redis-server --version && command -v rsync || echo no-rsync")
         .await
         .unwrap();
-    assert!(out.contains("cloudtik-node") && out.contains("Redis server") && out.contains("no-rsync"), "{out}");
+    assert!(
+        out.contains("cloudtik-node") && out.contains("Redis server") && out.contains("no-rsync"),
+        "{out}"
+    );
     // The distribution's redis service is not left listening (no systemd here: none ran).
     // A second bootstrap finds everything and does nothing.
     let (_, plan) = bootstrap().probe("i-bootstrap", &*ubuntu).await.unwrap();
@@ -109,7 +121,13 @@ async fn stock_nodes_get_the_node_program_and_redis_and_bad_cases_say_what_to_do
     let done = bootstrap().run("i-bootstrap", &*ubuntu, None).await.unwrap();
     assert_eq!(done.binary_from.as_deref(), Some("cloudtik-node 0.0.1"));
     assert!(done.packages.is_empty());
-    assert!(!ubuntu.run_output("cloudtik-node --version").await.unwrap().contains("0.0.1"));
+    assert!(
+        !ubuntu
+            .run_output("cloudtik-node --version")
+            .await
+            .unwrap()
+            .contains("0.0.1")
+    );
 
     // A user without sudo: the error names the node, the user and what to do; nothing
     // is installed.
@@ -130,9 +148,18 @@ async fn stock_nodes_get_the_node_program_and_redis_and_bad_cases_say_what_to_do
     let e = other.run("i-bootstrap", &*alice, None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e:#}");
     let text = e.to_string();
-    assert!(text.contains("i-bootstrap") && text.contains("alice") && text.contains("passwordless sudo"), "{text}");
+    assert!(
+        text.contains("i-bootstrap") && text.contains("alice") && text.contains("passwordless sudo"),
+        "{text}"
+    );
     assert_eq!(e.context_value("step"), Some("probe"));
-    assert!(alice.run_output("test -e /opt/alice/cloudtik-node || echo absent").await.unwrap().contains("absent"));
+    assert!(
+        alice
+            .run_output("test -e /opt/alice/cloudtik-node || echo absent")
+            .await
+            .unwrap()
+            .contains("absent")
+    );
 
     // A package that cannot be installed: the step, the node and what to check.
     let broken = bootstrap().with_package(NodePackage::new("no-such-package-cloudtik"));
@@ -140,7 +167,9 @@ async fn stock_nodes_get_the_node_program_and_redis_and_bad_cases_say_what_to_do
     assert_eq!(e.context_value("step"), Some("install packages"), "{e:#}");
     let text = format!("{e:#}");
     assert!(
-        text.contains("i-bootstrap") && text.contains("no-such-package-cloudtik") && text.contains("package mirror"),
+        text.contains("i-bootstrap")
+            && text.contains("no-such-package-cloudtik")
+            && text.contains("package mirror"),
         "{text}"
     );
 

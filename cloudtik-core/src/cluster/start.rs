@@ -241,8 +241,13 @@ impl ManagedCluster {
             plan.setup_commands.clear();
         }
         if let Some(b) = &self.settings.bootstrap {
-            // The head runs the state store: redis-server from the distribution.
-            plan.bootstrap = Some(b.clone().with_package(NodePackage::new("redis-server")));
+            // The head runs the state store (redis-server from the distribution) and calls
+            // the cloud's API over TLS (the CA certificates).
+            plan.bootstrap = Some(
+                b.clone()
+                    .with_package(NodePackage::new("redis-server"))
+                    .with_package(NodePackage::ca_certificates()),
+            );
         }
         if options.no_restart {
             plan.start_commands.clear();

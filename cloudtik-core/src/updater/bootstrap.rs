@@ -150,6 +150,9 @@ pub struct NodePackage {
     pub package: String,
     /// The command it provides (`redis-server`).
     pub command: String,
+    /// A file the package provides, checked instead of the command when set (a package
+    /// of data, such as `ca-certificates`).
+    pub file: Option<String>,
     /// A daemon the package runs that must be up (Docker's engine).
     pub service: Option<PackageService>,
 }
@@ -171,8 +174,22 @@ impl NodePackage {
         NodePackage {
             command: package.clone(),
             package,
+            file: None,
             service: None,
         }
+    }
+
+    /// Present when `file` exists on the node (not by its command).
+    #[must_use]
+    pub fn with_file(mut self, file: impl Into<String>) -> Self {
+        self.file = Some(file.into());
+        self
+    }
+
+    /// The CA certificates (`ca-certificates`): what TLS clients on the node (the
+    /// head's cloud API calls) trust.
+    pub fn ca_certificates() -> Self {
+        NodePackage::new("ca-certificates").with_file("/etc/ssl/certs/ca-certificates.crt")
     }
 
     /// Docker's engine (`docker.io`): `docker info` must answer; started with systemd
@@ -182,6 +199,7 @@ impl NodePackage {
         NodePackage {
             package: "docker.io".into(),
             command: "docker".into(),
+            file: None,
             service: Some(PackageService {
                 check: "docker info".into(),
                 start: "if [ -d /run/systemd/system ]; then systemctl start docker; else \
@@ -274,10 +292,13 @@ impl NodeBootstrap {
             ));
         }
         for p in &self.packages {
-            s.push_str(&format!(
-                "if command -v {c} >/dev/null 2>&1 || [ -x /usr/sbin/{c} ] || [ -x /usr/bin/{c} ]; then ",
-                c = shell_quote(&p.command),
-            ));
+            match &p.file {
+                Some(file) => s.push_str(&format!("if [ -e {} ]; then ", shell_quote(file))),
+                None => s.push_str(&format!(
+                    "if command -v {c} >/dev/null 2>&1 || [ -x /usr/sbin/{c} ] || [ -x /usr/bin/{c} ]; then ",
+                    c = shell_quote(&p.command),
+                )),
+            }
             match &p.service {
                 Some(svc) => s.push_str(&format!(
                     "( {check} ) >/dev/null 2>&1 || ( sudo -n sh -c {qcheck} ) >/dev/null 2>&1 || echo down={p}; ",

@@ -46,7 +46,11 @@ impl Cli {
         let start = Instant::now();
         let out = self.cmd().args(args).output().expect("cloudtik runs");
         if args[0] != "status" {
-            eprintln!("TIMING cloudtik {} took {:.1} s", args[0], start.elapsed().as_secs_f64());
+            eprintln!(
+                "TIMING cloudtik {} took {:.1} s",
+                args[0],
+                start.elapsed().as_secs_f64()
+            );
         }
         (
             out.status.code().unwrap_or(-1),
@@ -73,10 +77,15 @@ impl Cli {
     }
 }
 
-
 /// Waits for `check` to give a value (every 3 s), printing a `TIMING` line; after
 /// `limit` it panics with the cluster's status and the tail of the head's log.
-pub(crate) fn wait_until<T>(cli: &Cli, file: &Path, what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(
+    cli: &Cli,
+    file: &Path,
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
@@ -93,7 +102,6 @@ pub(crate) fn wait_until<T>(cli: &Cli, file: &Path, what: &str, limit: Duration,
     }
 }
 
-
 /// The provider section of a cluster or workspace on the AWS twin at `endpoint`, in the
 /// working VPC `working_vpc` (made by `AwsTwin::create_working_vpc`): only private IPs
 /// are reachable from this machine.
@@ -102,4 +110,37 @@ pub(crate) fn aws_provider(endpoint: &str, working_vpc: &str) -> String {
         "provider:\n  type: aws\n  region: us-east-1\n  endpoint_url: {endpoint}\n  use_internal_ips: true\n  \
          working_vpc_id: {working_vpc}\n"
     )
+}
+
+/// The nodes of `status --json`.
+pub(crate) fn nodes(status: &Value) -> Vec<Value> {
+    status["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// Workers (of `node_type`, or of every type) up to date with a recent heartbeat: (id, ip).
+pub(crate) fn live_workers(status: &Value, node_type: Option<&str>) -> Vec<(String, String)> {
+    nodes(status)
+        .iter()
+        .filter(|n| {
+            n["kind"] == "worker"
+                && node_type.is_none_or(|t| n["node_type"] == t)
+                && n["status"] == "up-to-date"
+                && n["heartbeat_age_secs"].as_f64().is_some_and(|a| a < 30.0)
+        })
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_string(),
+                n["internal_ip"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The package cache the end-to-end tests share (`~/.cloudtik/package-cache`, the
+/// virtual provider's), for the twin's instances.
+pub(crate) fn shared_package_cache() -> super::PackageCache {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    super::PackageCache::new(home.join(".cloudtik/package-cache")).expect("the package cache folder")
 }
