@@ -26,8 +26,8 @@
 //! machine reaches the store directly at the head's internal address when the head has
 //! no external one (the virtual provider), else through an SSH port forward to the head.
 
-#[cfg(feature = "ssh")]
 pub mod container;
+#[cfg(feature = "ssh")]
 mod host_keys;
 mod layout;
 #[cfg(feature = "redis")]
