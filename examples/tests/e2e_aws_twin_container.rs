@@ -20,6 +20,10 @@
 //! setup fails, and its `last_error` tag and the head's log name the node, the step
 //! `start container` and what to do.
 //!
+//! Then `scale --workers 2` adds a second container worker, and a container worker's
+//! instance terminated behind the cluster's back (EC2 `TerminateInstances`) is replaced
+//! by another container worker.
+//!
 //! Then `stop` -> `workspace delete` -> no twin container, network, volume (the nodes'
 //! `/var/lib/docker`) or cgroup folder is left.
 //!
@@ -103,9 +107,9 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
         "cluster.yaml",
         &format!(
             "cluster_name: dind{id}\nworkspace_name: {ws}\n{provider}auth:\n  ssh_user: ubuntu\n\
-             max_workers: 3\nidle_timeout_minutes: 10\nhead_node_type: head.default\n\
+             max_workers: 4\nidle_timeout_minutes: 10\nhead_node_type: head.default\n\
              available_node_types:\n  head.default:\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
-             \x20 worker.default:\n    min_workers: 1\n    max_workers: 1\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
+             \x20 worker.default:\n    min_workers: 1\n    max_workers: 2\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
              \x20   docker:\n      enabled: true\n      image: {node_image}\n      pull_before_run: false\n\
              \x20     worker_initialization_commands:\n        - \"{load}\"\n\
              \x20 worker.badimage:\n    min_workers: 1\n    max_workers: 1\n    node_config: {{InstanceType: t3.large, ImageId: {AMI}}}\n\
@@ -290,6 +294,47 @@ async fn container_mode_workers_on_nodes_with_their_own_docker() {
         log.contains(&bad_id) && log.contains("start container") && log.contains("docker load"),
         "the head's log names the node, the step and what to do: {log}"
     );
+    // scale: a second container worker.
+    cli.run_ok(&["scale", file, "--workers", "2", "--worker-type", "worker.default"]);
+    wait_until(
+        &cli,
+        &cluster_file,
+        "two container workers heartbeat",
+        Duration::from_secs(600),
+        || (live_workers(&cli.status(&cluster_file), Some("worker.default")).len() == 2).then_some(()),
+    );
+    // A container worker's instance terminated behind the cluster's back is replaced,
+    // in container mode again.
+    let containers: Vec<String> = twin.instances().into_iter().map(|i| i.container).collect();
+    volumes.extend(volumes_of(&containers));
+    twin.raw_client()
+        .await
+        .terminate_instances()
+        .instance_ids(&worker_id)
+        .send()
+        .await
+        .expect("TerminateInstances");
+    let workers = wait_until(
+        &cli,
+        &cluster_file,
+        "a replacement container worker heartbeats",
+        Duration::from_secs(600),
+        || {
+            let w = live_workers(&cli.status(&cluster_file), Some("worker.default"));
+            (w.len() == 2 && w.iter().all(|(i, _)| *i != worker_id)).then_some(w)
+        },
+    );
+    for (_, ip) in &workers {
+        let out = cli.run_ok(&[
+            "exec",
+            file,
+            "--node-ip",
+            ip,
+            "test -f /.dockerenv && echo in-container",
+        ]);
+        assert!(out.contains("in-container"), "{ip}: {out}");
+    }
+
     let containers: Vec<String> = twin.instances().into_iter().map(|i| i.container).collect();
     volumes.extend(volumes_of(&containers));
     volumes.sort();
