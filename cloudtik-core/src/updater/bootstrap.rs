@@ -387,16 +387,15 @@ impl NodeBootstrap {
                 .run_with_retry(&spec, RetryPolicy::new(3, Duration::from_secs(5)))
                 .await
                 .map_err(|e| {
-                    let e = Error::new(
-                        e.kind(),
+                    failed_step(
+                        e,
+                        "install packages",
                         format!(
                             "cannot install {} on node {node} with apt-get; check that the node reaches its \
                              package mirror, or put the packages on its image",
                             plan.packages.join(", ")
                         ),
                     )
-                    .with_source(e);
-                    step(e, "install packages")
                 })?;
         }
         for name in &plan.start {
@@ -423,17 +422,10 @@ impl NodeBootstrap {
                         .run_env(RunEnv::Auto),
                 )
                 .await
-                .map_err(|e| {
-                    let e = Error::new(
-                        e.kind(),
-                        format!(
+                .map_err(|e| failed_step(e, "start service", format!(
                             "the {name} daemon on node {node} does not start (`{}` fails); see its log on the node",
                             svc.check
-                        ),
-                    )
-                    .with_source(e);
-                    step(e, "start service")
-                })?;
+                        )))?;
         }
         if let Some(binary) = &plan.binary {
             let sha = binary
@@ -459,21 +451,28 @@ impl NodeBootstrap {
                 )
                 .await
                 .map_err(|e| {
-                    let e = Error::new(
-                        e.kind(),
+                    failed_step(
+                        e,
+                        what,
                         format!(
                             "the cloudtik-node uploaded to node {node} does not run there (installed at {}); \
                              check that it is built for {} Linux with a C library the image has",
                             self.install_path, facts.arch
                         ),
                     )
-                    .with_source(e);
-                    step(e, what)
                 })?;
             done.binary_installed = Some(out.stdout.lines().next().unwrap_or_default().trim().to_string());
         }
         Ok(done)
     }
+}
+
+/// `e` as the failure of bootstrap step `step`, with `hint` (what failed and what to do)
+/// as its message and `e` as its cause.
+fn failed_step(e: Error, step: &str, hint: String) -> Error {
+    Error::new(e.kind(), hint)
+        .with_source(e)
+        .with_context("step", step)
 }
 
 /// What [`NodeBootstrap::run`] did.
